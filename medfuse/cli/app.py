@@ -1,0 +1,74 @@
+"""The `medfuse` command: a thin Typer layer over the library.
+
+Each command group lives in its own module exposing ``register(app)``.
+Errors the user can cause (:class:`medfuse.errors.MedfuseError`) become one
+line on stderr and the error's exit code; nothing prints a traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from medfuse import __version__
+from medfuse.cli import (
+    convert,
+    evaluate,
+    fuse_images,
+    fuse_study,
+    models,
+    register,
+    scan,
+    workflow,
+)
+from medfuse.errors import MedfuseError
+
+app = typer.Typer(
+    name="medfuse",
+    help="DICOM-aware zero-learning medical image fusion.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"medfuse {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+) -> None:
+    """DICOM-aware zero-learning medical image fusion."""
+
+
+for _module in (fuse_images, fuse_study, scan, convert, register, evaluate, models, workflow):
+    _module.register(app)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; return (and exit with) the process exit code."""
+    try:
+        # Standalone mode lets Typer handle usage errors and --help; our own
+        # errors pass through it untouched and are reported here in one line.
+        app(args=argv, prog_name="medfuse", standalone_mode=True)
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except MedfuseError as exc:
+        typer.echo(f"medfuse: error: {_one_line(exc)}", err=True)
+        code = exc.exit_code
+    except KeyboardInterrupt:
+        typer.echo("medfuse: interrupted", err=True)
+        code = 130
+    if argv is None:
+        sys.exit(code)
+    return code
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__

@@ -1,0 +1,69 @@
+"""Errors medfuse raises on bad input or a failed stage.
+
+Every error a user can cause is a :class:`MedfuseError`; the CLI prints its
+message on one line and exits with its ``exit_code``, never a traceback.
+The exit code says which stage failed, so a scheduled job can tell a bad
+input folder from a failed registration without parsing text.
+"""
+
+from __future__ import annotations
+
+
+class MedfuseError(Exception):
+    """Base class: a problem the user can act on, reported in one line."""
+
+    exit_code = 1
+
+
+class InputError(MedfuseError):
+    """Bad arguments or unreadable, inconsistent input files."""
+
+    exit_code = 2
+
+
+class ScanError(MedfuseError):
+    """A DICOM folder could not be indexed, or no usable series was found."""
+
+    exit_code = 3
+
+
+class SelectionError(ScanError):
+    """The series to fuse cannot be chosen without a guess."""
+
+
+class SeriesReadError(ScanError):
+    """A series was found but cannot be read as a volume (with the reason)."""
+
+
+class RegistrationError(MedfuseError):
+    """Registration failed or its result is unusable."""
+
+    exit_code = 4
+
+
+class FusionError(MedfuseError):
+    """The fusion stage failed."""
+
+    exit_code = 5
+
+
+class WriteError(MedfuseError):
+    """Outputs could not be written; nothing half-written is left."""
+
+    exit_code = 6
+
+
+class ModelError(MedfuseError):
+    """A model file is missing, unknown, or does not match its manifest hash."""
+
+    exit_code = 7
+
+
+class WorkflowError(MedfuseError):
+    """A workflow file is invalid or a workflow run failed."""
+
+    exit_code = 8
+
+
+class PacsError(WorkflowError):
+    """A PACS could not be reached or refused a request."""

@@ -1,0 +1,1 @@
+"""CNN feature extractors run by onnxruntime, and the model registry."""

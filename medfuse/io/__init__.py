@@ -1,0 +1,1 @@
+"""Reading and writing: DICOM series, NIfTI volumes, 2-D images."""

@@ -1,0 +1,1 @@
+"""DICOM: folder indexing, series reading, derived-series writing."""

@@ -1,0 +1,1 @@
+"""Objective fusion metrics (EN, MI, VIFF, QMI, QG, QY, QC, QP)."""

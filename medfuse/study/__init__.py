@@ -1,0 +1,1 @@
+"""The fuse-study pipeline: select, register, fuse, write, report."""

@@ -1,0 +1,1 @@
+"""Volume work: the volume type, registration, intensity mapping, slice dispatch."""

@@ -1,0 +1,1 @@
+"""Scheduled workflows: workflow files, ledger, PACS connectors."""
