@@ -1,0 +1,373 @@
+"""One pass of a workflow: find candidate studies, fuse each once, deliver, summarise.
+
+Crash safety and idempotency, step by step for one job (one study's input series):
+
+1. The job's ledger key is derived from its input series UIDs, the
+   workflow, the medfuse version and the parameters hash; a ``done`` key is
+   never redone.
+2. Every step is recorded in the ledger *before* its side effects can be
+   seen: ``fetching`` → ``fusing`` → ``delivering`` (with the output series
+   UID, i.e. the intent to push) → ``done``.
+3. The fused series gets **UIDs derived from the ledger key** (series and
+   instances), so a rerun after a crash at any point produces the very same
+   series. Before storing, the PACS is asked how many instances of that
+   series it already holds; a complete series is not sent again, a partial
+   one is completed (same SOP Instance UIDs, so nothing is duplicated).
+4. Folder outputs are written to a temporary sibling and renamed into place.
+5. A failing job is recorded with its reason and retried on later runs until
+   ``max_attempts``; it never stops the other jobs of the pass.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TextIO
+
+import pydicom
+from pydicom.uid import generate_uid
+
+from medfuse import __version__
+from medfuse.errors import MedfuseError, PacsError, WorkflowError
+from medfuse.workflow.config import Workflow
+from medfuse.workflow.credentials import resolve_credentials
+from medfuse.workflow.ledger import Ledger, job_key
+from medfuse.workflow.lock import workflow_lock
+from medfuse.workflow.loopguard import is_medfuse_output, is_medfuse_series_description
+from medfuse.workflow.sources import RemoteSeries, Source, StudyCandidate, open_source
+
+#: Root for UIDs medfuse derives from a ledger key (pydicom's registered root,
+#: as used by ``generate_uid``; the suffix is a hash of the key).
+UID_PREFIX = "1.2.826.0.1.3680043.8.498."
+
+
+@dataclass(frozen=True)
+class JobPlan:
+    """What one job will fuse: the study, its fixed and moving series, the ledger key."""
+
+    candidate: StudyCandidate
+    fixed: RemoteSeries
+    moving: RemoteSeries
+    key: str
+
+    @property
+    def input_uids(self) -> list[str]:
+        return sorted({self.fixed.series_uid, self.moving.series_uid})
+
+
+@dataclass
+class RunSummary:
+    """Counts of one pass (``outcomes`` maps study UID to its outcome)."""
+
+    workflow: str
+    dry_run: bool
+    candidates: int = 0
+    done: int = 0
+    failed: int = 0
+    skipped_done: int = 0
+    skipped_gave_up: int = 0
+    not_matching: int = 0
+    planned: list[dict] = field(default_factory=list)
+    outcomes: dict = field(default_factory=dict)
+    duration_s: float = 0.0
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+class StudyLog:
+    """One line per study on *stream*: JSON or ``key=value`` text; PHI only when asked."""
+
+    def __init__(self, stream: TextIO | None = None, *, json_lines: bool = False, log_phi: bool = False) -> None:
+        self.stream = stream or sys.stdout
+        self.json_lines = json_lines
+        self.log_phi = log_phi
+
+    def study(self, workflow: str, candidate: StudyCandidate, outcome: str, duration_s: float, **extra) -> None:
+        record = {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "event": "study", "workflow": workflow,
+                  "study_uid": candidate.study_uid, "outcome": outcome, "duration_s": round(duration_s, 3)}
+        record.update({k: v for k, v in extra.items() if v not in (None, "")})
+        if self.log_phi:
+            record["patient_id"] = candidate.patient_id
+            record["patient_name"] = candidate.patient_name
+        self._emit(record)
+
+    def summary(self, summary: RunSummary) -> None:
+        record = {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "event": "run", **{
+            k: v for k, v in summary.to_dict().items() if k not in ("planned", "outcomes")}}
+        self._emit(record)
+
+    def _emit(self, record: dict) -> None:
+        if self.json_lines:
+            line = json.dumps(record, sort_keys=False)
+        else:
+            line = " ".join(f"{k}={_text(v)}" for k, v in record.items())
+        print(line, file=self.stream, flush=True)
+
+
+def _text(value) -> str:
+    text = str(value)
+    return json.dumps(text) if (not text or any(c.isspace() for c in text) or '"' in text) else text
+
+
+# --------------------------------------------------------------------------- planning
+
+
+def plan_jobs(workflow: Workflow, candidates: list[StudyCandidate], own_outputs: set[str]) -> tuple[list[JobPlan], int]:
+    """Match each study's series to the workflow's fixed/moving rules.
+
+    Series that are medfuse output (by description or because this
+    workflow's ledger produced them) never count as inputs. A study whose
+    rules match several series per role is still planned, with the first by
+    UID, and fuse-study's own selection decides — or reports the ambiguity.
+
+    Returns
+    -------
+    plans : list of JobPlan
+    not_matching : int
+        Studies without a distinct fixed and moving series.
+    """
+    plans, not_matching = [], 0
+    for candidate in candidates:
+        inputs = [s for s in candidate.series
+                  if s.series_uid not in own_outputs and not is_medfuse_series_description(s.description)]
+        fixed = [s for s in inputs if workflow.fixed.matches(s.modality, s.description, s.body_part)]
+        moving = [s for s in inputs if workflow.moving.matches(s.modality, s.description, s.body_part)]
+        pair = next(((f, m) for f in fixed for m in moving if f.series_uid != m.series_uid), None)
+        if pair is None:
+            not_matching += 1
+            continue
+        f, m = pair
+        key = job_key(candidate.study_uid, [f.series_uid, m.series_uid], workflow.name, __version__,
+                      workflow.parameters_hash)
+        plans.append(JobPlan(candidate, f, m, key))
+    return plans, not_matching
+
+
+# --------------------------------------------------------------------------- running
+
+
+def run_workflow(workflow: Workflow, *, dry_run: bool = False, study_uid: str | None = None, wait_s: float = 0.0,
+                 log: StudyLog | None = None, source: Source | None = None) -> RunSummary:
+    """Run one pass of *workflow* under its lock; return the summary.
+
+    Parameters
+    ----------
+    workflow : Workflow
+    dry_run : bool
+        Query the source and report what would be done; fetch, fuse, store
+        and record nothing.
+    study_uid : str, optional
+        Only consider this study (what the PACS trigger passes).
+    wait_s : float
+        How long to wait for another run of the same workflow to finish.
+    log : StudyLog, optional
+    source : Source, optional
+        A connector to use instead of the one the workflow names.
+    """
+    log = log or StudyLog()
+    start = time.monotonic()
+    summary = RunSummary(workflow.name, dry_run)
+    with workflow_lock(workflow.state_dir, workflow.name, wait_s=wait_s):
+        ledger = Ledger(workflow.state_dir / "ledger.sqlite")
+        try:
+            if source is None:
+                credentials = resolve_credentials(workflow.source.get("auth"), workflow.path.resolve().parent)
+                source = open_source(workflow.source_kind, workflow.source, credentials)
+            candidates = source.find_studies(workflow.query)
+            if study_uid:
+                candidates = [c for c in candidates if c.study_uid == study_uid]
+            summary.candidates = len(candidates)
+            plans, summary.not_matching = plan_jobs(workflow, candidates, ledger.output_series_uids())
+            for plan in plans:
+                _run_plan(plan, workflow, ledger, source, log, summary, dry_run)
+        finally:
+            ledger.close()
+    summary.duration_s = round(time.monotonic() - start, 3)
+    log.summary(summary)
+    return summary
+
+
+def _run_plan(plan: JobPlan, workflow: Workflow, ledger: Ledger, source: Source, log: StudyLog,
+              summary: RunSummary, dry_run: bool) -> None:
+    job = ledger.get(plan.key)
+    study = plan.candidate.study_uid
+    if job is not None and job.state == "done":
+        summary.skipped_done += 1
+        summary.outcomes[study] = "already-done"
+        return
+    if job is not None and job.state != "pending" and job.attempts >= workflow.max_attempts:
+        summary.skipped_gave_up += 1
+        summary.outcomes[study] = "gave-up"
+        log.study(workflow.name, plan.candidate, "gave-up", 0.0, attempts=job.attempts, reason=job.reason)
+        return
+    if dry_run:
+        summary.planned.append({"study_uid": study, "fixed": plan.fixed.series_uid, "moving": plan.moving.series_uid,
+                                "key": plan.key, "attempts_so_far": job.attempts if job else 0})
+        summary.outcomes[study] = "would-fuse"
+        log.study(workflow.name, plan.candidate, "would-fuse", 0.0, fixed=plan.fixed.description,
+                  moving=plan.moving.description)
+        return
+    ledger.ensure(plan.key, workflow=workflow.name, study_uid=study, input_uids=plan.input_uids,
+                  version=__version__, parameters_hash=workflow.parameters_hash)
+    job = ledger.start_attempt(plan.key)
+    started = time.monotonic()
+    try:
+        outputs, series_uid = _process(plan, workflow, ledger, source)
+    except Exception as exc:  # a poisoned study must not stop the others: record and go on
+        reason = _one_line(exc) if isinstance(exc, MedfuseError) else f"internal error: {type(exc).__name__}: {_one_line(exc)}"
+        duration = time.monotonic() - started
+        ledger.fail(plan.key, reason, duration)
+        summary.failed += 1
+        summary.outcomes[study] = "failed"
+        log.study(workflow.name, plan.candidate, "failed", duration, attempt=job.attempts, reason=reason)
+        return
+    duration = time.monotonic() - started
+    ledger.finish(plan.key, outputs, duration)
+    summary.done += 1
+    summary.outcomes[study] = "done"
+    log.study(workflow.name, plan.candidate, "done", duration, attempt=job.attempts, output_series_uid=series_uid)
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def _process(plan: JobPlan, workflow: Workflow, ledger: Ledger, source: Source) -> tuple[dict, str]:
+    work = workflow.state_dir / "work" / plan.key[:24]
+    shutil.rmtree(work, ignore_errors=True)
+    inputs = work / "input"
+    for role, series in (("fixed", plan.fixed), ("moving", plan.moving)):
+        n = source.fetch_series(plan.candidate.study_uid, series.series_uid, inputs / role)
+        dropped = drop_medfuse_output(inputs / role)
+        if n - dropped <= 0:
+            raise WorkflowError(f"{role} series {series.series_uid} has no images to fuse (medfuse output or empty)")
+    ledger.advance(plan.key, "fusing")
+    result = fuse_inputs(inputs, work / "output", workflow)
+    series_uid = output_series_uid(plan.key)
+    files = assign_output_uids(Path(result.dicom_dir), plan.key)
+    ledger.advance(plan.key, "delivering", output_series_uid=series_uid, detail=f"{len(files)} instances")
+    delivered: dict = {"output_series_uid": series_uid, "instances": len(files)}
+    if workflow.outputs.get("folder"):
+        delivered["folder"] = str(deliver_to_folder(work / "output", workflow, plan))
+    if workflow.outputs.get("pacs"):
+        delivered["pacs"] = push_idempotent(source, plan.candidate.study_uid, series_uid, files)
+    shutil.rmtree(work, ignore_errors=True)
+    return delivered, series_uid
+
+
+def drop_medfuse_output(folder: Path) -> int:
+    """Delete files in *folder* that are medfuse's own output (loop guard); return how many."""
+    dropped = 0
+    for file in sorted(folder.glob("*")):
+        try:
+            ds = pydicom.dcmread(file, stop_before_pixels=True)
+        except Exception:
+            continue
+        if is_medfuse_output(ds):
+            file.unlink()
+            dropped += 1
+    return dropped
+
+
+def study_options(workflow: Workflow):
+    """Build fuse-study's ``StudyOptions`` from the workflow's ``fusion`` mapping."""
+    from medfuse.study.pipeline import StudyOptions
+
+    try:
+        return StudyOptions(**workflow.fusion)
+    except (TypeError, ValueError) as exc:
+        raise WorkflowError(f"{workflow.path}: fusion options rejected by fuse-study: {_one_line(exc)}") from exc
+
+
+def fuse_inputs(inputs: Path, out_dir: Path, workflow: Workflow):
+    """Run fuse-study on the fetched series (``inputs/fixed``, ``inputs/moving``)."""
+    from medfuse.study.pipeline import fuse_study
+
+    return fuse_study(inputs, out_dir, study_options(workflow))
+
+
+def output_series_uid(key: str) -> str:
+    """The fused series' UID for a ledger key (the same on every rerun)."""
+    return str(generate_uid(UID_PREFIX, entropy_srcs=["medfuse-workflow-series", key]))
+
+
+def assign_output_uids(dicom_dir: Path, key: str) -> list[Path]:
+    """Give the fused series UIDs derived from *key*; return its files in instance order.
+
+    Series Instance UID and each SOP Instance UID (ordered by InstanceNumber)
+    are replaced, and every reference to an old UID inside the series is
+    updated, so a rerun of the same job writes byte-identical identifiers.
+    """
+    files = sorted(p for p in dicom_dir.rglob("*") if p.is_file())
+    datasets = []
+    for f in files:
+        try:
+            datasets.append((f, pydicom.dcmread(f)))
+        except Exception as exc:
+            raise WorkflowError(f"fuse-study wrote an unreadable DICOM file {f.name}: {_one_line(exc)}") from exc
+    if not datasets:
+        raise WorkflowError("fuse-study wrote no DICOM instances")
+    datasets.sort(key=lambda fd: (int(fd[1].get("InstanceNumber") or 0), fd[0].name))
+    mapping = {str(datasets[0][1].SeriesInstanceUID): output_series_uid(key)}
+    for i, (_, ds) in enumerate(datasets):
+        mapping[str(ds.SOPInstanceUID)] = str(generate_uid(UID_PREFIX, entropy_srcs=["medfuse-workflow-sop", key, str(i)]))
+    for f, ds in datasets:
+        _replace_uids(ds, mapping)
+        if getattr(ds, "file_meta", None) is not None and "MediaStorageSOPInstanceUID" in ds.file_meta:
+            ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.save_as(f, enforce_file_format=True)
+    return [f for f, _ in datasets]
+
+
+def _replace_uids(ds: pydicom.Dataset, mapping: dict) -> None:
+    def visit(dataset, elem):
+        if elem.VR == "UI" and elem.value:
+            if isinstance(elem.value, (list, pydicom.multival.MultiValue)):
+                elem.value = [mapping.get(str(v), str(v)) for v in elem.value]
+            else:
+                elem.value = mapping.get(str(elem.value), elem.value)
+
+    ds.walk(visit)
+
+
+def deliver_to_folder(result_dir: Path, workflow: Workflow, plan: JobPlan) -> Path:
+    """Copy the job's outputs to ``<outputs.folder>/<study UID>/<workflow>-<key>/``, atomically."""
+    root = Path(workflow.outputs["folder"])
+    final = root / plan.candidate.study_uid / f"{workflow.name}-{plan.key[:12]}"
+    tmp = final.with_name(f".{final.name}.partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    ignore = None if workflow.outputs.get("nifti") else shutil.ignore_patterns("*.nii", "*.nii.gz")
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(result_dir, tmp, ignore=ignore)
+        if final.exists():  # a previous attempt got this far before it was stopped
+            shutil.rmtree(final)
+        tmp.rename(final)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise WorkflowError(f"cannot write outputs to {final}: {exc.strerror or exc}") from exc
+    return final
+
+
+def push_idempotent(source: Source, study_uid: str, series_uid: str, files: list[Path]) -> str:
+    """Store the fused series into its study unless the PACS already holds all of it.
+
+    Returns ``"stored"`` or ``"already-present"``. Raises ``PacsError`` when
+    the PACS does not hold the whole series afterwards.
+    """
+    if not source.can_store:
+        raise WorkflowError("outputs.pacs is set but the source cannot store")
+    present = source.count_instances(study_uid, series_uid)
+    if present >= len(files):
+        return "already-present"
+    source.store(study_uid, files)
+    after = source.count_instances(study_uid, series_uid)
+    if after < len(files):
+        raise PacsError(f"PACS holds {after} of {len(files)} fused instances after storing series {series_uid}")
+    return "stored"
