@@ -1,0 +1,441 @@
+"""Write a fused volume as a derived DICOM series that PACS and viewers accept.
+
+The series follows the derived-series checklist of
+``shared/reference/dicom-workflow-notes.md`` section 2:
+
+* **Same patient, same study** as the anatomical reference (the first CT or MR
+  source): Patient and General Study attributes are copied, StudyInstanceUID
+  is reused; the series and every instance get new UIDs.
+* **UIDs** come from :func:`pydicom.uid.generate_uid` under pydicom's root
+  ``1.2.826.0.1.3680043.8.498.`` (:data:`UID_ROOT`). By default they are
+  random; with ``uid_entropy`` they are derived from that string, so a job can
+  make re-runs idempotent (same inputs + version + options -> same UIDs).
+* **SOP class** of the anatomical reference: CT Image Storage or MR Image
+  Storage, single-frame (never PET: fused values are not activity).
+* **Geometry**: the fixed grid's FrameOfReferenceUID, per-slice
+  ImagePositionPatient, ImageOrientationPatient, PixelSpacing, SliceThickness,
+  SliceLocation; instances numbered in slice order (index z of the grid).
+* **Pixels**: 16-bit allocated, 12 bits stored, MONOCHROME2, unsigned;
+  stored value = round(4095 * clip(fused, 0, 1)) (:data:`STORED_MAX`), the same
+  mapping for every slice. The fused image has no physical unit, so CT
+  instances carry RescaleSlope 1, RescaleIntercept 0, RescaleType ``US``
+  (unspecified); MR instances carry no rescale at all (the MR IOD has no
+  Modality LUT module). WindowCenter/Width come from the 1st-99th percentile
+  of the non-zero fused voxels of the whole volume, one window per series.
+* **Provenance**: ImageType ``DERIVED\\SECONDARY\\AXIAL`` (CT) or ``...\\OTHER`` (MR); DerivationDescription;
+  DerivationCodeSequence with the CID 7203 codes (113085, DCM, "Spatial
+  resampling") and (113042, DCM, "Pixel by pixel addition") -- the fused
+  image is a per-pixel weighted sum of the resampled sources' layers, and CID
+  7203 has no "image fusion" code; SourceImageSequence (purpose 121322, DCM,
+  "Source image for image processing operation") and ReferencedSeriesSequence
+  (Common Instance Reference module) to every instance of every DICOM source;
+  ContributingEquipmentSequence naming medfuse (109102, DCM, "Processing
+  Equipment") and each source's acquisition equipment (109101, DCM,
+  "Acquisition Equipment"); SoftwareVersions; a condensed provenance text in
+  ImageComments (the full record is the JSON sidecar written by the pipeline).
+* **Atomic**: files are written into a hidden temporary folder beside
+  ``out_dir`` and renamed to ``out_dir`` only when every instance is written.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+from highdicom.sr import CodedConcept
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.sr.codedict import codes
+from pydicom.uid import (
+    PYDICOM_ROOT_UID,
+    CTImageStorage,
+    ExplicitVRLittleEndian,
+    MRImageStorage,
+    generate_uid,
+)
+from pydicom.valuerep import format_number_as_ds
+
+from medfuse import __version__
+from medfuse.errors import WriteError
+from medfuse.volume.model import SeriesReference
+
+#: Root of every UID medfuse writes (pydicom's registered root for generated UIDs).
+UID_ROOT = PYDICOM_ROOT_UID
+#: Largest stored pixel value: fused 1.0 is written as 4095 (12 bits stored).
+STORED_MAX = 4095
+#: Fused series number = this offset + the anatomical reference's series number.
+SERIES_NUMBER_OFFSET = 1000
+#: Longest ImageComments value (LT).
+MAX_COMMENT_CHARS = 10240
+
+_SOP_CLASS_BY_MODALITY = {"CT": CTImageStorage, "MR": MRImageStorage}
+_PATIENT_STUDY_KEYWORDS = (
+    "SpecificCharacterSet", "PatientName", "PatientID", "IssuerOfPatientID", "PatientBirthDate",
+    "PatientSex", "PatientAge", "PatientWeight", "StudyDate", "StudyTime", "StudyID",
+    "AccessionNumber", "ReferringPhysicianName", "StudyDescription",
+)
+_TYPE2_KEYWORDS = (
+    "PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
+    "StudyID", "AccessionNumber", "ReferringPhysicianName",
+)
+_EQUIPMENT_KEYWORDS = ("Manufacturer", "ManufacturerModelName", "InstitutionName", "StationName",
+                       "DeviceSerialNumber", "SoftwareVersions")
+
+
+@dataclass(frozen=True)
+class WrittenSeries:
+    """What :func:`write_fused_series` wrote.
+
+    Attributes
+    ----------
+    directory : Path
+        Folder holding one file per slice, ``IM00001.dcm``... in slice order.
+    study_instance_uid, series_instance_uid, frame_of_reference_uid, sop_class_uid : str
+    sop_instance_uids : tuple of str
+        In slice order.
+    series_number : int
+    series_description : str
+    window : tuple of float
+        (WindowCenter, WindowWidth) in stored values.
+    """
+
+    directory: Path
+    study_instance_uid: str
+    series_instance_uid: str
+    frame_of_reference_uid: str
+    sop_class_uid: str
+    sop_instance_uids: tuple[str, ...]
+    series_number: int
+    series_description: str
+    window: tuple[float, float]
+
+
+def anatomical_reference(sources: Sequence[SeriesReference | None]) -> SeriesReference:
+    """The first CT or MR DICOM source: the series whose patient, study and SOP class the output takes.
+
+    Raises
+    ------
+    WriteError
+        When no source is a DICOM CT or MR series (e.g. NIfTI-only input).
+    """
+    for reference in sources:
+        if reference is not None and reference.modality in _SOP_CLASS_BY_MODALITY:
+            return reference
+    raise WriteError("DICOM output needs a DICOM CT or MR source series to take patient, study and "
+                     "SOP class from; none of the inputs is one (write --format nifti instead)")
+
+
+def series_description(modalities: Sequence[str]) -> str:
+    """``FUSED CT+MR (medfuse 0.1.0)`` from the source modalities, in input order."""
+    names = "+".join(m or "NIFTI" for m in modalities)
+    return f"FUSED {names} (medfuse {__version__})"[:64]
+
+
+def display_window(stored: np.ndarray) -> tuple[float, float]:
+    """(center, width) covering the 1st-99th percentile of the non-zero stored values.
+
+    Parameters
+    ----------
+    stored : ndarray, any shape, integer
+        Stored pixel values of the whole series (a strided subsample is enough).
+    """
+    values = stored[stored > 0]
+    if values.size == 0:
+        return (STORED_MAX / 2, float(STORED_MAX))
+    low, high = np.percentile(values, [1, 99])
+    width = max(float(high - low), 1.0)
+    return (float(low) + width / 2, width)
+
+
+def to_stored(fused: np.ndarray) -> np.ndarray:
+    """Fused float values in [0, 1] -> stored uint16 in [0, :data:`STORED_MAX`] (same shape)."""
+    return np.rint(np.clip(fused, 0.0, 1.0) * STORED_MAX).astype(np.uint16)
+
+
+def write_fused_series(
+    fused: np.ndarray,
+    geometry: sitk.Image,
+    sources: Sequence[SeriesReference | None],
+    out_dir: str | Path,
+    *,
+    modalities: Sequence[str] | None = None,
+    derivation_description: str = "",
+    provenance_comment: str = "",
+    content_datetime: datetime | None = None,
+    uid_entropy: str | None = None,
+) -> WrittenSeries:
+    """Write *fused* as a new single-frame CT or MR series in the sources' study.
+
+    Parameters
+    ----------
+    fused : ndarray (Z, Y, X) float32
+        Fused intensities in [0, 1] on *geometry*'s grid (values outside are
+        clipped). May be a memory map: slices are read one at a time.
+    geometry : SimpleITK.Image
+        The fixed grid (origin, spacing, direction in LPS); size (X, Y, Z).
+    sources : sequence of SeriesReference or None
+        Every source series in input order (None for a NIfTI source, which
+        cannot be cited). The first CT/MR one is the anatomical reference.
+    out_dir : path
+        Folder to create; it must not exist yet.
+    modalities : sequence of str, optional
+        Source modalities for SeriesDescription (default: from *sources*).
+    derivation_description : str
+        Free text (ST, at most 1024 characters) saying how the image was made.
+    provenance_comment : str
+        Condensed provenance stored in ImageComments (at most 10240 characters).
+    content_datetime : datetime, optional
+        Series/content date and time (default: now). Recorded by the caller.
+    uid_entropy : str, optional
+        When given, every UID is derived from it (deterministic re-runs).
+
+    Returns
+    -------
+    WrittenSeries
+
+    Raises
+    ------
+    WriteError
+        Bad shapes, no CT/MR reference, an existing *out_dir*, or an I/O failure
+        (then nothing is left behind).
+    """
+    out_dir = Path(out_dir)
+    fused = np.asanyarray(fused)
+    size_xyz = geometry.GetSize()
+    if fused.ndim != 3 or fused.shape != (size_xyz[2], size_xyz[1], size_xyz[0]):
+        raise WriteError(f"fused array shape {fused.shape} does not match the fixed grid (z, y, x) = "
+                         f"{(size_xyz[2], size_xyz[1], size_xyz[0])}")
+    if len(derivation_description) > 1024:
+        raise WriteError("DerivationDescription longer than 1024 characters")
+    if len(provenance_comment) > MAX_COMMENT_CHARS:
+        raise WriteError(f"provenance comment longer than {MAX_COMMENT_CHARS} characters")
+    if out_dir.exists():
+        raise WriteError(f"output folder {out_dir} already exists; refusing to overwrite it")
+    reference = anatomical_reference(sources)
+    modalities = list(modalities) if modalities is not None else [s.modality if s else "" for s in sources]
+    when = content_datetime or datetime.now()
+
+    def uid(*parts: str) -> str:
+        if uid_entropy is None:
+            return generate_uid(UID_ROOT)
+        return generate_uid(UID_ROOT, entropy_srcs=["|".join((uid_entropy, *parts))])
+
+    series_uid = uid("series")
+    stride = max(1, fused.shape[0] // 64)
+    window = display_window(to_stored(fused[::stride]))
+    template = _series_template(
+        reference, sources, geometry, modalities, series_uid, window, when,
+        derivation_description, provenance_comment,
+    )
+    implementation_uid = generate_uid(UID_ROOT, entropy_srcs=[f"medfuse-implementation-{__version__}"])
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".partial", dir=out_dir.parent))
+    sop_uids = []
+    try:
+        for z in range(fused.shape[0]):
+            sop_uid = uid("instance", str(z))
+            dataset = _slice_dataset(template, geometry, z, sop_uid, to_stored(fused[z]), implementation_uid)
+            dataset.save_as(staging / f"IM{z + 1:05d}.dcm", enforce_file_format=True)
+            sop_uids.append(sop_uid)
+        os.replace(staging, out_dir)
+    except OSError as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise WriteError(f"could not write the fused series to {out_dir}: {exc}") from exc
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return WrittenSeries(
+        directory=out_dir,
+        study_instance_uid=reference.study_instance_uid,
+        series_instance_uid=series_uid,
+        frame_of_reference_uid=template.FrameOfReferenceUID,
+        sop_class_uid=template.SOPClassUID,
+        sop_instance_uids=tuple(sop_uids),
+        series_number=int(template.SeriesNumber),
+        series_description=template.SeriesDescription,
+        window=window,
+    )
+
+
+def _ds(value: float) -> str:
+    """*value* as the most precise DS string of at most 16 characters."""
+    return format_number_as_ds(float(value))
+
+
+def _code(code) -> CodedConcept:
+    return CodedConcept(code.value, code.scheme_designator, code.meaning)
+
+
+def _series_template(reference, sources, geometry, modalities, series_uid, window, when,
+                     derivation_description, provenance_comment) -> Dataset:
+    """Attributes shared by every instance of the series (dcentvfy checks they agree)."""
+    ds = Dataset()
+    for keyword in _TYPE2_KEYWORDS:
+        setattr(ds, keyword, "")
+    for keyword in _PATIENT_STUDY_KEYWORDS:
+        value = reference.patient_study.get(keyword)
+        if value not in (None, ""):
+            setattr(ds, keyword, value)
+    if "SpecificCharacterSet" not in ds:
+        ds.SpecificCharacterSet = "ISO_IR 192"
+    modality = reference.modality
+    ds.SOPClassUID = _SOP_CLASS_BY_MODALITY[modality]
+    ds.StudyInstanceUID = reference.study_instance_uid
+    ds.SeriesInstanceUID = series_uid
+    ds.Modality = modality
+    ds.SeriesNumber = SERIES_NUMBER_OFFSET + (reference.series_number or 0)
+    ds.SeriesDescription = series_description(modalities)
+    date, time = when.strftime("%Y%m%d"), when.strftime("%H%M%S")
+    ds.SeriesDate = ds.ContentDate = ds.InstanceCreationDate = date
+    ds.SeriesTime = ds.ContentTime = ds.InstanceCreationTime = time
+    for keyword in ("BodyPartExamined", "PatientPosition"):
+        value = reference.extra.get(keyword)
+        if value:
+            setattr(ds, keyword, value)
+    # Laterality is Type 2C (paired body parts): copied when the source has it;
+    # present but empty when the body part is unknown (it may be paired).
+    if reference.extra.get("Laterality"):
+        ds.Laterality = reference.extra["Laterality"]
+    elif not reference.extra.get("BodyPartExamined"):
+        ds.Laterality = ""
+    ds.FrameOfReferenceUID = reference.frame_of_reference_uid or generate_uid(
+        UID_ROOT, entropy_srcs=[f"medfuse-frame-of-reference|{series_uid}"])
+    ds.PositionReferenceIndicator = reference.extra.get("PositionReferenceIndicator", "")
+    ds.Manufacturer = "medfuse"
+    ds.ManufacturerModelName = "medfuse"
+    ds.SoftwareVersions = __version__
+    # Value 3: CT's defined term for a cross-sectional image; MR defines none that fits.
+    ds.ImageType = ["DERIVED", "SECONDARY", "AXIAL" if modality == "CT" else "OTHER"]
+    ds.DerivationDescription = derivation_description or (
+        f"Zero-learning two-scale fusion (Lahoud & Susstrunk) of {'+'.join(modalities)} "
+        f"resampled onto the first series' grid, medfuse {__version__}")
+    ds.DerivationCodeSequence = [_code(codes.DCM.SpatialResampling), _code(codes.DCM.PixelByPixelAddition)]
+    if provenance_comment:
+        ds.ImageComments = provenance_comment
+    ds.AcquisitionNumber = None
+    if modality == "CT":
+        ds.KVP = None
+        ds.RescaleIntercept = "0"
+        ds.RescaleSlope = "1"
+        ds.RescaleType = "US"
+    else:
+        # A fused image was not acquired by any MR sequence: "RM" (research mode)
+        # is the Type 1 value that claims the least.
+        ds.ScanningSequence = "RM"
+        ds.SequenceVariant = "NONE"
+        ds.ScanOptions = None
+        ds.MRAcquisitionType = None
+        ds.EchoTime = None
+        ds.EchoTrainLength = None
+        ds.RepetitionTime = None
+    direction = np.array(geometry.GetDirection()).reshape(3, 3)
+    ds.ImageOrientationPatient = [_ds(v) for v in (*direction[:, 0], *direction[:, 1])]
+    ds.PixelSpacing = [_ds(geometry.GetSpacing()[1]), _ds(geometry.GetSpacing()[0])]
+    ds.SliceThickness = _ds(geometry.GetSpacing()[2])
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.Rows, ds.Columns = geometry.GetSize()[1], geometry.GetSize()[0]
+    ds.BitsAllocated = 16
+    ds.BitsStored = 12
+    ds.HighBit = 11
+    ds.PixelRepresentation = 0
+    ds.WindowCenter = _ds(window[0])
+    ds.WindowWidth = _ds(window[1])
+    ds.VOILUTFunction = "LINEAR"
+    cited = [s for s in sources if s is not None]
+    ds.SourceImageSequence = [_source_item(inst) for s in cited for inst in s.instances]
+    _add_common_instance_references(ds, reference, cited)
+    ds.ContributingEquipmentSequence = [_medfuse_equipment(when)] + [
+        _acquisition_equipment(s) for s in cited if s.equipment]
+    return ds
+
+
+def _source_item(instance) -> Dataset:
+    item = Dataset()
+    item.ReferencedSOPClassUID = instance.sop_class_uid
+    item.ReferencedSOPInstanceUID = instance.sop_instance_uid
+    item.PurposeOfReferenceCodeSequence = [_code(codes.DCM.SourceImageForImageProcessingOperation)]
+    return item
+
+
+def _series_item(series: SeriesReference) -> Dataset:
+    item = Dataset()
+    item.SeriesInstanceUID = series.series_instance_uid
+    instances = []
+    for instance in series.instances:
+        ref = Dataset()
+        ref.ReferencedSOPClassUID = instance.sop_class_uid
+        ref.ReferencedSOPInstanceUID = instance.sop_instance_uid
+        instances.append(ref)
+    item.ReferencedInstanceSequence = instances
+    return item
+
+
+def _add_common_instance_references(ds: Dataset, reference: SeriesReference, cited) -> None:
+    """ReferencedSeriesSequence for this study, the other-studies sequence for the rest."""
+    same_study = [s for s in cited if s.study_instance_uid == reference.study_instance_uid]
+    ds.ReferencedSeriesSequence = [_series_item(s) for s in same_study]
+    other_studies: dict[str, list[SeriesReference]] = {}
+    for series in cited:
+        if series.study_instance_uid != reference.study_instance_uid:
+            other_studies.setdefault(series.study_instance_uid, []).append(series)
+    if other_studies:
+        items = []
+        for study_uid, series_list in other_studies.items():
+            item = Dataset()
+            item.StudyInstanceUID = study_uid
+            item.ReferencedSeriesSequence = [_series_item(s) for s in series_list]
+            items.append(item)
+        ds.StudiesContainingOtherReferencedInstancesSequence = items
+
+
+def _medfuse_equipment(when: datetime) -> Dataset:
+    item = Dataset()
+    item.Manufacturer = "medfuse"
+    item.ManufacturerModelName = "medfuse"
+    item.SoftwareVersions = __version__
+    item.ContributionDateTime = when.strftime("%Y%m%d%H%M%S")
+    item.ContributionDescription = "Registration, resampling and zero-learning image fusion"
+    item.PurposeOfReferenceCodeSequence = [_code(codes.DCM.ProcessingEquipment)]
+    return item
+
+
+def _acquisition_equipment(series: SeriesReference) -> Dataset:
+    item = Dataset()
+    for keyword in _EQUIPMENT_KEYWORDS:
+        value = series.equipment.get(keyword)
+        if value not in (None, ""):
+            setattr(item, keyword, value)
+    if "Manufacturer" not in item:
+        item.Manufacturer = ""
+    item.PurposeOfReferenceCodeSequence = [_code(codes.DCM.AcquisitionEquipment)]
+    return item
+
+
+def _slice_dataset(template: Dataset, geometry: sitk.Image, z: int, sop_uid: str, pixels: np.ndarray,
+                   implementation_uid: str) -> Dataset:
+    """One instance: the series template plus this slice's position, UIDs and pixels."""
+    ds = Dataset()
+    ds.update(template)
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = template.SOPClassUID
+    meta.MediaStorageSOPInstanceUID = sop_uid
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.ImplementationClassUID = implementation_uid
+    meta.ImplementationVersionName = f"MEDFUSE_{__version__}"[:16]
+    ds.file_meta = meta
+    ds.SOPInstanceUID = sop_uid
+    ds.InstanceNumber = z + 1
+    position = geometry.TransformIndexToPhysicalPoint((0, 0, z))
+    normal = np.cross(*np.array(geometry.GetDirection()).reshape(3, 3).T[:2])
+    ds.ImagePositionPatient = [_ds(v) for v in position]
+    ds.SliceLocation = _ds(float(np.dot(normal, position)))
+    ds.PixelData = np.ascontiguousarray(pixels, dtype="<u2").tobytes()
+    return ds
