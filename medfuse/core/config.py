@@ -1,0 +1,156 @@
+"""Every parameter of the fusion method, in one frozen, validated object.
+
+:class:`FusionConfig` holds the defaults medfuse uses; :meth:`FusionConfig.paper`
+is the configuration of Lahoud & Süsstrunk, *Fast and Efficient Zero-Learning
+Image Fusion*, section IV-D, exactly. The field defaults below are the one
+place where medfuse's defaults live (they start equal to the paper's; the
+metrics issue may change them from measurements — change only the values).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import numbers
+from dataclasses import dataclass
+from typing import Any
+
+from medfuse.errors import InputError
+
+__all__ = ["FusionConfig", "DECOMPOSITIONS", "BASE_RULES", "DETAIL_RULES", "FEATURE_INPUTS", "SALIENCY_NORMALISATIONS"]
+
+DECOMPOSITIONS = ("box", "gaussian", "guided")
+BASE_RULES = ("saliency", "average")
+DETAIL_RULES = ("cnn", "max-abs")
+FEATURE_INPUTS = ("source", "detail")
+SALIENCY_NORMALISATIONS = ("minmax", "none")
+
+# The paper's configuration (section IV-D and III). Kept separate from the
+# field defaults so that changing a default never changes `paper()`.
+_PAPER: dict[str, Any] = {
+    "decomposition": "box",
+    # Box side: not stated in the paper; 45 is `kernel=45` (cv2.blur((45, 45)))
+    # in the authors' public code, IVRL/Fast-Zero-Learning-Fusion, Demo.ipynb,
+    # fuse_twoscale(). See docs/fusion.md.
+    "decomposition_size": 45,
+    "decomposition_eps": 0.01,
+    "base_rule": "saliency",
+    "detail_rule": "cnn",
+    "r_b": 45,
+    "eps_b": 0.1,
+    "r_d": 7,
+    "eps_d": 1e-6,
+    "features_on": "source",
+    "clip_detail_weights": False,
+    "model": None,
+    "depth": None,
+    "saliency_levels": 256,
+    "saliency_normalisation": "minmax",
+}
+
+
+@dataclass(frozen=True)
+class FusionConfig:
+    """Parameters of the two-scale zero-learning fusion.
+
+    Attributes
+    ----------
+    decomposition : {'box', 'gaussian', 'guided'}
+        Smoothing filter M giving the base layer B = M(I) (paper eq. 1).
+    decomposition_size : int, odd
+        Window side of the smoothing filter in pixels (radius = size // 2).
+        'gaussian' uses sigma = size / 6 truncated at the window; 'guided'
+        uses the source as its own guide with ``decomposition_eps``.
+    decomposition_eps : float
+        ε of the guided-filter decomposition (only for 'guided').
+    base_rule : {'saliency', 'average'}
+        Base weights: LC histogram saliency (paper III-B) or plain 1/K.
+    detail_rule : {'cnn', 'max-abs'}
+        Detail weights: softmax of CNN activity (paper III-C) or choose-max of
+        |D_k| (the ablation's MAX rule), both refined by the detail guided filter.
+    r_b, eps_b : int, float
+        Radius and ε of the guided filter refining base weights (paper: 45, 0.1).
+    r_d, eps_d : int, float
+        Radius and ε of the guided filter refining detail weights (paper: 7, 1e-6).
+    features_on : {'source', 'detail'}
+        What the CNN sees. 'source': the source images I_k (paper eq. 9).
+        'detail': the detail layers D_k, and no detail guided filter — what the
+        authors' public code does.
+    clip_detail_weights : bool
+        Clip guided-filtered detail weights to [0, 1] before renormalising
+        (with ε_d = 1e-6 they overshoot; the paper does not clip).
+    model, depth : str or None, int or None
+        Feature extractor name and depth; None means the shipped default.
+    saliency_levels : int
+        Grey levels the source is quantised to for the saliency histogram
+        (paper: 256, i.e. 8-bit).
+    saliency_normalisation : {'minmax', 'none'}
+        'minmax': each saliency map is scaled to [0, 1] (paper III-B).
+        'none': raw mean absolute grey-level difference (authors' code).
+    """
+
+    decomposition: str = _PAPER["decomposition"]
+    decomposition_size: int = _PAPER["decomposition_size"]
+    decomposition_eps: float = _PAPER["decomposition_eps"]
+    base_rule: str = _PAPER["base_rule"]
+    detail_rule: str = _PAPER["detail_rule"]
+    r_b: int = _PAPER["r_b"]
+    eps_b: float = _PAPER["eps_b"]
+    r_d: int = _PAPER["r_d"]
+    eps_d: float = _PAPER["eps_d"]
+    features_on: str = _PAPER["features_on"]
+    clip_detail_weights: bool = _PAPER["clip_detail_weights"]
+    model: str | None = _PAPER["model"]
+    depth: int | None = _PAPER["depth"]
+    saliency_levels: int = _PAPER["saliency_levels"]
+    saliency_normalisation: str = _PAPER["saliency_normalisation"]
+
+    def __post_init__(self) -> None:
+        _choice("decomposition", self.decomposition, DECOMPOSITIONS)
+        _choice("base_rule", self.base_rule, BASE_RULES)
+        _choice("detail_rule", self.detail_rule, DETAIL_RULES)
+        _choice("features_on", self.features_on, FEATURE_INPUTS)
+        _choice("saliency_normalisation", self.saliency_normalisation, SALIENCY_NORMALISATIONS)
+        _integer("decomposition_size", self.decomposition_size, minimum=1)
+        if self.decomposition_size % 2 != 1:
+            raise InputError(f"decomposition_size must be odd (a window side), got {self.decomposition_size}")
+        _integer("r_b", self.r_b, minimum=0)
+        _integer("r_d", self.r_d, minimum=0)
+        _integer("saliency_levels", self.saliency_levels, minimum=2)
+        if self.saliency_levels > 65536:
+            raise InputError(f"saliency_levels must be at most 65536, got {self.saliency_levels}")
+        for name in ("eps_b", "eps_d", "decomposition_eps"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value > 0:
+                raise InputError(f"{name} must be a positive number, got {value!r}")
+        if not isinstance(self.clip_detail_weights, bool):
+            raise InputError(f"clip_detail_weights must be true or false, got {self.clip_detail_weights!r}")
+        if self.model is not None and (not isinstance(self.model, str) or not self.model.strip()):
+            raise InputError(f"model must be a model name or None, got {self.model!r}")
+        if self.depth is not None:
+            _integer("depth", self.depth, minimum=1)
+
+    @classmethod
+    def paper(cls) -> FusionConfig:
+        """The paper's configuration exactly (box decomposition, r_b=45, ε_b=0.1, r_d=7, ε_d=1e-6)."""
+        return cls(**_PAPER)
+
+    def replace(self, **changes: Any) -> FusionConfig:
+        """A copy with ``changes`` applied (validated); unknown names raise InputError."""
+        unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(self)})
+        if unknown:
+            raise InputError(f"unknown fusion parameter(s): {', '.join(unknown)}")
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """All parameters as a plain dict (for provenance records)."""
+        return dataclasses.asdict(self)
+
+
+def _choice(name: str, value: object, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise InputError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
+
+
+def _integer(name: str, value: object, *, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise InputError(f"{name} must be an integer >= {minimum}, got {value!r}")

@@ -1,0 +1,155 @@
+"""Fusion weight rules: base (saliency / average) and detail (CNN softmax / max-abs).
+
+Every function takes or returns a weight stack of shape (K, N, H, W): K
+sources, N images (slices) each. Final weights sum to 1 over K at every pixel.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from medfuse.core.filters import guided_filter
+from medfuse.core.saliency import saliency_maps
+
+__all__ = [
+    "normalise_sum",
+    "saliency_weights",
+    "average_weights",
+    "softmax_weights",
+    "upsample_nearest",
+    "max_abs_weights",
+    "refine",
+]
+
+# A per-pixel weight sum below this is treated as "no information": the pixel
+# gets equal weights 1/K instead of a division by ~0.
+_MIN_SUM = 1e-6
+
+
+def normalise_sum(weights: np.ndarray, *, clip: bool = False) -> np.ndarray:
+    """Scale weights to sum 1 over axis 0 at every pixel (paper eq. 7).
+
+    Parameters
+    ----------
+    weights : ndarray, shape (K, ...), float
+        Modified in place and returned.
+    clip : bool
+        Clip to [0, 1] first.
+
+    Returns
+    -------
+    ndarray, shape (K, ...), same dtype
+        Where the sum is below 1e-6 (e.g. all-zero saliency of flat images,
+        or refined weights cancelling out) every source gets 1/K, so no NaN
+        or Inf can arise.
+    """
+    if clip:
+        np.clip(weights, 0.0, 1.0, out=weights)
+    total = weights.sum(axis=0)
+    degenerate = ~(total >= _MIN_SUM)
+    weights /= np.where(degenerate, 1.0, total)
+    if np.any(degenerate):
+        weights[:, degenerate] = 1.0 / weights.shape[0]
+    return weights
+
+
+def saliency_weights(
+    sources: np.ndarray,
+    levels: int = 256,
+    normalisation: str = "minmax",
+    histograms: np.ndarray | None = None,
+) -> np.ndarray:
+    """Unrefined base weights W_k = S_k / Σ_j S_j (paper eq. 5).
+
+    Parameters
+    ----------
+    sources : ndarray, shape (K, N, H, W), float32 in [0, 1]
+    levels, normalisation, histograms
+        See :func:`medfuse.core.saliency.saliency_maps`.
+
+    Returns
+    -------
+    ndarray, shape (K, N, H, W), float32, in [0, 1], summing to 1 over K
+    """
+    return normalise_sum(saliency_maps(sources, levels, normalisation, histograms))
+
+
+def average_weights(shape: tuple[int, ...]) -> np.ndarray:
+    """Equal weights 1/K, shape (K, ...) float32 (the ablation's AVG rule)."""
+    return np.full(shape, 1.0 / shape[0], dtype=np.float32)
+
+
+def softmax_weights(activity: np.ndarray) -> np.ndarray:
+    """Softmax across sources (axis 0) of CNN activity (paper eq. 11).
+
+    Parameters
+    ----------
+    activity : ndarray, shape (K, ...), float, >= 0
+
+    Returns
+    -------
+    ndarray, shape (K, ...), float32, in [0, 1], summing to 1 over K
+        Computed as exp(a − max_k a) / Σ exp(...) so large activities do not overflow.
+    """
+    shifted = activity.astype(np.float32) - activity.max(axis=0, keepdims=True)
+    np.exp(shifted, out=shifted)
+    shifted /= shifted.sum(axis=0, keepdims=True)
+    return shifted
+
+
+def upsample_nearest(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Nearest-neighbour upsampling of (..., h, w) maps to (..., H, W).
+
+    A feature map of stride s covers ``h = ceil(H / s)`` cells; the stride is
+    recovered as ``ceil(H / h)`` and cell j covers pixels [j·s, (j+1)·s),
+    cropped at the image edge (so the alignment does not drift along the image).
+    """
+    h, w = maps.shape[-2:]
+    big_h, big_w = size
+    if h > big_h or w > big_w or h < 1 or w < 1:
+        raise ValueError(f"cannot upsample maps of size {(h, w)} to {(big_h, big_w)}")
+    stride_h, stride_w = -(-big_h // h), -(-big_w // w)
+    if (big_h + stride_h - 1) // stride_h != h or (big_w + stride_w - 1) // stride_w != w:
+        raise ValueError(f"maps of size {(h, w)} do not tile an image of size {(big_h, big_w)} with an integer stride")
+    out = np.repeat(np.repeat(maps, stride_h, axis=-2), stride_w, axis=-1)
+    return out[..., :big_h, :big_w]
+
+
+def max_abs_weights(details: np.ndarray) -> np.ndarray:
+    """Choose-max detail weights: 1 for the source with the largest |D_k|, else 0.
+
+    Ties go to the lowest source index (deterministic).
+
+    Parameters
+    ----------
+    details : ndarray, shape (K, ...), float
+
+    Returns
+    -------
+    ndarray, shape (K, ...), float32, one-hot over axis 0
+    """
+    winner = np.abs(details).argmax(axis=0)
+    return (np.arange(details.shape[0]).reshape((-1,) + (1,) * winner.ndim) == winner).astype(np.float32)
+
+
+def refine(weights: np.ndarray, guides: np.ndarray, radius: int, eps: float, *, clip: bool = False) -> np.ndarray:
+    """Guided-filter each weight map by its source, then renormalise (paper eqs. 6–7, 12).
+
+    Parameters
+    ----------
+    weights : ndarray, shape (K, N, H, W)
+    guides : ndarray, shape (K, N, H, W)
+        The source images I_k.
+    radius, eps : int, float
+        Guided-filter parameters.
+    clip : bool
+        Clip the filtered weights to [0, 1] before renormalising.
+
+    Returns
+    -------
+    ndarray, shape (K, N, H, W), float32, summing to 1 over K
+        Without ``clip`` the values may leave [0, 1] (the guided filter does
+        not preserve range; with small ε it overshoots at edges).
+    """
+    filtered = guided_filter(guides, weights, radius, eps).astype(np.float32)
+    return normalise_sum(filtered, clip=clip)
