@@ -1,0 +1,356 @@
+"""Header-only parsing of DICOM files into plain, typed records.
+
+A DICOM file is read once with ``stop_before_pixels`` and turned into one
+:class:`InstanceHeader` (the file) holding one :class:`FrameHeader` per
+frame: a classic single-frame image has one frame; an enhanced multi-frame
+object has one per item of its Per-frame Functional Groups Sequence, with
+the Shared Functional Groups as the fallback for every attribute. Everything
+above this module (indexing, geometry checks, reading) works on these
+records, never on pydicom datasets, so the rules are written once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+
+#: SOP Class UIDs of the storage classes this reader turns into volumes.
+IMAGE_SOP_CLASSES = {
+    "1.2.840.10008.5.1.4.1.1.2": "CT Image Storage",
+    "1.2.840.10008.5.1.4.1.1.2.1": "Enhanced CT Image Storage",
+    "1.2.840.10008.5.1.4.1.1.4": "MR Image Storage",
+    "1.2.840.10008.5.1.4.1.1.4.1": "Enhanced MR Image Storage",
+    "1.2.840.10008.5.1.4.1.1.128": "Positron Emission Tomography Image Storage",
+    "1.2.840.10008.5.1.4.1.1.130": "Enhanced PET Image Storage",
+    "1.2.840.10008.5.1.4.1.1.20": "Nuclear Medicine Image Storage",
+}
+
+#: The DICOMDIR media storage directory SOP class (an index file, not an image).
+MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"
+
+#: Patient and General Study module keywords copied into SeriesReference.patient_study.
+PATIENT_STUDY_KEYWORDS = (
+    "SpecificCharacterSet",
+    "PatientName",
+    "PatientID",
+    "IssuerOfPatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "PatientAge",
+    "StudyInstanceUID",
+    "StudyDate",
+    "StudyTime",
+    "StudyID",
+    "StudyDescription",
+    "AccessionNumber",
+    "ReferringPhysicianName",
+)
+
+#: General Equipment module keywords copied into SeriesReference.equipment.
+EQUIPMENT_KEYWORDS = (
+    "Manufacturer",
+    "ManufacturerModelName",
+    "InstitutionName",
+    "StationName",
+    "DeviceSerialNumber",
+    "SoftwareVersions",
+)
+
+#: Other facts later stages need (SUV, positioning), copied into SeriesReference.extra.
+EXTRA_KEYWORDS = (
+    "BodyPartExamined",
+    "PatientPosition",
+    "PatientWeight",
+    "PatientSize",
+    "Units",
+    "DecayCorrection",
+    "CorrectedImage",
+    "SeriesDate",
+    "SeriesTime",
+    "AcquisitionDate",
+    "AcquisitionTime",
+    "ProtocolName",
+    "ImageType",
+    "SliceThickness",
+)
+
+
+class NotDicomError(ValueError):
+    """A file is not DICOM, or is truncated; ``str()`` says which."""
+
+
+@dataclass(frozen=True)
+class FrameHeader:
+    """Geometry and value mapping of one 2-D frame.
+
+    Attributes
+    ----------
+    frame_index : int or None
+        0-based frame number inside a multi-frame object; None for a
+        single-frame image.
+    position : ndarray (3,) float64 or None
+        ImagePositionPatient (LPS, mm) of the first transmitted pixel.
+    orientation : ndarray (6,) float64 or None
+        ImageOrientationPatient: row direction cosines then column ones.
+    pixel_spacing : ndarray (2,) float64 or None
+        PixelSpacing as stored: (between rows, between columns) in mm.
+    slope, intercept : float
+        Rescale Slope and Intercept (1 and 0 when absent).
+    echo : str
+        Echo number or effective echo time ("" when absent).
+    temporal : str
+        The first of TemporalPositionIndex, TemporalPositionIdentifier,
+        TriggerTime that is present ("" when none).
+    """
+
+    frame_index: int | None
+    position: np.ndarray | None
+    orientation: np.ndarray | None
+    pixel_spacing: np.ndarray | None
+    slope: float = 1.0
+    intercept: float = 0.0
+    echo: str = ""
+    temporal: str = ""
+
+
+@dataclass(frozen=True)
+class InstanceHeader:
+    """What the indexer and reader need from one DICOM file (no pixels).
+
+    ``rows``/``columns`` are 0 for non-image objects. ``frames`` holds one
+    :class:`FrameHeader` per frame (empty for non-image objects).
+    """
+
+    path: Path
+    sop_class_uid: str
+    sop_instance_uid: str
+    study_instance_uid: str
+    series_instance_uid: str
+    frame_of_reference_uid: str
+    transfer_syntax_uid: str
+    modality: str
+    patient_id: str
+    patient_name: str
+    study_date: str
+    series_number: int | None
+    series_description: str
+    instance_number: int | None
+    acquisition_number: str
+    image_type: tuple[str, ...]
+    rows: int
+    columns: int
+    bits_allocated: int
+    samples_per_pixel: int
+    has_pixel_data: bool
+    gantry_tilt: float | None
+    frames: tuple[FrameHeader, ...] = field(default_factory=tuple)
+
+    @property
+    def is_multiframe(self) -> bool:
+        return bool(self.frames) and self.frames[0].frame_index is not None
+
+    @property
+    def sop_class_name(self) -> str:
+        return IMAGE_SOP_CLASSES.get(self.sop_class_uid) or _uid_name(self.sop_class_uid)
+
+
+def _uid_name(uid: str) -> str:
+    name = pydicom.uid.UID(uid).name if uid else ""
+    return name if name and name != uid else (uid or "no SOP class")
+
+
+def read_header(path: Path) -> InstanceHeader:
+    """Parse one file's header (pixels are not read).
+
+    Parameters
+    ----------
+    path : pathlib.Path
+        Any file; non-DICOM and truncated files raise :class:`NotDicomError`.
+
+    Returns
+    -------
+    InstanceHeader
+    """
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+    except InvalidDicomError as exc:
+        raise NotDicomError("not a DICOM file (no DICM preamble)") from exc
+    except (EOFError, OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise NotDicomError(f"unreadable or truncated DICOM ({type(exc).__name__})") from exc
+    try:
+        return header_from_dataset(ds, Path(path))
+    except (EOFError, OSError, ValueError, KeyError, TypeError, AttributeError, IndexError) as exc:
+        raise NotDicomError(f"corrupt or truncated DICOM header ({type(exc).__name__}: {exc})") from exc
+
+
+def header_from_dataset(ds: Dataset, path: Path) -> InstanceHeader:
+    """Build an :class:`InstanceHeader` from a (header-only) pydicom dataset."""
+    meta = getattr(ds, "file_meta", None)
+    sop_class = str(ds.get("SOPClassUID", "") or (meta.get("MediaStorageSOPClassUID", "") if meta else ""))
+    if sop_class == MEDIA_STORAGE_DIRECTORY or "DirectoryRecordSequence" in ds:
+        raise NotDicomError("DICOMDIR (a media index, not an image)")
+    if not sop_class and "SeriesInstanceUID" not in ds:
+        raise NotDicomError("not a DICOM object (no SOP Class or Series Instance UID)")
+    rows = int(ds.get("Rows", 0) or 0)
+    columns = int(ds.get("Columns", 0) or 0)
+    # With stop_before_pixels the pixel element itself is gone; an image is
+    # recognised by its Image Pixel module (Rows/Columns).
+    has_pixels = rows > 0 and columns > 0
+    frames = _frames(ds) if has_pixels else ()
+    tilt = ds.get("GantryDetectorTilt")
+    return InstanceHeader(
+        path=path,
+        sop_class_uid=sop_class,
+        sop_instance_uid=str(ds.get("SOPInstanceUID", "")),
+        study_instance_uid=str(ds.get("StudyInstanceUID", "")),
+        series_instance_uid=str(ds.get("SeriesInstanceUID", "")),
+        frame_of_reference_uid=str(ds.get("FrameOfReferenceUID", "")),
+        transfer_syntax_uid=str(meta.get("TransferSyntaxUID", "")) if meta else "",
+        modality=str(ds.get("Modality", "")),
+        patient_id=str(ds.get("PatientID", "")),
+        patient_name=str(ds.get("PatientName", "")),
+        study_date=str(ds.get("StudyDate", "")),
+        series_number=_int_or_none(ds.get("SeriesNumber")),
+        series_description=str(ds.get("SeriesDescription", "")),
+        instance_number=_int_or_none(ds.get("InstanceNumber")),
+        acquisition_number=_str(ds.get("AcquisitionNumber")),
+        image_type=tuple(str(v).upper() for v in _as_list(ds.get("ImageType"))),
+        rows=rows,
+        columns=columns,
+        bits_allocated=int(ds.get("BitsAllocated", 0) or 0),
+        samples_per_pixel=int(ds.get("SamplesPerPixel", 1) or 1),
+        has_pixel_data=has_pixels,
+        gantry_tilt=float(tilt) if tilt not in (None, "") else None,
+        frames=frames,
+    )
+
+
+def _frames(ds: Dataset) -> tuple[FrameHeader, ...]:
+    n_frames = int(ds.get("NumberOfFrames", 1) or 1)
+    per_frame = ds.get("PerFrameFunctionalGroupsSequence")
+    if per_frame is None:
+        if n_frames > 1:
+            # A legacy multi-frame (e.g. NM) without functional groups: one
+            # plane per frame along SliceVector is not modelled here; keep the
+            # frames so the indexer can say why it refuses them.
+            return tuple(_frame_from(ds, None, i) for i in range(n_frames))
+        return (_frame_from(ds, None, None),)
+    shared_seq = ds.get("SharedFunctionalGroupsSequence")
+    shared = shared_seq[0] if shared_seq else Dataset()
+    return tuple(_frame_from(item, shared, i) for i, item in enumerate(per_frame))
+
+
+def _frame_from(item: Dataset, shared: Dataset | None, index: int | None) -> FrameHeader:
+    """One frame's attributes; for functional groups, per-frame then shared."""
+    if shared is None:
+        src = item
+        position = _vector(src.get("ImagePositionPatient"), 3)
+        orientation = _vector(src.get("ImageOrientationPatient"), 6)
+        spacing = _vector(src.get("PixelSpacing"), 2)
+        slope = _float(src.get("RescaleSlope"), 1.0)
+        intercept = _float(src.get("RescaleIntercept"), 0.0)
+        echo = _str(src.get("EchoNumbers"))
+        temporal = _first_str(src, ("TemporalPositionIdentifier", "TriggerTime"))
+        return FrameHeader(index, position, orientation, spacing, slope, intercept, echo, temporal)
+
+    def group(keyword: str) -> Dataset | None:
+        for holder in (item, shared):
+            seq = holder.get(keyword)
+            if seq:
+                return seq[0]
+        return None
+
+    plane_pos = group("PlanePositionSequence")
+    plane_ori = group("PlaneOrientationSequence")
+    measures = group("PixelMeasuresSequence")
+    transform = group("PixelValueTransformationSequence")
+    content = group("FrameContentSequence")
+    echo_group = group("MREchoSequence")
+    return FrameHeader(
+        frame_index=index,
+        position=_vector(plane_pos.get("ImagePositionPatient") if plane_pos else None, 3),
+        orientation=_vector(plane_ori.get("ImageOrientationPatient") if plane_ori else None, 6),
+        pixel_spacing=_vector(measures.get("PixelSpacing") if measures else None, 2),
+        slope=_float(transform.get("RescaleSlope") if transform else None, 1.0),
+        intercept=_float(transform.get("RescaleIntercept") if transform else None, 0.0),
+        echo=_str(echo_group.get("EffectiveEchoTime")) if echo_group else "",
+        temporal=_first_str(content, ("TemporalPositionIndex",)) if content else "",
+    )
+
+
+def reference_dicts(ds: Dataset) -> tuple[dict, dict, dict]:
+    """(patient_study, equipment, extra) dicts for a SeriesReference, values as str."""
+
+    def pick(keywords: tuple[str, ...]) -> dict:
+        return {k: str(ds.get(k)) for k in keywords if k in ds and ds.get(k) not in (None, "")}
+
+    extra = pick(EXTRA_KEYWORDS)
+    radio = ds.get("RadiopharmaceuticalInformationSequence")
+    if radio:
+        info = radio[0]
+        for keyword in ("RadiopharmaceuticalStartTime", "RadiopharmaceuticalStartDateTime",
+                        "RadionuclideTotalDose", "RadionuclideHalfLife", "Radiopharmaceutical"):
+            if keyword in info and info.get(keyword) not in (None, ""):
+                extra[keyword] = str(info.get(keyword))
+    return pick(PATIENT_STUDY_KEYWORDS), pick(EQUIPMENT_KEYWORDS), extra
+
+
+def _as_list(value) -> list:
+    if value is None:
+        return []
+    if isinstance(value, (str, bytes)):
+        return [value]
+    try:
+        return list(value)
+    except TypeError:
+        return [value]
+
+
+def _vector(value, n: int) -> np.ndarray | None:
+    values = _as_list(value)
+    if len(values) != n:
+        return None
+    try:
+        out = np.array([float(v) for v in values], dtype=np.float64)
+    except (TypeError, ValueError):
+        return None
+    return out if np.all(np.isfinite(out)) else None
+
+
+def _float(value, default: float) -> float:
+    if value in (None, ""):
+        return default
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return default
+
+
+def _int_or_none(value) -> int | None:
+    if value in (None, ""):
+        return None
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _str(value) -> str:
+    if value in (None, ""):
+        return ""
+    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
+        return "\\".join(str(v) for v in value)
+    return str(value)
+
+
+def _first_str(ds: Dataset, keywords: tuple[str, ...]) -> str:
+    for keyword in keywords:
+        value = ds.get(keyword)
+        if value not in (None, ""):
+            return _str(value)
+    return ""

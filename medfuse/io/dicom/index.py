@@ -1,0 +1,524 @@
+"""Index a folder of DICOM files into studies → series, with a verdict per series.
+
+Only headers are read (``stop_before_pixels``). Files that are not DICOM,
+DICOMDIR index files, truncated files and duplicate copies of an instance
+are skipped and listed with the reason. Instances are grouped by Study and
+Series Instance UID, then split the way converters such as dcm2niix split
+them: by orientation, image size, echo, and ImageType; the rule that split
+a series is recorded. Within one split, repeated slice positions that a
+temporal index (TemporalPositionIndex / TemporalPositionIdentifier /
+TriggerTime, then AcquisitionNumber, then the multi-frame instance) tells
+apart make a 4-D series; otherwise they are duplicates and the series is
+refused. Each resulting :class:`SeriesInfo` carries ``usable`` and a
+one-line ``reason``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from pydicom.pixels import get_decoder
+from pydicom.uid import UID
+
+from medfuse.errors import ScanError
+from medfuse.io.dicom.geometry import (
+    TILT_TOLERANCE_DEG,
+    StackGeometry,
+    analyse_stack,
+    orientation_label,
+    spacing_tolerance,
+)
+from medfuse.io.dicom.headers import (
+    IMAGE_SOP_CLASSES,
+    FrameHeader,
+    InstanceHeader,
+    NotDicomError,
+    read_header,
+)
+
+#: Decoder packages to suggest, by transfer syntax family (none of them GPL).
+DECODER_PACKAGES = {
+    "JPEG 2000": "pylibjpeg-openjpeg",
+    "JPEG-LS": "pyjpegls",
+    "JPEG": "python-gdcm",
+    "RLE": "pylibjpeg-rle",
+    "HTJ2K": "pylibjpeg-openjpeg",
+}
+
+#: Series made of at most this many slices, split off by orientation from a
+#: larger stack of the same SeriesInstanceUID, are called localizers.
+LOCALIZER_MAX_SLICES = 5
+
+
+@dataclass(frozen=True)
+class SliceRef:
+    """One 2-D frame of a series: the file it lives in and its geometry."""
+
+    instance: InstanceHeader
+    frame: FrameHeader
+
+
+@dataclass(frozen=True)
+class SeriesInfo:
+    """One readable unit of a study: a series UID, or a split of one.
+
+    Attributes
+    ----------
+    volumes : tuple of tuple of SliceRef
+        One tuple per 3-D volume (several for a 4-D series), each sorted
+        ascending along the slice normal. Empty for non-image series.
+    dimensions : (columns, rows, slices)
+    spacing : (x, y, z) in mm; z from positions (0 when unknown).
+    orientation : 'axial' | 'coronal' | 'sagittal' | 'oblique' | ''
+    usable : bool
+        True when :func:`medfuse.io.dicom.read.read_series` can read it as
+        one 3-D volume without further choices.
+    reason : str
+        Why it is not usable ("" when usable).
+    split_rule : str
+        The rule that split this out of its SeriesInstanceUID ("" if none).
+    notes : tuple of str
+        Problems handled without refusing (e.g. duplicate files ignored).
+    """
+
+    study_instance_uid: str
+    series_instance_uid: str
+    patient_id: str
+    patient_name: str
+    study_date: str
+    modality: str
+    series_number: int | None
+    series_description: str
+    sop_class_uid: str
+    sop_class_name: str
+    transfer_syntax_uid: str
+    frame_of_reference_uid: str
+    instances: tuple[InstanceHeader, ...]
+    volumes: tuple[tuple[SliceRef, ...], ...]
+    dimensions: tuple[int, int, int]
+    spacing: tuple[float, float, float]
+    orientation: str
+    usable: bool
+    reason: str
+    split_rule: str = ""
+    split_value: str = ""
+    notes: tuple[str, ...] = ()
+    tilt_deg: float = 0.0
+
+    @property
+    def n_instances(self) -> int:
+        return len(self.instances)
+
+    @property
+    def n_frames(self) -> int:
+        return sum(len(inst.frames) for inst in self.instances)
+
+    @property
+    def n_volumes(self) -> int:
+        return len(self.volumes)
+
+    @property
+    def verdict(self) -> str:
+        return "usable" if self.usable else f"unusable: {self.reason}"
+
+    @property
+    def label(self) -> str:
+        number = f"series {self.series_number}" if self.series_number is not None else "no series number"
+        desc = self.series_description or "(no description)"
+        split = f" [{self.split_rule} {self.split_value}]" if self.split_rule else ""
+        return f"{self.modality} {desc} ({number}){split}"
+
+    def to_dict(self, *, show_phi: bool = False) -> dict:
+        """JSON-ready summary (patient ID masked unless *show_phi*)."""
+        return {
+            "patient_id": self.patient_id if show_phi else mask_identifier(self.patient_id),
+            "study_instance_uid": self.study_instance_uid,
+            "study_date": self.study_date,
+            "series_instance_uid": self.series_instance_uid,
+            "modality": self.modality,
+            "series_number": self.series_number,
+            "series_description": self.series_description,
+            "sop_class": self.sop_class_name,
+            "instances": self.n_instances,
+            "frames": self.n_frames,
+            "volumes": self.n_volumes,
+            "dimensions": list(self.dimensions),
+            "spacing": [round(s, 6) for s in self.spacing],
+            "orientation": self.orientation,
+            "usable": self.usable,
+            "reason": self.reason,
+            "split_rule": self.split_rule,
+            "split_value": self.split_value,
+            "notes": list(self.notes),
+            "files": [str(inst.path) for inst in self.instances],
+        }
+
+
+@dataclass(frozen=True)
+class StudyInfo:
+    study_instance_uid: str
+    patient_id: str
+    study_date: str
+    series: tuple[SeriesInfo, ...]
+
+
+@dataclass(frozen=True)
+class FolderIndex:
+    """The result of :func:`scan_folder`.
+
+    Attributes
+    ----------
+    root : pathlib.Path
+    studies : tuple of StudyInfo
+    skipped : tuple of (path, reason)
+        Files that are not part of any series, and why.
+    """
+
+    root: Path
+    studies: tuple[StudyInfo, ...]
+    skipped: tuple[tuple[Path, str], ...] = field(default_factory=tuple)
+
+    @property
+    def series(self) -> tuple[SeriesInfo, ...]:
+        return tuple(s for study in self.studies for s in study.series)
+
+    @property
+    def usable_series(self) -> tuple[SeriesInfo, ...]:
+        return tuple(s for s in self.series if s.usable)
+
+    def to_dict(self, *, show_phi: bool = False) -> dict:
+        return {
+            "root": str(self.root),
+            "studies": [
+                {
+                    "study_instance_uid": st.study_instance_uid,
+                    "patient_id": st.patient_id if show_phi else mask_identifier(st.patient_id),
+                    "study_date": st.study_date,
+                    "series": [s.to_dict(show_phi=show_phi) for s in st.series],
+                }
+                for st in self.studies
+            ],
+            "skipped": [{"path": str(p), "reason": r} for p, r in self.skipped],
+        }
+
+
+def mask_identifier(value: str) -> str:
+    """Mask a patient identifier for display: keep the last 2 characters."""
+    if not value:
+        return ""
+    keep = value[-2:] if len(value) > 4 else ""
+    return "*" * max(3, len(value) - len(keep)) + keep
+
+
+def scan_folder(path: str | os.PathLike) -> FolderIndex:
+    """Index every DICOM file under *path* (recursively; a single file works too).
+
+    Parameters
+    ----------
+    path : str or path-like
+        A folder (walked recursively, hidden entries skipped) or one file.
+
+    Returns
+    -------
+    FolderIndex
+        Studies sorted by date then UID; series by number then UID.
+
+    Raises
+    ------
+    ScanError
+        If *path* does not exist.
+    """
+    root = Path(path)
+    if not root.exists():
+        raise ScanError(f"{root}: no such file or folder")
+    files = [root] if root.is_file() else _walk(root)
+    headers: list[InstanceHeader] = []
+    skipped: list[tuple[Path, str]] = []
+    seen: dict[str, Path] = {}
+    duplicates: dict[str, list[Path]] = defaultdict(list)
+    for file in files:
+        try:
+            header = read_header(file)
+        except NotDicomError as exc:
+            skipped.append((file, str(exc)))
+            continue
+        if header.sop_instance_uid and header.sop_instance_uid in seen:
+            first = seen[header.sop_instance_uid]
+            skipped.append((file, f"duplicate of {first.name} (same SOP Instance UID)"))
+            duplicates[header.series_instance_uid].append(file)
+            continue
+        seen[header.sop_instance_uid] = file
+        headers.append(header)
+
+    by_series: dict[tuple[str, str], list[InstanceHeader]] = defaultdict(list)
+    for header in headers:
+        by_series[(header.study_instance_uid, header.series_instance_uid)].append(header)
+
+    by_study: dict[str, list[SeriesInfo]] = defaultdict(list)
+    for (study_uid, series_uid), members in by_series.items():
+        notes = ()
+        if duplicates.get(series_uid):
+            notes = (f"{len(duplicates[series_uid])} duplicate file(s) ignored",)
+        by_study[study_uid].extend(_split_series(members, notes))
+
+    studies = []
+    for study_uid, series in by_study.items():
+        series.sort(key=lambda s: (s.series_number if s.series_number is not None else 1 << 30,
+                                   s.series_instance_uid, s.split_value))
+        first = series[0]
+        studies.append(StudyInfo(study_uid, first.patient_id, first.study_date, tuple(series)))
+    studies.sort(key=lambda st: (st.patient_id, st.study_date, st.study_instance_uid))
+    return FolderIndex(root, tuple(studies), tuple(skipped))
+
+
+def _walk(root: Path) -> list[Path]:
+    out = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        out.extend(Path(dirpath) / f for f in sorted(filenames) if not f.startswith("."))
+    return out
+
+
+# --- splitting -------------------------------------------------------------
+
+_SPLIT_KEYS = ("image size", "ImageType", "echo", "orientation")
+
+
+def _split_key(instance: InstanceHeader, frame: FrameHeader) -> tuple:
+    orient = tuple(np.round(frame.orientation, 4)) if frame.orientation is not None else None
+    return (
+        (instance.rows, instance.columns),
+        instance.image_type,
+        frame.echo,
+        orient,
+    )
+
+
+def _describe(rule: str, value) -> str:
+    if rule == "image size":
+        return f"{value[1]}x{value[0]}"
+    if rule == "ImageType":
+        return "\\".join(value)
+    if rule == "orientation":
+        return "none" if value is None else orientation_label(np.array(value))
+    return str(value)
+
+
+def _split_series(members: list[InstanceHeader], notes: tuple[str, ...]) -> list[SeriesInfo]:
+    members = sorted(members, key=lambda h: (h.instance_number if h.instance_number is not None else 0, str(h.path)))
+    if not members[0].has_pixel_data or members[0].sop_class_uid not in IMAGE_SOP_CLASSES:
+        return [_non_volume_series(members, notes)]
+    groups: dict[tuple, list[SliceRef]] = defaultdict(list)
+    for inst in members:
+        for frame in inst.frames:
+            groups[_split_key(inst, frame)].append(SliceRef(inst, frame))
+    if len(groups) == 1:
+        refs = next(iter(groups.values()))
+        return [_build(refs, notes)]
+    keys = list(groups)
+    differing = [i for i in range(len(_SPLIT_KEYS)) if len({k[i] for k in keys}) > 1]
+    rule = _SPLIT_KEYS[differing[0]]
+    largest = max(len(g) for g in groups.values())
+    out = []
+    for key, refs in groups.items():
+        value = _describe(rule, key[differing[0]])
+        localizer = (
+            _SPLIT_KEYS[differing[0]] == "orientation"
+            and len(refs) <= LOCALIZER_MAX_SLICES
+            and len(refs) < largest
+        )
+        out.append(_build(refs, notes, split_rule=rule, split_value=value, orientation_localizer=localizer))
+    return out
+
+
+def _non_volume_series(members: list[InstanceHeader], notes: tuple[str, ...]) -> SeriesInfo:
+    first = members[0]
+    if not first.has_pixel_data:
+        reason = f"non-image SOP class ({first.sop_class_name})"
+    else:
+        reason = f"SOP class not read as a volume ({first.sop_class_name})"
+    return _info(members, (), (first.columns, first.rows, 0), (0.0, 0.0, 0.0), "", False, reason, notes=notes)
+
+
+def _info(members, volumes, dims, spacing, orientation, usable, reason, **kw) -> SeriesInfo:
+    first = members[0]
+    return SeriesInfo(
+        study_instance_uid=first.study_instance_uid,
+        series_instance_uid=first.series_instance_uid,
+        patient_id=first.patient_id,
+        patient_name=first.patient_name,
+        study_date=first.study_date,
+        modality=first.modality,
+        series_number=first.series_number,
+        series_description=first.series_description,
+        sop_class_uid=first.sop_class_uid,
+        sop_class_name=first.sop_class_name,
+        transfer_syntax_uid=first.transfer_syntax_uid,
+        frame_of_reference_uid=first.frame_of_reference_uid,
+        instances=tuple(members),
+        volumes=tuple(volumes),
+        dimensions=dims,
+        spacing=spacing,
+        orientation=orientation,
+        usable=usable,
+        reason=reason,
+        **kw,
+    )
+
+
+def _unique_instances(refs: list[SliceRef]) -> list[InstanceHeader]:
+    seen: dict[str, InstanceHeader] = {}
+    for ref in refs:
+        seen.setdefault(ref.instance.sop_instance_uid, ref.instance)
+    return list(seen.values())
+
+
+def _temporal_volumes(refs: list[SliceRef]) -> tuple[list[list[SliceRef]], str] | None:
+    """Split refs with repeated positions into volumes by a temporal key."""
+    keyers = (
+        ("temporal index", lambda r: r.frame.temporal),
+        ("acquisition number", lambda r: r.instance.acquisition_number),
+        ("multi-frame instance", lambda r: r.instance.sop_instance_uid if r.instance.is_multiframe else ""),
+    )
+    for name, keyer in keyers:
+        keys = {keyer(r) for r in refs}
+        if len(keys) < 2:
+            continue
+        parts: dict[str, list[SliceRef]] = defaultdict(list)
+        for ref in refs:
+            parts[keyer(ref)].append(ref)
+        counts = {len(p) for p in parts.values()}
+        if len(counts) != 1:
+            continue
+        ok = all(
+            analyse_stack(np.array([r.frame.position for r in p]), p[0].frame.orientation).duplicates == 0
+            for p in parts.values()
+        )
+        if ok:
+            ordered = sorted(parts.items(), key=lambda kv: _natural(kv[0]))
+            return [p for _, p in ordered], name
+    return None
+
+
+def _natural(value: str):
+    try:
+        return (0, float(value), "")
+    except ValueError:
+        return (1, 0.0, value)
+
+
+def _sorted_volume(refs: list[SliceRef], stack: StackGeometry) -> tuple[SliceRef, ...]:
+    return tuple(refs[i] for i in stack.order)
+
+
+def _build(
+    refs: list[SliceRef],
+    notes: tuple[str, ...],
+    *,
+    split_rule: str = "",
+    split_value: str = "",
+    orientation_localizer: bool = False,
+) -> SeriesInfo:
+    members = _unique_instances(refs)
+    first_inst, first_frame = refs[0].instance, refs[0].frame
+    dims_xy = (first_inst.columns, first_inst.rows)
+    ps = first_frame.pixel_spacing
+    spacing_xy = (float(ps[1]), float(ps[0])) if ps is not None else (0.0, 0.0)
+    kw = dict(split_rule=split_rule, split_value=split_value, notes=notes)
+
+    def refuse(reason, volumes=(), n_slices=len(refs), spacing_z=0.0, orientation="", **extra):
+        return _info(members, volumes, (*dims_xy, n_slices), (*spacing_xy, spacing_z), orientation,
+                     False, reason, **kw, **extra)
+
+    if any(r.frame.position is None or r.frame.orientation is None for r in refs):
+        return refuse("no patient geometry (ImagePositionPatient/ImageOrientationPatient missing)")
+    orientation = orientation_label(first_frame.orientation)
+    if "LOCALIZER" in first_inst.image_type:
+        return refuse("localizer (ImageType LOCALIZER)", orientation=orientation)
+    if orientation_localizer:
+        return refuse("localizer: orientation differs between slices", orientation=orientation)
+    if "MOSAIC" in first_inst.image_type:
+        return refuse("Siemens mosaic (slices tiled in one image) is not supported", orientation=orientation)
+    if first_inst.samples_per_pixel != 1:
+        return refuse(f"colour images (SamplesPerPixel {first_inst.samples_per_pixel}), not a scalar volume",
+                      orientation=orientation)
+    if ps is None:
+        return refuse("no PixelSpacing", orientation=orientation)
+    codec_problem = missing_decoder(first_inst.transfer_syntax_uid)
+    positions = np.array([r.frame.position for r in refs])
+    stack = analyse_stack(positions, first_frame.orientation)
+    volumes: list[tuple[SliceRef, ...]] = [_sorted_volume(refs, stack)]
+    split_4d = ""
+    if stack.duplicates:
+        found = _temporal_volumes(refs)
+        if found is None:
+            return refuse(
+                f"duplicate positions: {stack.duplicates} slice(s) share a position with another "
+                "and no temporal index tells them apart",
+                orientation=orientation,
+            )
+        parts, split_4d = found
+        volumes = []
+        for part in parts:
+            part_stack = analyse_stack(np.array([r.frame.position for r in part]), first_frame.orientation)
+            volumes.append(_sorted_volume(part, part_stack))
+        stack = analyse_stack(np.array([r.frame.position for r in parts[0]]), first_frame.orientation)
+    n_slices = len(volumes[0])
+    common = dict(volumes=tuple(volumes), n_slices=n_slices, spacing_z=stack.spacing,
+                  orientation=orientation, tilt_deg=stack.tilt_deg)
+    if codec_problem:
+        return refuse(codec_problem, **common)
+    if n_slices < 2:
+        return refuse("single slice: not a volume", **common)
+    if stack.tilt_deg > TILT_TOLERANCE_DEG:
+        return refuse(f"gantry tilt {stack.tilt_deg:.1f}° (tilted stacks are not resampled yet)", **common)
+    if stack.gaps:
+        where, multiple = stack.gaps[0]
+        more = f" (+{len(stack.gaps) - 1} more)" if len(stack.gaps) > 1 else ""
+        return refuse(
+            f"missing slices: gap of {multiple:.1f} × spacing at {where:.2f} mm along the normal{more}",
+            **common,
+        )
+    if not stack.uniform:
+        return refuse(
+            f"non-uniform slice spacing: gaps deviate up to {stack.max_deviation:.3f} mm from "
+            f"{stack.median_gap:.3f} mm (tolerance {spacing_tolerance(stack.median_gap):.3f} mm)",
+            **common,
+        )
+    if len(volumes) > 1:
+        return refuse(
+            f"4-D series: {len(volumes)} volumes by {split_4d}; choose one with volume_index "
+            "(--volume-index)",
+            **common,
+        )
+    return _info(members, tuple(volumes), (*dims_xy, n_slices), (*spacing_xy, stack.spacing), orientation,
+                 True, "", **kw, tilt_deg=stack.tilt_deg)
+
+
+def missing_decoder(transfer_syntax_uid: str) -> str:
+    """'' when pixels in this transfer syntax can be decoded, else the reason."""
+    if not transfer_syntax_uid:
+        return ""
+    uid = UID(transfer_syntax_uid)
+    if not uid.is_compressed:
+        return ""
+    try:
+        decoder = get_decoder(uid)
+    except NotImplementedError:
+        return f"compressed {uid.name}: no decoder exists in pydicom for it"
+    if decoder.is_available:
+        return ""
+    return f"compressed {uid.name} and no decoder installed (pip install {decoder_package(uid.name)})"
+
+
+def decoder_package(syntax_name: str) -> str:
+    """The non-GPL package to install to decode a transfer syntax, by its name."""
+    for family in ("HTJ2K", "JPEG 2000", "JPEG-LS", "RLE", "JPEG"):
+        if family.lower().replace("-", "") in syntax_name.lower().replace("-", ""):
+            return DECODER_PACKAGES[family]
+    return "python-gdcm"
+

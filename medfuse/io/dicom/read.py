@@ -1,0 +1,172 @@
+"""Read one indexed DICOM series into a :class:`~medfuse.volume.model.Volume`.
+
+Geometry comes from the index (:mod:`medfuse.io.dicom.index`): slices are
+already sorted along the normal and the stack has been checked for gaps,
+non-uniform spacing, tilt and duplicates. This module decodes the pixels,
+applies each frame's own RescaleSlope/Intercept in float32 (per-slice
+slopes, as in PET, are kept per slice), and builds the LPS SimpleITK image:
+origin = first slice's ImagePositionPatient, direction columns = row,
+column and normal cosines, spacing = (column spacing, row spacing, slice
+spacing from positions).
+"""
+
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import SimpleITK as sitk
+
+from medfuse.errors import SeriesReadError
+from medfuse.io.dicom.geometry import direction_matrix
+from medfuse.io.dicom.headers import reference_dicts
+from medfuse.io.dicom.index import SeriesInfo, SliceRef, decoder_package, missing_decoder, scan_folder
+from medfuse.volume.model import InstanceReference, SeriesReference, Volume
+
+#: Threads used to decode files (pixel decoding releases the GIL in NumPy/codecs).
+READ_THREADS = min(4, os.cpu_count() or 1)
+
+
+def read_series(
+    series_info_or_dir: SeriesInfo | str | os.PathLike,
+    *,
+    volume_index: int | None = None,
+) -> Volume:
+    """Read a DICOM series as a float32 LPS volume.
+
+    Parameters
+    ----------
+    series_info_or_dir : SeriesInfo or path
+        An indexed series, or a folder (or single multi-frame file) holding
+        exactly one series that is readable.
+    volume_index : int, optional
+        0-based volume to take from a 4-D series (required for those).
+
+    Returns
+    -------
+    Volume
+        ``image`` is float32 (rescale applied), (x, y, z) = (columns, rows,
+        slices); ``references`` lists every source instance in slice order.
+
+    Raises
+    ------
+    SeriesReadError
+        The series is unusable (with the index's reason), ambiguous, or its
+        pixels cannot be decoded.
+    """
+    series = _resolve(series_info_or_dir)
+    volume_refs = _choose_volume(series, volume_index)
+    pixels = _decode(volume_refs, series)
+    first = volume_refs[0].frame
+    spacing_xy = (float(first.pixel_spacing[1]), float(first.pixel_spacing[0]))
+    image = sitk.GetImageFromArray(pixels, isVector=False)
+    image.SetSpacing((*spacing_xy, float(series.spacing[2])))
+    image.SetOrigin(tuple(float(v) for v in first.position))
+    image.SetDirection(tuple(direction_matrix(first.orientation).ravel()))
+    reference = _series_reference(series, volume_refs)
+    source = Path(os.path.commonpath([str(i.path) for i in series.instances]))
+    label = series.label + (f" volume {volume_index}" if series.n_volumes > 1 else "")
+    return Volume(image=image, modality=series.modality, references=reference, source=source, label=label)
+
+
+def _resolve(series_info_or_dir) -> SeriesInfo:
+    if isinstance(series_info_or_dir, SeriesInfo):
+        return series_info_or_dir
+    index = scan_folder(series_info_or_dir)
+    candidates = [s for s in index.series if s.volumes]
+    if not index.series:
+        raise SeriesReadError(f"{series_info_or_dir}: no DICOM series found")
+    if len(candidates) == 1:
+        return candidates[0]
+    if not candidates:
+        first = index.series[0]
+        raise SeriesReadError(f"{series_info_or_dir}: no image series ({first.label}: {first.reason})")
+    usable = [s for s in candidates if s.usable]
+    if len(usable) == 1:
+        return usable[0]
+    listing = "; ".join(f"{s.label} [{s.series_instance_uid}] {s.verdict}" for s in candidates)
+    raise SeriesReadError(f"{series_info_or_dir}: {len(candidates)} image series, pick one: {listing}")
+
+
+def _choose_volume(series: SeriesInfo, volume_index: int | None) -> tuple[SliceRef, ...]:
+    four_d = series.n_volumes > 1
+    if not series.usable and not (four_d and volume_index is not None and _only_4d_problem(series)):
+        raise SeriesReadError(f"{series.label}: {series.reason}")
+    if volume_index is None:
+        return series.volumes[0]
+    if not 0 <= volume_index < series.n_volumes:
+        raise SeriesReadError(
+            f"{series.label}: volume index {volume_index} out of range (series has {series.n_volumes})"
+        )
+    return series.volumes[volume_index]
+
+
+def _only_4d_problem(series: SeriesInfo) -> bool:
+    return series.reason.startswith("4-D series")
+
+
+def _decode(refs: tuple[SliceRef, ...], series: SeriesInfo) -> np.ndarray:
+    """Decode frames into (z, y, x) float32 with each frame's rescale applied."""
+    problem = missing_decoder(series.transfer_syntax_uid)
+    if problem:
+        raise SeriesReadError(f"{series.label}: {problem}")
+    rows, cols = refs[0].instance.rows, refs[0].instance.columns
+    out = np.empty((len(refs), rows, cols), dtype=np.float32)
+    by_file: dict[Path, list[tuple[int, SliceRef]]] = defaultdict(list)
+    for z, ref in enumerate(refs):
+        by_file[ref.instance.path].append((z, ref))
+
+    def load(item: tuple[Path, list[tuple[int, SliceRef]]]) -> None:
+        path, placed = item
+        try:
+            ds = pydicom.dcmread(path)
+            data = ds.pixel_array
+        except (NotImplementedError, RuntimeError) as exc:
+            syntax = pydicom.uid.UID(series.transfer_syntax_uid).name
+            raise SeriesReadError(
+                f"{path.name}: cannot decode {syntax} pixels ({_first_line(exc)}); "
+                f"install {decoder_package(syntax)}"
+            ) from exc
+        except (OSError, ValueError, EOFError, AttributeError, KeyError) as exc:
+            raise SeriesReadError(f"{path.name}: pixel data unreadable ({_first_line(exc)})") from exc
+        for z, ref in placed:
+            frame = data if ref.frame.frame_index is None else data[ref.frame.frame_index]
+            if frame.shape != (rows, cols):
+                raise SeriesReadError(f"{path.name}: frame shape {frame.shape} differs from {(rows, cols)}")
+            np.multiply(frame, np.float32(ref.frame.slope), out=out[z], casting="unsafe")
+            out[z] += np.float32(ref.frame.intercept)
+
+    with ThreadPoolExecutor(max_workers=READ_THREADS) as pool:
+        list(pool.map(load, by_file.items()))
+    return out
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def _series_reference(series: SeriesInfo, refs: tuple[SliceRef, ...]) -> SeriesReference:
+    head = pydicom.dcmread(refs[0].instance.path, stop_before_pixels=True)
+    patient_study, equipment, extra = reference_dicts(head)
+    seen: dict[str, InstanceReference] = {}
+    for ref in refs:
+        inst = ref.instance
+        seen.setdefault(inst.sop_instance_uid, InstanceReference(inst.sop_class_uid, inst.sop_instance_uid))
+    return SeriesReference(
+        study_instance_uid=series.study_instance_uid,
+        series_instance_uid=series.series_instance_uid,
+        frame_of_reference_uid=series.frame_of_reference_uid,
+        modality=series.modality,
+        sop_class_uid=series.sop_class_uid,
+        instances=tuple(seen.values()),
+        patient_study=patient_study,
+        equipment=equipment,
+        series_number=series.series_number,
+        series_description=series.series_description,
+        extra=extra,
+    )

@@ -1,0 +1,178 @@
+"""NIfTI-1/2 volumes in and out, with the RAS ↔ LPS conversion written out.
+
+NIfTI (and nibabel) place voxels in RAS+ world space; DICOM, ITK and the
+:class:`~medfuse.volume.model.Volume` type use LPS+. The two differ by the
+sign of the first two world axes, so
+
+    affine_LPS = diag(-1, -1, 1, 1) @ affine_RAS      (and back the same way).
+
+The LPS affine's 3×3 part is ``direction @ diag(spacing)`` and its last
+column is the origin. Array axes: a NIfTI array is indexed (i, j, k) =
+(x, y, z); SimpleITK's array view is (z, y, x); the two are transposes.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import tempfile
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import SimpleITK as sitk
+
+from medfuse.errors import InputError, WriteError
+from medfuse.volume.model import Volume
+
+#: Flip between RAS and LPS world coordinates (its own inverse).
+RAS_LPS_FLIP = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+#: Largest |D^T D - I| accepted for the direction part of an affine;
+#: beyond it the affine has shear (e.g. an uncorrected gantry tilt).
+ORTHOGONALITY_TOLERANCE = 1e-4
+
+
+def is_nifti_path(path: str | os.PathLike) -> bool:
+    name = str(path).lower()
+    return name.endswith(".nii") or name.endswith(".nii.gz")
+
+
+def read_nifti(path: str | os.PathLike, *, volume_index: int | None = None) -> Volume:
+    """Read a NIfTI file as a float32 LPS :class:`Volume`.
+
+    Parameters
+    ----------
+    path : path-like
+        ``.nii`` or ``.nii.gz``. The sform is used when its code is set,
+        else the qform (nibabel's ``affine``); scl_slope/scl_inter applied.
+    volume_index : int, optional
+        For a 4-D file, the 0-based volume to read (required for 4-D).
+
+    Returns
+    -------
+    Volume
+        float32 image (x, y, z) = NIfTI (i, j, k); ``modality`` "",
+        ``references`` None.
+
+    Raises
+    ------
+    InputError
+        Unreadable file, 4-D without *volume_index*, more than 4 dimensions,
+        or a sheared affine.
+    """
+    path = Path(path)
+    try:
+        img = nib.load(str(path))
+        data = img.get_fdata(dtype=np.float32)
+    except FileNotFoundError as exc:
+        raise InputError(f"{path}: no such file") from exc
+    except Exception as exc:  # nibabel raises many types for a bad file
+        raise InputError(f"{path}: not a readable NIfTI file ({type(exc).__name__}: {exc})") from exc
+    data = _pick_volume(data, path, volume_index)
+    image = image_from_ras(data, img.affine, path)
+    return Volume(image=image, modality="", references=None, source=path, label=path.name)
+
+
+def _pick_volume(data: np.ndarray, path: Path, volume_index: int | None) -> np.ndarray:
+    while data.ndim > 3 and data.shape[-1] == 1 and volume_index is None:
+        data = data[..., 0]
+    if data.ndim == 2:
+        return data[..., np.newaxis]
+    if data.ndim == 3:
+        if volume_index not in (None, 0):
+            raise InputError(f"{path}: 3-D file has no volume {volume_index}")
+        return data
+    if data.ndim == 4:
+        if volume_index is None:
+            raise InputError(f"{path}: 4-D file with {data.shape[3]} volumes; choose one with --volume-index")
+        if not 0 <= volume_index < data.shape[3]:
+            raise InputError(f"{path}: volume index {volume_index} out of range (file has {data.shape[3]})")
+        return data[..., volume_index]
+    raise InputError(f"{path}: {data.ndim}-D data is not supported")
+
+
+def image_from_ras(data_ijk: np.ndarray, affine_ras: np.ndarray, source: Path | str = "array") -> sitk.Image:
+    """SimpleITK float32 LPS image from an (i, j, k) array and its RAS affine."""
+    affine_lps = RAS_LPS_FLIP @ np.asarray(affine_ras, dtype=np.float64)
+    linear = affine_lps[:3, :3]
+    spacing = np.linalg.norm(linear, axis=0)
+    if np.any(spacing <= 0) or not np.all(np.isfinite(linear)):
+        raise InputError(f"{source}: affine has a zero or non-finite voxel size")
+    direction = linear / spacing
+    if np.max(np.abs(direction.T @ direction - np.eye(3))) > ORTHOGONALITY_TOLERANCE:
+        raise InputError(f"{source}: affine has shear (e.g. uncorrected gantry tilt); not supported")
+    image = sitk.GetImageFromArray(np.ascontiguousarray(np.transpose(data_ijk, (2, 1, 0)), dtype=np.float32))
+    image.SetSpacing(tuple(float(s) for s in spacing))
+    image.SetDirection(tuple(float(v) for v in direction.ravel()))
+    image.SetOrigin(tuple(float(v) for v in affine_lps[:3, 3]))
+    return image
+
+
+def lps_affine(image: sitk.Image) -> np.ndarray:
+    """(4, 4) float64 affine mapping (x, y, z) voxel indices to LPS mm."""
+    direction = np.array(image.GetDirection(), dtype=np.float64).reshape(3, 3)
+    affine = np.eye(4)
+    affine[:3, :3] = direction @ np.diag(image.GetSpacing())
+    affine[:3, 3] = image.GetOrigin()
+    return affine
+
+
+def ras_affine(image: sitk.Image) -> np.ndarray:
+    """(4, 4) float64 affine mapping (i, j, k) voxel indices to RAS mm (NIfTI)."""
+    return RAS_LPS_FLIP @ lps_affine(image)
+
+
+def write_nifti(volume_or_image: Volume | sitk.Image, path: str | os.PathLike) -> Path:
+    """Write a 3-D volume as NIfTI-1 with sform = qform = the RAS affine (code 1, scanner).
+
+    The array keeps the image's pixel type (float32 for a Volume). The file
+    is written to a temporary name next to *path* and renamed, so a failed
+    write never leaves a partial file. Gzip output carries no timestamp, so
+    the same volume gives the same bytes.
+
+    Returns
+    -------
+    pathlib.Path
+        The written path.
+
+    Raises
+    ------
+    WriteError
+        Not a 3-D scalar image, or the file could not be written.
+    """
+    image = volume_or_image.image if isinstance(volume_or_image, Volume) else volume_or_image
+    path = Path(path)
+    if not is_nifti_path(path):
+        raise WriteError(f"{path}: NIfTI output must end in .nii or .nii.gz")
+    if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
+        raise WriteError(f"{path}: only 3-D scalar images can be written as NIfTI")
+    data = np.transpose(sitk.GetArrayViewFromImage(image), (2, 1, 0))
+    affine = ras_affine(image)
+    nifti = nib.Nifti1Image(np.ascontiguousarray(data), affine)
+    nifti.set_sform(affine, code=1)
+    nifti.set_qform(affine, code=1)
+    nifti.header.set_xyzt_units(xyz="mm")
+    suffix = ".nii.gz" if str(path).lower().endswith(".gz") else ".nii"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=path.parent)
+        os.close(fd)
+        try:
+            if suffix == ".nii.gz":
+                _write_gzip_without_timestamp(nifti, Path(tmp))
+            else:
+                nib.save(nifti, tmp)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    except OSError as exc:
+        raise WriteError(f"{path}: cannot write ({exc.strerror or exc})") from exc
+    return path
+
+
+def _write_gzip_without_timestamp(nifti: nib.Nifti1Image, target: Path) -> None:
+    raw = nifti.to_bytes()
+    with open(target, "wb") as handle, gzip.GzipFile(fileobj=handle, mode="wb", mtime=0, filename="") as gz:
+        gz.write(raw)
