@@ -313,8 +313,11 @@ def assign_output_uids(dicom_dir: Path, key: str) -> list[Path]:
             raise WorkflowError(f"fuse-study wrote an unreadable DICOM file {f.name}: {_one_line(exc)}") from exc
     if not datasets:
         raise WorkflowError("fuse-study wrote no DICOM instances")
+    series = {str(ds.SeriesInstanceUID) for _, ds in datasets}
+    if len(series) != 1:
+        raise WorkflowError(f"fuse-study wrote {len(series)} series where one fused series was expected")
     datasets.sort(key=lambda fd: (int(fd[1].get("InstanceNumber") or 0), fd[0].name))
-    mapping = {str(datasets[0][1].SeriesInstanceUID): output_series_uid(key)}
+    mapping = {series.pop(): output_series_uid(key)}
     for i, (_, ds) in enumerate(datasets):
         mapping[str(ds.SOPInstanceUID)] = str(generate_uid(UID_PREFIX, entropy_srcs=["medfuse-workflow-sop", key, str(i)]))
     for f, ds in datasets:
