@@ -1,9 +1,121 @@
-"""CLI: placeholder until its issue lands (no command registered yet)."""
+"""CLI: ``medfuse fuse-images A B [C ...] -o out.png`` — fuse pre-registered 2-D images (issue 2)."""
 
 from __future__ import annotations
 
+import os
+import tempfile
+import time
+from pathlib import Path
+
 import typer
+
+from medfuse.errors import InputError, WriteError
+
+
+def fuse_images(
+    inputs: list[Path] = typer.Argument(..., metavar="A B [C ...]", help="Two or more pre-registered images (PNG, TIFF, JPEG; 8/16-bit) of the same size."),
+    output: Path = typer.Option(..., "--output", "-o", help="Fused image to write (.png, .tif, .jpg)."),
+    save_weights: Path = typer.Option(None, "--save-weights", help="Folder for the base/detail weight maps (16-bit PNG previews + exact weights.npz)."),
+    preset: str = typer.Option("default", "--preset", help="Starting configuration: 'default' (medfuse's) or 'paper' (the paper's exactly)."),
+    model: str = typer.Option(None, "--model", help="Feature extractor model name (medfuse models list); default: the shipped model."),
+    depth: int = typer.Option(None, "--depth", min=1, help="Network depth of the features; default: the model's default."),
+    base_rule: str = typer.Option(None, "--base-rule", help="Base weights: saliency | average."),
+    detail_rule: str = typer.Option(None, "--detail-rule", help="Detail weights: cnn | max-abs."),
+    features_on: str = typer.Option(None, "--features-on", help="CNN input: source (paper) | detail (authors' code: detail layers, no detail guided filter)."),
+    decomposition: str = typer.Option(None, "--decomposition", help="Base/detail split: box | gaussian | guided."),
+    clip_detail_weights: bool = typer.Option(None, "--clip-detail-weights/--no-clip-detail-weights", help="Clip refined detail weights to [0, 1] before renormalising."),
+) -> None:
+    """Fuse two or more pre-registered 2-D images with the zero-learning two-scale method.
+
+    Colour images are fused on luma with their chroma kept; the output is RGB
+    when any input is colour, and 16-bit when a grey output has a 16-bit input.
+    """
+    from medfuse.api import fuse
+    from medfuse.core.config import FusionConfig
+    from medfuse.io.images import image_format, read_image, write_image
+
+    started = time.perf_counter()
+    if len(inputs) < 2:
+        raise InputError(f"fuse-images needs at least two input images, got {len(inputs)}")
+    image_format(output)
+    _check_destination(output, inputs)
+    if save_weights is not None:
+        _check_weights_folder(save_weights)
+
+    if preset not in ("default", "paper"):
+        raise InputError(f"--preset must be 'default' or 'paper', got {preset!r}")
+    config = FusionConfig.paper() if preset == "paper" else FusionConfig()
+    overrides = {
+        "model": model,
+        "depth": depth,
+        "base_rule": base_rule,
+        "detail_rule": detail_rule,
+        "features_on": features_on,
+        "decomposition": decomposition,
+        "clip_detail_weights": clip_detail_weights,
+    }
+    config = config.replace(**{k: v for k, v in overrides.items() if v is not None})
+
+    images = [read_image(path) for path in inputs]
+    sixteen_bit = any(image.dtype.name == "uint16" for image in images)
+    result = fuse(images, config=config)
+
+    bit_depth = 16 if sixteen_bit and result.fused.ndim == 2 and 16 in image_format(output)[1] else 8
+    if save_weights is not None:
+        _write_weights(save_weights, result)
+    write_image(output, result.fused, bit_depth=bit_depth)
+    kind = "colour" if result.fused.ndim == 3 else "grey"
+    height, width = result.fused.shape[:2]
+    features = result.extractor_name or config.detail_rule
+    typer.echo(f"fused {len(inputs)} images ({width}x{height}, {kind}, {bit_depth}-bit, {features}) -> {output} "
+               f"in {time.perf_counter() - started:.2f} s")
+
+
+def _check_destination(output: Path, inputs: list[Path]) -> None:
+    folder = output.parent
+    if not folder.is_dir():
+        raise WriteError(f"cannot write {output}: folder {folder} does not exist")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise WriteError(f"cannot write {output}: folder {folder} is not writable")
+    if output.is_dir():
+        raise WriteError(f"cannot write {output}: it is a directory")
+    target = output.resolve()
+    for path in inputs:
+        if path.exists() and path.resolve() == target:
+            raise InputError(f"output {output} is also an input; choose another output path")
+
+
+def _check_weights_folder(folder: Path) -> None:
+    if folder.exists() and not folder.is_dir():
+        raise WriteError(f"cannot save weights to {folder}: not a folder")
+    existing = folder if folder.exists() else next((p for p in folder.parents if p.exists()), Path("."))
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise WriteError(f"cannot save weights to {folder}: {existing} is not writable")
+
+
+def _write_weights(folder: Path, result) -> None:
+    """16-bit PNG previews (clipped to [0, 1]) and the exact float32 weights in weights.npz."""
+    import numpy as np
+
+    from medfuse.io.images import write_image
+
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise WriteError(f"cannot create {folder}: {exc.strerror or exc}") from None
+    for label, weights in (("base", result.base_weights), ("detail", result.detail_weights)):
+        for index, weight in enumerate(weights, start=1):
+            write_image(folder / f"{label}_weight_{index}.png", np.clip(weight, 0.0, 1.0), bit_depth=16)
+    handle, temp = tempfile.mkstemp(prefix=".weights.", suffix=".npz.part", dir=folder)
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            np.savez(stream, base=result.base_weights, detail=result.detail_weights)
+        os.replace(temp, folder / "weights.npz")
+    except OSError as exc:
+        Path(temp).unlink(missing_ok=True)
+        raise WriteError(f"cannot write {folder / 'weights.npz'}: {exc.strerror or exc}") from None
 
 
 def register(app: typer.Typer) -> None:
-    """Add this module's command(s) to *app*."""
+    """Add ``fuse-images`` to *app*."""
+    app.command("fuse-images")(fuse_images)

@@ -32,9 +32,8 @@ class ActivityExtractor(Protocol):
         Parameters
         ----------
         images : ndarray, shape (N, H, W), float32
-            N grey images, nominally in [0, 1]. With
-            ``FusionConfig.features_on='detail'`` they are detail layers, in
-            [-1, 1].
+            N grey images in [0, 1]. With ``FusionConfig.features_on='detail'``
+            they are detail layers shown around mid-grey, ``clip(D + 0.5, 0, 1)``.
 
         Returns
         -------

@@ -190,7 +190,12 @@ def _fuse(
     timings["base_weights"] = t2 - t1
 
     if config.detail_rule == "cnn":
-        cnn_input = stack if config.features_on == "source" else detail
+        if config.features_on == "source":
+            cnn_input = stack
+        else:
+            # Detail layers are zero-mean; shown to the CNN around mid-grey so
+            # they stay in the extractor's [0, 1] input range.
+            cnn_input = np.clip(detail + np.float32(0.5), 0.0, 1.0)
         activity = _activity(extractor, cnn_input.reshape(k * n, h, w))
         t3 = clock()
         timings["cnn"] = t3 - t2
