@@ -19,6 +19,11 @@ GAMMA_A, KAPPA_A, SIGMA_A = 0.9879, -22.0, 0.8
 #: Exponent L of the edge-strength weights w = g^L.
 WEIGHT_EXPONENT = 1.0
 
+#: Sobel responses and strength differences this small (8-bit units) are
+#: round-off of float inputs and count as exactly 0: the reference code's
+#: exact comparisons (s_x == 0, g_k == g_F) are discontinuous there.
+ROUND_OFF = 1e-3
+
 #: QG of a fused image equal to identical sources (Q^AF = Q^BF at G = A = 1):
 #: the constants' sigmoids stop just short of 1.
 QG_MAXIMUM = GAMMA_G / (1.0 + np.exp(KAPPA_G * (1.0 - SIGMA_G))) * GAMMA_A / (1.0 + np.exp(KAPPA_A * (1.0 - SIGMA_A)))
@@ -28,6 +33,8 @@ def _sobel(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Edge strength g and orientation alpha in [-pi/2, pi/2] (zero-padded)."""
     sx = ndimage.correlate(image, _SOBEL_X, mode="constant", cval=0.0)
     sy = ndimage.correlate(image, _SOBEL_Y, mode="constant", cval=0.0)
+    sx = np.where(np.abs(sx) <= ROUND_OFF, 0.0, sx)
+    sy = np.where(np.abs(sy) <= ROUND_OFF, 0.0, sy)
     strength = np.hypot(sx, sy)
     with np.errstate(divide="ignore", invalid="ignore"):
         angle = np.where(sx == 0, np.pi / 2, np.arctan(sy / np.where(sx == 0, 1.0, sx)))
@@ -38,7 +45,7 @@ def _preservation(g_s: np.ndarray, a_s: np.ndarray, g_f: np.ndarray, a_f: np.nda
     """Per-pixel edge preservation Q^SF = Q_g * Q_a."""
     with np.errstate(divide="ignore", invalid="ignore"):
         ratio = np.where(g_s > g_f, g_f / g_s, g_s / g_f)
-    ratio = np.where(g_s == g_f, np.where(g_s > 0, 1.0, 0.0), ratio)
+    ratio = np.where(np.abs(g_s - g_f) <= ROUND_OFF, np.where(g_s > 0, 1.0, 0.0), ratio)
     orient = 1.0 - np.abs(a_s - a_f) / (np.pi / 2)
     q_g = GAMMA_G / (1.0 + np.exp(KAPPA_G * (ratio - SIGMA_G)))
     q_a = GAMMA_A / (1.0 + np.exp(KAPPA_A * (orient - SIGMA_A)))
@@ -60,8 +67,9 @@ def qg(sources: Sequence[np.ndarray], fused: np.ndarray) -> float:
     the sums run over all K.
 
     Conventions (VIFB): Sobel responses zero-padded at the border
-    ('same' convolution); alpha = atan(s_y / s_x), pi/2 where s_x = 0; where
-    g_k = g_F, G = 1 (VIFB assigns g_F there, the same for any gradient >= 1,
+    ('same' convolution); alpha = atan(s_y / s_x), pi/2 where s_x = 0
+    (|s| <= :data:`ROUND_OFF` counts as 0, so float and uint8 copies of an
+    image score the same); where g_k = g_F, G = 1 (VIFB assigns g_F there, the same for any gradient >= 1,
     i.e. for every non-zero Sobel magnitude of an integer image). Maximum
     :data:`QG_MAXIMUM` (about 0.9748), reached when F carries every source's
     edges exactly (e.g. identical sources); 0 when no source has an edge.

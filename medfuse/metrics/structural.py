@@ -91,8 +91,10 @@ def _qc_pair(a: np.ndarray, b: np.ndarray, f: np.ndarray) -> float:
     undefined = (cov_af == 0) & (cov_bf == 0)
     with np.errstate(divide="ignore", invalid="ignore"):
         ratio = np.where(total == 0, np.sign(cov_af) * np.inf, cov_af / np.where(total == 0, 1.0, total))
-    weight = np.clip(ratio, 0.0, 1.0)
-    local = weight * q_af + (1 - weight) * q_bf
+    with np.errstate(invalid="ignore"):
+        local = ratio * q_af + (1 - ratio) * q_bf
+    # Liu's convention: the window's score (not the weight) becomes 0 / 1.
+    local = np.where(ratio < 0, 0.0, np.where(ratio > 1, 1.0, local))
     local = np.where(undefined, np.nan, local)
     return _nan_mean(local)
 
@@ -100,21 +102,21 @@ def _qc_pair(a: np.ndarray, b: np.ndarray, f: np.ndarray) -> float:
 def qc(sources: Sequence[np.ndarray], fused: np.ndarray) -> float:
     """Cvejic et al.'s covariance-weighted metric QC.
 
-    Per 7x7 window w:
-    ``Q = mu(w) UIQI(A, F | w) + (1 - mu(w)) UIQI(B, F | w)`` with
-    ``mu = s_AF / (s_AF + s_BF)`` clipped to [0, 1] (s = local covariance
-    with F), and QC the mean over windows (N. Cvejic, A. Loza, D. Bull and
-    N. Canagarajah, "A similarity metric for assessment of image fusion
+    Per 7x7 window w, with ``mu = s_AF / (s_AF + s_BF)`` (s = local
+    covariance with F): ``Q = mu UIQI(A, F | w) + (1 - mu) UIQI(B, F | w)``
+    where 0 <= mu <= 1, ``Q = 0`` where mu < 0 and ``Q = 1`` where mu > 1;
+    QC is the mean of Q over windows (N. Cvejic, A. Loza, D. Bull and N.
+    Canagarajah, "A similarity metric for assessment of image fusion
     algorithms", Int. J. Signal Processing 2(3), 2005; Liu's toolbox
-    ``metricCvejic`` with ``sw=2``). Not symmetric: A is the first source as
-    given. Windows where both covariances are 0 (e.g. both sources flat) are
-    left out (MEFB).
+    ``metricCvejic`` with ``sw=2``, as MEFB's ``metricsQc`` wraps it).
+    Windows where both covariances are 0 (e.g. both sources flat) are left
+    out (MEFB).
 
-    Convention: the paper clips the *weight* mu to [0, 1]; Liu's code instead
-    sets the window's *score* to 0 where mu < 0 and to 1 where mu > 1. We
-    follow the paper (docs/metrics.md gives the size of the difference).
-    K > 2 sources: the mean of QC over source pairs (i < j) in the given
-    order.
+    Convention: the 0 / 1 scores outside 0 <= mu <= 1 are Liu's code; the
+    paper clips the *weight* mu to [0, 1] instead, which would make QC
+    symmetric. With Liu's rule QC is not symmetric: A is the first source as
+    given (docs/metrics.md gives the size of the difference). K > 2 sources:
+    the mean of QC over source pairs (i < j) in the given order.
 
     Parameters
     ----------
