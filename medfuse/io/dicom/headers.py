@@ -11,6 +11,7 @@ records, never on pydicom datasets, so the rules are written once.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -177,15 +178,44 @@ def read_header(path: Path) -> InstanceHeader:
     InstanceHeader
     """
     try:
-        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        with open(path, "rb") as handle:
+            ds = pydicom.dcmread(handle, stop_before_pixels=True)
+            # pydicom stops at the start of the Pixel Data element, or at the
+            # end of a file that was cut short inside its header.
+            pixel_offset = handle.tell()
+            size = os.fstat(handle.fileno()).st_size
     except InvalidDicomError as exc:
         raise NotDicomError("not a DICOM file (no DICM preamble)") from exc
     except (EOFError, OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise NotDicomError(f"unreadable or truncated DICOM ({type(exc).__name__})") from exc
     try:
-        return header_from_dataset(ds, Path(path))
+        header = header_from_dataset(ds, Path(path))
     except (EOFError, OSError, ValueError, KeyError, TypeError, AttributeError, IndexError) as exc:
         raise NotDicomError(f"corrupt or truncated DICOM header ({type(exc).__name__}: {exc})") from exc
+    if pixel_offset >= size and not header.sop_instance_uid:
+        raise NotDicomError("truncated DICOM: the file ends inside its header")
+    if header.has_pixel_data:
+        _check_pixel_length(header, size - pixel_offset)
+    return header
+
+
+def _check_pixel_length(header: InstanceHeader, remaining: int) -> None:
+    """Refuse a file whose Pixel Data is missing or shorter than its header says."""
+    if remaining <= 0:
+        raise NotDicomError("truncated DICOM: no pixel data after the header")
+    syntax = pydicom.uid.UID(header.transfer_syntax_uid) if header.transfer_syntax_uid else None
+    if syntax is not None and syntax.is_compressed:
+        return
+    expected = (header.rows * header.columns * max(1, len(header.frames)) * header.samples_per_pixel
+                * max(1, header.bits_allocated) + 7) // 8
+    # Pixel Data element header: tag + 4-byte length (implicit VR), or tag +
+    # VR + 2 reserved + 4-byte length (explicit VR).
+    element_header = 8 if syntax is not None and syntax.is_implicit_VR else 12
+    available = remaining - element_header
+    if available < expected:
+        raise NotDicomError(
+            f"truncated DICOM: pixel data has {max(0, available)} of {expected} bytes"
+        )
 
 
 def header_from_dataset(ds: Dataset, path: Path) -> InstanceHeader:

@@ -1,0 +1,253 @@
+"""Choose the fixed and moving series of a patient folder, or say why not.
+
+Rules per role (:class:`SeriesRule`): modality, a description regex
+(case-insensitive search), an orientation. Among the usable series matching
+a rule, the default choice is *the largest axial series*: axial series are
+preferred when any match, then the one with most voxels. Two candidates of
+equal size, a folder with several patients, or a role with no rule and
+more than two modalities in the folder are ambiguous: :class:`SelectionError`
+lists the candidates instead of guessing. ``fixed`` / ``moving`` (series
+number or SeriesInstanceUID) override the rules.
+
+Without any modality rule, the fixed (anatomical) series is taken from the
+first modality present in :data:`FIXED_MODALITY_PRIORITY` and the moving
+one from the other modality.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from medfuse.errors import SelectionError
+from medfuse.io.dicom.index import FolderIndex, SeriesInfo, mask_identifier
+
+ORIENTATIONS = ("axial", "coronal", "sagittal", "oblique")
+FIXED_MODALITY_PRIORITY = ("CT", "MR", "PT", "NM")
+
+
+@dataclass(frozen=True)
+class SeriesRule:
+    """Which series may play a role; unset fields match anything."""
+
+    modality: str | None = None
+    description: str | None = None
+    orientation: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.modality is not None:
+            object.__setattr__(self, "modality", self.modality.strip().upper())
+        if self.orientation is not None:
+            value = self.orientation.strip().lower()
+            if value not in ORIENTATIONS:
+                raise SelectionError(f"orientation {self.orientation!r}: use one of {', '.join(ORIENTATIONS)}")
+            object.__setattr__(self, "orientation", value)
+        if self.description is not None:
+            try:
+                re.compile(self.description)
+            except re.error as exc:
+                raise SelectionError(f"description regex {self.description!r}: {exc}") from exc
+
+    @classmethod
+    def from_value(cls, value: SeriesRule | dict | str | None) -> SeriesRule:
+        """A rule from a SeriesRule, a dict of its fields, a modality string, or None."""
+        if value is None:
+            return cls()
+        if isinstance(value, SeriesRule):
+            return value
+        if isinstance(value, str):
+            return cls(modality=value)
+        if isinstance(value, dict):
+            unknown = set(value) - {"modality", "description", "orientation"}
+            if unknown:
+                raise SelectionError(f"unknown series rule key(s): {', '.join(sorted(unknown))}")
+            return cls(**value)
+        raise SelectionError(f"series rule {value!r}: expected a dict or a modality")
+
+    def matches(self, series: SeriesInfo) -> bool:
+        if self.modality and series.modality.upper() != self.modality:
+            return False
+        if self.orientation and series.orientation != self.orientation:
+            return False
+        if self.description and not re.search(self.description, series.series_description, re.IGNORECASE):
+            return False
+        return True
+
+    def to_dict(self) -> dict:
+        return {k: v for k, v in (("modality", self.modality), ("description", self.description),
+                                  ("orientation", self.orientation)) if v is not None}
+
+
+@dataclass(frozen=True)
+class SelectionRules:
+    fixed: SeriesRule = field(default_factory=SeriesRule)
+    moving: SeriesRule = field(default_factory=SeriesRule)
+
+    @classmethod
+    def from_value(cls, value: SelectionRules | dict | None) -> SelectionRules:
+        """Rules from SelectionRules, {"fixed": rule, "moving": rule}, or None (defaults)."""
+        if value is None:
+            return cls()
+        if isinstance(value, SelectionRules):
+            return value
+        if isinstance(value, dict):
+            unknown = set(value) - {"fixed", "moving"}
+            if unknown:
+                raise SelectionError(f"unknown selection rule key(s): {', '.join(sorted(unknown))}")
+            return cls(SeriesRule.from_value(value.get("fixed")), SeriesRule.from_value(value.get("moving")))
+        raise SelectionError(f"selection rules {value!r}: expected a dict with 'fixed'/'moving'")
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The chosen series and how each was chosen (for provenance)."""
+
+    fixed: SeriesInfo
+    moving: SeriesInfo
+    how: dict
+
+    def to_dict(self) -> dict:
+        return {
+            "fixed": {"series_instance_uid": self.fixed.series_instance_uid, "label": self.fixed.label,
+                      "how": self.how["fixed"]},
+            "moving": {"series_instance_uid": self.moving.series_instance_uid, "label": self.moving.label,
+                       "how": self.how["moving"]},
+        }
+
+
+def describe_candidates(series: list[SeriesInfo] | tuple[SeriesInfo, ...]) -> str:
+    """One line listing series as 'number/modality/description/orientation/size [UID]'."""
+    return "; ".join(
+        f"#{s.series_number} {s.modality} '{s.series_description}' {s.orientation} "
+        f"{'x'.join(str(d) for d in s.dimensions)} [{s.series_instance_uid}]"
+        + ("" if s.usable else f" ({s.reason})")
+        for s in series
+    )
+
+
+def find_series(index: FolderIndex, key: str | int) -> SeriesInfo:
+    """The one series whose SeriesInstanceUID or SeriesNumber is *key*.
+
+    Raises
+    ------
+    SelectionError
+        No series or several series (e.g. splits of one UID) match.
+    """
+    text = str(key).strip()
+    matches = [s for s in index.series if s.series_instance_uid == text]
+    if not matches:
+        try:
+            number = int(text)
+        except ValueError:
+            number = None
+        matches = [s for s in index.series if number is not None and s.series_number == number]
+    if not matches:
+        raise SelectionError(f"no series with number or UID {text!r}; series: {describe_candidates(index.series)}")
+    if len(matches) > 1:
+        usable = [s for s in matches if s.usable]
+        if len(usable) == 1:
+            return usable[0]
+        raise SelectionError(f"{len(matches)} series match {text!r}: {describe_candidates(matches)}")
+    return matches[0]
+
+
+def select_series(
+    index: FolderIndex,
+    rules: SelectionRules | dict | None = None,
+    fixed: str | int | None = None,
+    moving: str | int | None = None,
+) -> Selection:
+    """Choose the fixed and moving series of one patient.
+
+    Parameters
+    ----------
+    index : FolderIndex
+        From :func:`medfuse.io.dicom.index.scan_folder`.
+    rules : SelectionRules or dict, optional
+        ``{"fixed": {...}, "moving": {...}}`` with modality / description /
+        orientation per role (a bare string is a modality).
+    fixed, moving : str or int, optional
+        Series number or SeriesInstanceUID; overrides the rules for that role.
+
+    Returns
+    -------
+    Selection
+
+    Raises
+    ------
+    SelectionError
+        No usable candidate, an ambiguous choice (candidates listed), an
+        override naming an unusable series, both roles on one series, or
+        series of different patients.
+    """
+    rules = SelectionRules.from_value(rules)
+    usable = [s for s in index.series if s.usable]
+    if not usable:
+        raise SelectionError(f"{index.root}: no usable series; series: {describe_candidates(index.series)}")
+    fixed_rule, moving_rule = rules.fixed, rules.moving
+    if fixed is None and moving is None and not fixed_rule.modality and not moving_rule.modality:
+        fixed_rule, moving_rule = _default_modalities(usable, fixed_rule, moving_rule)
+    chosen: dict[str, SeriesInfo] = {}
+    how: dict[str, str] = {}
+    for role, override, rule in (("fixed", fixed, fixed_rule), ("moving", moving, moving_rule)):
+        if override is not None:
+            series = find_series(index, override)
+            if not series.usable:
+                raise SelectionError(f"{role} series {override!r} is not usable: {series.reason}")
+            chosen[role], how[role] = series, f"given by {role}={override}"
+        else:
+            exclude = chosen.get("fixed")
+            chosen[role] = _largest_axial(usable, rule, role, exclude)
+            how[role] = f"largest {'axial ' if chosen[role].orientation == 'axial' else ''}series matching {rule.to_dict() or 'any'}"
+    if chosen["fixed"].series_instance_uid == chosen["moving"].series_instance_uid and \
+            chosen["fixed"].split_value == chosen["moving"].split_value:
+        raise SelectionError(f"fixed and moving are the same series: {describe_candidates([chosen['fixed']])}")
+    patients = {chosen["fixed"].patient_id, chosen["moving"].patient_id}
+    if len(patients) > 1:
+        raise SelectionError(
+            "fixed and moving series belong to different patients ("
+            + ", ".join(mask_identifier(p) or "(none)" for p in sorted(patients)) + ")"
+        )
+    return Selection(chosen["fixed"], chosen["moving"], how)
+
+
+def _default_modalities(usable: list[SeriesInfo], fixed_rule: SeriesRule, moving_rule: SeriesRule):
+    patients = sorted({s.patient_id for s in usable})
+    if len(patients) > 1:
+        raise SelectionError(
+            f"folder holds {len(patients)} patients; give --fixed/--moving or select one patient's folder: "
+            + describe_candidates(usable)
+        )
+    modalities = sorted({s.modality for s in usable},
+                        key=lambda m: (FIXED_MODALITY_PRIORITY.index(m) if m in FIXED_MODALITY_PRIORITY else 99, m))
+    if len(modalities) != 2:
+        raise SelectionError(
+            f"cannot choose fixed/moving by modality: {len(modalities)} modalities "
+            f"({', '.join(modalities)}); give rules or --fixed/--moving. Candidates: {describe_candidates(usable)}"
+        )
+    return (
+        SeriesRule(modalities[0], fixed_rule.description, fixed_rule.orientation),
+        SeriesRule(modalities[1], moving_rule.description, moving_rule.orientation),
+    )
+
+
+def _largest_axial(usable: list[SeriesInfo], rule: SeriesRule, role: str, exclude: SeriesInfo | None) -> SeriesInfo:
+    candidates = [s for s in usable if rule.matches(s) and s is not exclude]
+    if not candidates:
+        raise SelectionError(f"no usable series for {role} matching {rule.to_dict() or 'any'}; "
+                             f"usable: {describe_candidates(usable)}")
+    axial = [s for s in candidates if s.orientation == "axial"]
+    pool = axial or candidates
+    pool = sorted(pool, key=_voxels, reverse=True)
+    if len(pool) > 1 and _voxels(pool[0]) == _voxels(pool[1]):
+        tied = [s for s in pool if _voxels(s) == _voxels(pool[0])]
+        raise SelectionError(
+            f"ambiguous {role} series: {len(tied)} equally large candidates matching "
+            f"{rule.to_dict() or 'any'}: {describe_candidates(tied)}; choose with --{role}"
+        )
+    return pool[0]
+
+
+def _voxels(series: SeriesInfo) -> int:
+    cols, rows, slices = series.dimensions
+    return cols * rows * slices
