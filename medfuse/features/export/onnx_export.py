@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -125,13 +126,17 @@ def export_trunk(net: torch.nn.Module, path: Path, *, example_size: int = 64) ->
     with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".onnx.part", delete=False) as tmp:
         tmp_path = Path(tmp.name)
     try:
-        torch.onnx.export(
-            net, (example,), str(tmp_path), dynamo=False, opset_version=OPSET,
-            input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-            dynamic_axes={INPUT_NAME: {0: "batch", 2: "height", 3: "width"},
-                          OUTPUT_NAME: {0: "batch", 2: "out_height", 3: "out_width"}},
-            do_constant_folding=True,
-        )
+        with warnings.catch_warnings():
+            # The legacy exporter warns that it cannot constant-fold the Slice of F.pad's
+            # pad list; onnxruntime folds it when the session is built.
+            warnings.filterwarnings("ignore", message="Constant folding - Only steps=1", category=UserWarning)
+            torch.onnx.export(
+                net, (example,), str(tmp_path), dynamo=False, opset_version=OPSET,
+                input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                dynamic_axes={INPUT_NAME: {0: "batch", 2: "height", 3: "width"},
+                              OUTPUT_NAME: {0: "batch", 2: "out_height", 3: "out_width"}},
+                do_constant_folding=True,
+            )
         tmp_path.chmod(0o644)  # NamedTemporaryFile creates 0600; model files are shared read-only data
         tmp_path.replace(path)
     finally:
