@@ -1,0 +1,161 @@
+"""fuse_stack / fuse_slices on the shared pairs and stacks, with the shipped extractor."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from medfuse.api import to_unit_float
+from medfuse.core.colour import rgb_to_ycbcr
+from medfuse.core.config import FusionConfig
+from medfuse.core.fusion import STAGES, fuse_slices, fuse_stack
+from medfuse.core.saliency import level_histogram
+from medfuse.errors import FusionError, InputError
+from medfuse.io.images import read_image
+
+CONFIGS = {
+    "paper": FusionConfig.paper(),
+    "clipped": FusionConfig.paper().replace(clip_detail_weights=True),
+    "features-on-detail": FusionConfig.paper().replace(features_on="detail"),
+    "max-abs": FusionConfig.paper().replace(detail_rule="max-abs"),
+    "average-base": FusionConfig.paper().replace(base_rule="average"),
+    "gaussian": FusionConfig.paper().replace(decomposition="gaussian"),
+    "guided": FusionConfig.paper().replace(decomposition="guided"),
+}
+
+
+@pytest.fixture(scope="module")
+def extractor():
+    from medfuse.features.registry import load_extractor
+
+    return load_extractor()
+
+
+def luma(path) -> np.ndarray:
+    unit = to_unit_float(read_image(path))
+    return unit if unit.ndim == 2 else rgb_to_ycbcr(unit)[..., 0]
+
+
+@pytest.fixture(scope="module")
+def stacks(shared_data):
+    """Real K = 2..5 source stacks (luma), cropped to keep the test quick."""
+    pairs = shared_data / "pairs2d"
+    sets = {
+        2: [pairs / "ct-mri/ivrl_1/a.png", pairs / "ct-mri/ivrl_1/b.png"],
+        3: sorted((pairs / "multifocus/lytro_triple_01").glob("*.jpg")),
+        4: sorted((pairs / "multiexposure/house").glob("*.jpg")),
+        5: sorted((pairs / "multiexposure/chair").glob("*.jpg")),
+    }
+    return {k: np.stack([luma(p) for p in paths])[:, :200, :200] for k, paths in sets.items()}
+
+
+@pytest.mark.parametrize("k", [2, 3, 4, 5])
+def test_weights_are_in_unit_range_and_sum_to_one_for_k_sources(stacks, extractor, k):
+    stack = stacks[k]
+    assert stack.shape[0] == k
+    result = fuse_stack(stack, CONFIGS["clipped"], extractor)
+    for weights in (result.base_weights, result.detail_weights):
+        assert weights.shape == stack.shape
+        assert weights.min() >= 0.0 and weights.max() <= 1.0
+        assert np.max(np.abs(weights.sum(axis=0) - 1.0)) < 1e-5
+    assert result.fused.shape == stack.shape[1:] and result.fused.dtype == np.float32
+    assert result.fused.min() >= stack.min() and result.fused.max() <= stack.max()
+
+
+@pytest.mark.parametrize("k", [2, 5])
+def test_unclipped_detail_weights_still_sum_to_one(stacks, extractor, k):
+    result = fuse_stack(stacks[k], CONFIGS["paper"], extractor)
+    assert np.max(np.abs(result.detail_weights.sum(axis=0) - 1.0)) < 1e-5
+    assert result.base_weights.min() >= 0.0 and result.base_weights.max() <= 1.0
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+@pytest.mark.parametrize("k", [2, 4])
+def test_fusing_identical_images_returns_that_image(stacks, extractor, name, k):
+    image = stacks[2][0]
+    result = fuse_stack(np.stack([image] * k), CONFIGS[name], extractor)
+    assert np.max(np.abs(result.fused - image)) < 1e-5
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_constant_images_do_not_produce_nan(stacks, extractor, name):
+    constant = np.full((64, 64), 0.3, np.float32)
+    real = stacks[2][0][:64, :64]
+    for stack in (np.stack([constant, real]), np.stack([constant, constant + 0.2]), np.stack([constant] * 3)):
+        result = fuse_stack(stack, CONFIGS[name], extractor)
+        for array in (result.fused, result.base_weights, result.detail_weights):
+            assert np.all(np.isfinite(array))
+    both_flat = fuse_stack(np.stack([constant, constant]), CONFIGS[name], extractor)
+    assert np.allclose(both_flat.fused, 0.3)
+
+
+def test_fused_image_keeps_the_structure_of_both_sources(stacks, extractor):
+    ct, mr = stacks[2][1], stacks[2][0]
+    fused = fuse_stack(stacks[2], CONFIGS["paper"], extractor).fused
+    # The fused image correlates with each source better than the sources with each other.
+    corr = lambda a, b: np.corrcoef(a.ravel(), b.ravel())[0, 1]  # noqa: E731
+    assert corr(fused, ct) > corr(ct, mr) and corr(fused, mr) > corr(ct, mr)
+
+
+def test_timings_cover_every_stage(stacks, extractor):
+    result = fuse_stack(stacks[2], CONFIGS["paper"], extractor)
+    assert set(STAGES) <= set(result.timings) and all(t >= 0 for t in result.timings.values())
+    assert result.extractor_name == extractor.name
+
+
+def test_output_is_deterministic(stacks, extractor):
+    first = fuse_stack(stacks[3], CONFIGS["paper"], extractor).fused
+    second = fuse_stack(stacks[3], CONFIGS["paper"], extractor).fused
+    assert first.tobytes() == second.tobytes()
+
+
+class CountingExtractor:
+    """Test-local extractor: activity = 2x2 mean of |image − 0.5|, stride 2; counts calls."""
+
+    name = "counting@1"
+
+    def __init__(self):
+        self.calls = []
+
+    def activity(self, images):
+        self.calls.append(images.shape)
+        n, h, w = images.shape
+        padded = np.pad(np.abs(images - 0.5), ((0, 0), (0, h % 2), (0, w % 2)), mode="edge")
+        return padded.reshape(n, (h + 1) // 2, 2, (w + 1) // 2, 2).mean(axis=(2, 4)).astype(np.float32)
+
+
+def test_fuse_slices_batches_all_slices_through_the_extractor_once(stacks):
+    volumes = np.stack([stacks[2][:, i * 40 : i * 40 + 50, :51] for i in range(3)], axis=1)  # (K=2, Z=3, 50, 51)
+    extractor = CountingExtractor()
+    fused = fuse_slices(volumes, CONFIGS["paper"], extractor)
+    assert extractor.calls == [(6, 50, 51)]
+    assert fused.shape == (3, 50, 51)
+    for z in range(3):
+        single = fuse_stack(volumes[:, z], CONFIGS["paper"], CountingExtractor()).fused
+        assert np.max(np.abs(fused[z] - single)) < 1e-6
+
+
+def test_fuse_slices_uses_volume_wide_saliency_histograms(stacks):
+    volumes = np.stack([stacks[2][:, :100, :100], stacks[2][:, 100:, 100:]], axis=1)
+    config = CONFIGS["max-abs"]
+    hist = np.stack([level_histogram(volumes[0]), level_histogram(volumes[1])])
+    wide = fuse_slices(volumes, config, saliency_histograms=hist)
+    per_slice = fuse_slices(volumes, config)
+    assert not np.array_equal(wide, per_slice)
+    # Slice 0 fused with the volume table equals fuse_stack given the same histograms.
+    alone = fuse_stack(volumes[:, 0], config, saliency_histograms=hist).fused
+    assert np.max(np.abs(wide[0] - alone)) < 1e-6
+
+
+def test_bad_stacks_are_refused(stacks):
+    config = CONFIGS["max-abs"]
+    with pytest.raises(InputError, match="at least 2"):
+        fuse_stack(stacks[2][:1], config)
+    with pytest.raises(InputError, match=r"\[0, 1\]"):
+        fuse_stack(stacks[2] * 2, config)
+    with pytest.raises(InputError, match="different shapes"):
+        fuse_stack([stacks[2][0], stacks[2][1][:100]], config)
+    with pytest.raises(InputError):
+        fuse_stack((stacks[2] * 255).astype(np.uint8), config)
+    with pytest.raises(FusionError, match="extractor"):
+        fuse_stack(stacks[2], CONFIGS["paper"], None)

@@ -1,0 +1,70 @@
+"""Weight rules: normalisation, softmax, nearest upsampling, max-abs, refinement."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from medfuse.core.weights import max_abs_weights, normalise_sum, refine, saliency_weights, softmax_weights, upsample_nearest
+
+
+def test_normalise_sum_gives_equal_weights_where_all_weights_are_zero():
+    weights = np.zeros((3, 4, 4), np.float32)
+    weights[0, 0, 0] = 2.0
+    out = normalise_sum(weights)
+    assert np.all(np.isfinite(out))
+    assert out[:, 0, 0] == pytest.approx([1, 0, 0])
+    assert out[:, 1, 1] == pytest.approx([1 / 3] * 3)
+
+
+def test_normalise_sum_can_clip_before_renormalising():
+    weights = np.array([[[1.4]], [[-0.4]]], np.float32)
+    assert normalise_sum(weights.copy(), clip=True)[:, 0, 0] == pytest.approx([1.0, 0.0])
+    assert normalise_sum(weights.copy())[:, 0, 0] == pytest.approx([1.4, -0.4])
+
+
+def test_softmax_is_stable_for_huge_activities():
+    activity = np.array([[[1e6, 0.0]], [[1e6 - 1.0, 5.0]]], np.float32)
+    out = softmax_weights(activity)
+    assert np.all(np.isfinite(out))
+    assert out.sum(axis=0) == pytest.approx(np.ones((1, 2)))
+    assert out[:, 0, 0] == pytest.approx([1 / (1 + np.exp(-1)), np.exp(-1) / (1 + np.exp(-1))], rel=1e-5)
+
+
+def test_upsample_nearest_maps_each_cell_to_its_stride_block():
+    maps = np.arange(6, dtype=np.float32).reshape(1, 2, 3)
+    out = upsample_nearest(maps, (7, 10))  # stride 4: ceil(7/4)=2, ceil(10/4)=3
+    assert out.shape == (1, 7, 10)
+    assert out[0, 3, 3] == 0 and out[0, 4, 3] == 3 and out[0, 6, 9] == 5 and out[0, 0, 8] == 2
+
+
+def test_upsample_nearest_refuses_maps_that_cannot_tile_the_image():
+    with pytest.raises(ValueError):
+        upsample_nearest(np.zeros((1, 5, 5)), (4, 4))
+
+
+def test_max_abs_picks_the_largest_magnitude_and_breaks_ties_to_the_first():
+    details = np.array([[[0.1, -0.5, 0.2]], [[-0.3, 0.4, 0.2]]], np.float32)
+    assert max_abs_weights(details)[:, 0].tolist() == [[0, 1, 1], [1, 0, 0]]
+
+
+def test_saliency_weights_sum_to_one_and_survive_flat_images():
+    rng = np.random.default_rng(0)
+    stack = np.stack([np.full((1, 16, 16), 0.5, np.float32), rng.random((1, 16, 16)).astype(np.float32)])
+    weights = saliency_weights(stack)
+    assert np.all(np.isfinite(weights)) and np.all(weights >= 0) and np.all(weights <= 1)
+    assert weights.sum(axis=0) == pytest.approx(np.ones((1, 16, 16)))
+    # The flat source has zero saliency everywhere: the textured one takes all weight
+    # except where it is itself at zero saliency (1/2 each there).
+    assert set(np.unique(weights[0])) <= {0.0, 0.5}
+
+
+def test_refine_renormalises_and_clip_keeps_weights_in_unit_range():
+    rng = np.random.default_rng(1)
+    guides = rng.random((3, 1, 20, 20)).astype(np.float32)
+    onehot = max_abs_weights(rng.standard_normal((3, 1, 20, 20)))
+    loose = refine(onehot.copy(), guides, 3, 1e-6)
+    assert loose.sum(axis=0) == pytest.approx(np.ones((1, 20, 20)), abs=1e-5)
+    clipped = refine(onehot.copy(), guides, 3, 1e-6, clip=True)
+    assert clipped.min() >= 0 and clipped.max() <= 1
+    assert clipped.sum(axis=0) == pytest.approx(np.ones((1, 20, 20)), abs=1e-5)
