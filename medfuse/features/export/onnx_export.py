@@ -130,6 +130,9 @@ def export_trunk(net: torch.nn.Module, path: Path, *, example_size: int = 64) ->
             # The legacy exporter warns that it cannot constant-fold the Slice of F.pad's
             # pad list; onnxruntime folds it when the session is built.
             warnings.filterwarnings("ignore", message="Constant folding - Only steps=1", category=UserWarning)
+            warnings.filterwarnings("ignore", message="The feature will be removed", category=DeprecationWarning)
+            # Deliberately the TorchScript exporter: it needs no onnxscript and writes byte-identical files.
+            warnings.filterwarnings("ignore", message="You are using the legacy TorchScript", category=DeprecationWarning)
             torch.onnx.export(
                 net, (example,), str(tmp_path), dynamo=False, opset_version=OPSET,
                 input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
