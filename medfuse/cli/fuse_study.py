@@ -1,9 +1,101 @@
-"""CLI: placeholder until its issue lands (no command registered yet)."""
+"""CLI: ``medfuse fuse-study`` and ``medfuse fuse-volumes`` -- the main job (issue 5)."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import typer
+
+from medfuse.errors import InputError
 
 
 def register(app: typer.Typer) -> None:
-    """Add this module's command(s) to *app*."""
+    """Add ``fuse-study`` and ``fuse-volumes`` to *app*."""
+    app.command("fuse-study")(fuse_study_command)
+    app.command("fuse-volumes")(fuse_volumes_command)
+
+
+_OUT = typer.Option(..., "-o", "--out", help="Output folder (created; must not exist or be empty).")
+_WINDOW = typer.Option(None, "--window", help="CT window: brain, soft-tissue, bone, or C,W in HU.")
+_WORKERS = typer.Option(None, "--workers", min=1, help="Local Dask worker processes (default: one per core; 1 = in-process).")
+_SCHEDULER = typer.Option(None, "--scheduler", help="Existing dask.distributed scheduler, e.g. tcp://host:8786.")
+_FORMAT = typer.Option("dicom,nifti", "--format", help="Outputs, comma-separated: dicom, nifti.")
+_REPORT = typer.Option(False, "--report", help="Also write the QC report report.html.")
+_SCOPE = typer.Option("volume", "--saliency-scope", help="Saliency histograms per whole volume or per slice.")
+_DETERMINISTIC = typer.Option(False, "--deterministic-uids",
+                              help="Derive output UIDs from inputs, options and version (idempotent re-runs).")
+_QUIET = typer.Option(False, "--quiet", "-q", help="Print only the output locations.")
+_JSON_LOG = typer.Option(False, "--json-log", help="Progress as JSON lines on stderr; the result as JSON on stdout.")
+
+
+def fuse_study_command(
+    patient_dir: Path = typer.Argument(..., help="Patient folder of DICOM files (searched recursively)."),
+    out: Path = _OUT,
+    fixed: str = typer.Option(None, "--fixed", help="Fixed series: SeriesNumber or SeriesInstanceUID."),
+    moving: list[str] = typer.Option(None, "--moving", help="Moving series (repeatable): SeriesNumber or UID."),
+    window: str = _WINDOW,
+    workers: int = _WORKERS,
+    scheduler: str = _SCHEDULER,
+    formats: str = _FORMAT,
+    report: bool = _REPORT,
+    saliency_scope: str = _SCOPE,
+    deterministic_uids: bool = _DETERMINISTIC,
+    quiet: bool = _QUIET,
+    json_log: bool = _JSON_LOG,
+) -> None:
+    """Fuse the series of a patient folder into a new series of the same study."""
+    from medfuse.study.pipeline import fuse_study
+
+    options = _options(fixed=fixed, moving=tuple(moving or ()), window=window, workers=workers, scheduler=scheduler,
+                       formats=formats, report=report, saliency_scope=saliency_scope,
+                       deterministic_uids=deterministic_uids, quiet=quiet, json_log=json_log)
+    _print_result(fuse_study(patient_dir, out, options), json_log)
+
+
+def fuse_volumes_command(
+    volumes: list[Path] = typer.Argument(..., help="Two or more NIfTI files or DICOM series folders; the first is fixed."),
+    out: Path = _OUT,
+    window: str = _WINDOW,
+    workers: int = _WORKERS,
+    scheduler: str = _SCHEDULER,
+    formats: str = _FORMAT,
+    report: bool = _REPORT,
+    saliency_scope: str = _SCOPE,
+    deterministic_uids: bool = _DETERMINISTIC,
+    quiet: bool = _QUIET,
+    json_log: bool = _JSON_LOG,
+) -> None:
+    """Fuse explicitly given volumes (K >= 2) onto the first one's grid."""
+    from medfuse.study.pipeline import fuse_volumes
+
+    options = _options(window=window, workers=workers, scheduler=scheduler, formats=formats, report=report,
+                       saliency_scope=saliency_scope, deterministic_uids=deterministic_uids, quiet=quiet,
+                       json_log=json_log)
+    _print_result(fuse_volumes(volumes, out, options), json_log)
+
+
+def _options(*, formats: str, quiet: bool, json_log: bool, **kw):
+    from medfuse.study.pipeline import StudyOptions
+    from medfuse.study.progress import Progress, auto_mode
+
+    if quiet and json_log:
+        raise InputError("--quiet and --json-log exclude each other")
+    chosen = tuple(f.strip().lower() for f in formats.split(",") if f.strip())
+    return StudyOptions(formats=chosen, progress=Progress(auto_mode(quiet=quiet, json_log=json_log)), **kw)
+
+
+def _print_result(result, json_log: bool) -> None:
+    outputs = {
+        "out_dir": result.out_dir, "dicom": result.dicom_dir, "nifti": result.nifti_path,
+        "provenance": result.provenance_path, "report": result.report_path,
+        "series_instance_uid": result.series_instance_uid,
+    }
+    if json_log:
+        typer.echo(json.dumps({k: (str(v) if v is not None else None) for k, v in outputs.items()}
+                              | {"timings_s": result.timings}, sort_keys=True))
+        return
+    typer.echo(f"fused outputs in {result.out_dir}/")
+    for name in ("dicom", "nifti", "provenance", "report"):
+        if outputs[name] is not None:
+            typer.echo(f"  {name:<10} {outputs[name]}")

@@ -28,7 +28,8 @@ The series follows the derived-series checklist of
   image is a per-pixel weighted sum of the resampled sources' layers, and CID
   7203 has no "image fusion" code; SourceImageSequence (purpose 121322, DCM,
   "Source image for image processing operation") and ReferencedSeriesSequence
-  (Common Instance Reference module) to every instance of every DICOM source;
+  (Common Instance Reference module) to the source instances each slice was
+  derived from (``slice_sources``; default every instance of every DICOM source);
   ContributingEquipmentSequence naming medfuse (109102, DCM, "Processing
   Equipment") and each source's acquisition equipment (109101, DCM,
   "Acquisition Equipment"); SoftwareVersions; a condensed provenance text in
@@ -169,6 +170,7 @@ def write_fused_series(
     provenance_comment: str = "",
     content_datetime: datetime | None = None,
     uid_entropy: str | None = None,
+    slice_sources: Sequence[Sequence[tuple[int, int]]] | None = None,
 ) -> WrittenSeries:
     """Write *fused* as a new single-frame CT or MR series in the sources' study.
 
@@ -194,6 +196,11 @@ def write_fused_series(
         Series/content date and time (default: now). Recorded by the caller.
     uid_entropy : str, optional
         When given, every UID is derived from it (deterministic re-runs).
+    slice_sources : sequence of Z sequences of (source index, instance index), optional
+        The source instances each fused slice was derived from (cited in that
+        instance's SourceImageSequence and ReferencedSeriesSequence). Default:
+        every instance of every DICOM source, in every slice (fine for small
+        series; the pipeline passes the instances that overlap each slice).
 
     Returns
     -------
@@ -217,6 +224,8 @@ def write_fused_series(
         raise WriteError(f"provenance comment longer than {MAX_COMMENT_CHARS} characters")
     if out_dir.exists():
         raise WriteError(f"output folder {out_dir} already exists; refusing to overwrite it")
+    if slice_sources is not None and len(slice_sources) != fused.shape[0]:
+        raise WriteError(f"slice_sources has {len(slice_sources)} entries for {fused.shape[0]} slices")
     reference = anatomical_reference(sources)
     modalities = list(modalities) if modalities is not None else [s.modality if s else "" for s in sources]
     when = content_datetime or datetime.now()
@@ -237,11 +246,14 @@ def write_fused_series(
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".partial", dir=out_dir.parent))
+    every_instance = [(k, i) for k, s in enumerate(sources) if s is not None for i in range(len(s.instances))]
     sop_uids = []
     try:
         for z in range(fused.shape[0]):
             sop_uid = uid("instance", str(z))
             dataset = _slice_dataset(template, geometry, z, sop_uid, to_stored(fused[z]), implementation_uid)
+            cited = every_instance if slice_sources is None else slice_sources[z]
+            _add_references(dataset, reference, sources, cited)
             dataset.save_as(staging / f"IM{z + 1:05d}.dcm", enforce_file_format=True)
             sop_uids.append(sop_uid)
         os.replace(staging, out_dir)
@@ -350,8 +362,6 @@ def _series_template(reference, sources, geometry, modalities, series_uid, windo
     ds.WindowWidth = _ds(window[1])
     ds.VOILUTFunction = "LINEAR"
     cited = [s for s in sources if s is not None]
-    ds.SourceImageSequence = [_source_item(inst) for s in cited for inst in s.instances]
-    _add_common_instance_references(ds, reference, cited)
     ds.ContributingEquipmentSequence = [_medfuse_equipment(when)] + [
         _acquisition_equipment(s) for s in cited if s.equipment]
     return ds
@@ -365,33 +375,42 @@ def _source_item(instance) -> Dataset:
     return item
 
 
-def _series_item(series: SeriesReference) -> Dataset:
+def _series_item(series: SeriesReference, instance_indices: list[int]) -> Dataset:
     item = Dataset()
     item.SeriesInstanceUID = series.series_instance_uid
     instances = []
-    for instance in series.instances:
+    for index in instance_indices:
         ref = Dataset()
-        ref.ReferencedSOPClassUID = instance.sop_class_uid
-        ref.ReferencedSOPInstanceUID = instance.sop_instance_uid
+        ref.ReferencedSOPClassUID = series.instances[index].sop_class_uid
+        ref.ReferencedSOPInstanceUID = series.instances[index].sop_instance_uid
         instances.append(ref)
     item.ReferencedInstanceSequence = instances
     return item
 
 
-def _add_common_instance_references(ds: Dataset, reference: SeriesReference, cited) -> None:
-    """ReferencedSeriesSequence for this study, the other-studies sequence for the rest."""
-    same_study = [s for s in cited if s.study_instance_uid == reference.study_instance_uid]
-    ds.ReferencedSeriesSequence = [_series_item(s) for s in same_study]
-    other_studies: dict[str, list[SeriesReference]] = {}
-    for series in cited:
-        if series.study_instance_uid != reference.study_instance_uid:
-            other_studies.setdefault(series.study_instance_uid, []).append(series)
+def _add_references(ds: Dataset, reference: SeriesReference, sources, cited: Sequence[tuple[int, int]]) -> None:
+    """SourceImageSequence, and the Common Instance Reference module, for the cited instances.
+
+    Instances of the reference's study go in ReferencedSeriesSequence, those of
+    other studies in StudiesContainingOtherReferencedInstancesSequence.
+    """
+    by_series: dict[int, list[int]] = {}
+    for source_index, instance_index in cited:
+        by_series.setdefault(source_index, []).append(instance_index)
+    ds.SourceImageSequence = [_source_item(sources[k].instances[i]) for k, i in cited]
+    same_study = [k for k in by_series if sources[k].study_instance_uid == reference.study_instance_uid]
+    if same_study:
+        ds.ReferencedSeriesSequence = [_series_item(sources[k], by_series[k]) for k in same_study]
+    other_studies: dict[str, list[int]] = {}
+    for k in by_series:
+        if k not in same_study:
+            other_studies.setdefault(sources[k].study_instance_uid, []).append(k)
     if other_studies:
         items = []
-        for study_uid, series_list in other_studies.items():
+        for study_uid, series_indices in other_studies.items():
             item = Dataset()
             item.StudyInstanceUID = study_uid
-            item.ReferencedSeriesSequence = [_series_item(s) for s in series_list]
+            item.ReferencedSeriesSequence = [_series_item(sources[k], by_series[k]) for k in series_indices]
             items.append(item)
         ds.StudiesContainingOtherReferencedInstancesSequence = items
 

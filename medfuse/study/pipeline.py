@@ -1,0 +1,498 @@
+"""The main job: a patient folder (or explicit volumes) in, a fused series out.
+
+Stages, each timed and reported, each failing with its own exit code
+(:mod:`medfuse.errors`):
+
+1. **scan** (3) -- index the folder (:func:`medfuse.io.dicom.index.scan_folder`);
+2. **select** (3) -- choose the fixed (anatomical) and moving series;
+3. **read** (3) -- read them as volumes;
+4. **register** (4) -- register each moving volume to the fixed one (skipped
+   when they share a FrameOfReferenceUID) and resample it onto the fixed grid,
+   keeping its coverage mask;
+5. **map** (2) -- map every volume to [0, 1] (:func:`medfuse.volume.intensity.map_to_unit`);
+6. **fuse** (5) -- slice-wise fusion on Dask (:func:`medfuse.volume.dispatch.fuse_volume`);
+7. **write** (6) -- the DICOM series and/or NIfTI file, the provenance sidecar
+   ``provenance.json``, the registration transforms and, with ``report``, the
+   QC page ``report.html``.
+
+**Atomic output.** Everything is written into a hidden folder beside
+``out_dir`` (``.<name>.partial-*``) that is renamed to ``out_dir`` only when
+every output is complete; on failure it is removed, so ``out_dir`` either
+holds a complete result or does not exist. ``out_dir`` must not exist or be
+an empty folder.
+
+Output layout::
+
+    OUT_DIR/dicom/IM00001.dcm ...   fused series (format "dicom")
+    OUT_DIR/fused.nii.gz            fused volume, fixed grid affine (format "nifti")
+    OUT_DIR/provenance.json         everything needed to reproduce and audit the run
+    OUT_DIR/transforms/*.tfm        registration transforms (ITK text format)
+    OUT_DIR/report.html             QC report (option ``report``)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import shutil
+import tempfile
+import time
+from collections.abc import Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from medfuse import __version__
+from medfuse.core.config import FusionConfig
+from medfuse.errors import (
+    FusionError,
+    InputError,
+    MedfuseError,
+    RegistrationError,
+    ScanError,
+    SelectionError,
+    WriteError,
+)
+from medfuse.io.dicom.index import FolderIndex, SeriesInfo, scan_folder
+from medfuse.io.dicom.read import read_series
+from medfuse.io.dicom.write import write_fused_series
+from medfuse.io.nifti import write_nifti
+from medfuse.io.volumes import load_volume
+from medfuse.study.progress import Progress
+from medfuse.volume.dispatch import SALIENCY_SCOPES, fuse_volume
+from medfuse.volume.intensity import map_to_unit
+from medfuse.volume.model import Volume
+from medfuse.volume.registration import RegistrationConfig, register, resample_onto, write_transform
+
+__all__ = ["StudyOptions", "StudyResult", "fuse_study", "fuse_volumes", "FORMATS"]
+
+FORMATS = ("dicom", "nifti")
+#: Modalities preferred as the fixed (anatomical) volume, best first.
+ANATOMICAL_ORDER = ("CT", "MR")
+
+
+@dataclass(frozen=True)
+class StudyOptions:
+    """Every choice of a fuse-study / fuse-volumes run.
+
+    Attributes
+    ----------
+    fixed : str, optional
+        Fixed series by SeriesNumber or SeriesInstanceUID (fuse-study only).
+    moving : tuple of str
+        Moving series by SeriesNumber or SeriesInstanceUID (fuse-study only).
+    window : str, optional
+        CT window for the intensity mapping: preset name or "C,W".
+    workers : int, optional
+        Local Dask worker processes (default one per core; 1 = in-process).
+    scheduler : str, optional
+        ``tcp://host:port`` of an existing dask.distributed scheduler.
+    formats : tuple of str
+        Outputs among :data:`FORMATS`. Default ("dicom", "nifti").
+    report : bool
+        Write the QC report ``report.html``.
+    saliency_scope : {'volume', 'slice'}
+        See :mod:`medfuse.volume.dispatch`.
+    fusion : FusionConfig
+    registration : RegistrationConfig, optional
+    deterministic_uids : bool
+        Derive the output UIDs from the inputs' UIDs, the options and the
+        medfuse version (re-runs then write the same UIDs) instead of random ones.
+    progress : Progress, optional
+        Where stage progress goes (default: nowhere).
+    """
+
+    fixed: str | None = None
+    moving: tuple[str, ...] = ()
+    window: str | None = None
+    workers: int | None = None
+    scheduler: str | None = None
+    formats: tuple[str, ...] = ("dicom", "nifti")
+    report: bool = False
+    saliency_scope: str = "volume"
+    fusion: FusionConfig = field(default_factory=FusionConfig)
+    registration: RegistrationConfig | None = None
+    deterministic_uids: bool = False
+    progress: Progress | None = None
+
+    def __post_init__(self) -> None:
+        formats = tuple(self.formats)
+        if not formats or any(f not in FORMATS for f in formats):
+            raise InputError(f"formats must be a non-empty subset of {', '.join(FORMATS)}, got {','.join(formats)}")
+        object.__setattr__(self, "formats", formats)
+        object.__setattr__(self, "moving", tuple(self.moving))
+        if self.saliency_scope not in SALIENCY_SCOPES:
+            raise InputError(f"saliency scope must be one of {', '.join(SALIENCY_SCOPES)}, got {self.saliency_scope!r}")
+        if self.workers is not None and (isinstance(self.workers, bool) or not isinstance(self.workers, int)
+                                         or self.workers < 1):
+            raise InputError(f"workers must be a positive integer, got {self.workers!r}")
+        if self.workers is not None and self.scheduler is not None:
+            raise InputError("give either workers or a scheduler address, not both")
+        if self.scheduler is not None and not self.scheduler.startswith(("tcp://", "tls://", "inproc://", "ucx://")):
+            raise InputError(f"scheduler must be an address like tcp://host:8786, got {self.scheduler!r}")
+
+
+@dataclass(frozen=True)
+class StudyResult:
+    """Where a run's outputs are, and what it did.
+
+    Attributes
+    ----------
+    out_dir : Path
+    dicom_dir, nifti_path, report_path : Path or None
+        None when that output was not requested.
+    provenance_path : Path
+    series_instance_uid, study_instance_uid : str or None
+        Of the written DICOM series (None without DICOM output).
+    timings : dict of str to float
+        Seconds per stage.
+    """
+
+    out_dir: Path
+    dicom_dir: Path | None
+    nifti_path: Path | None
+    provenance_path: Path
+    report_path: Path | None
+    series_instance_uid: str | None
+    study_instance_uid: str | None
+    timings: dict = field(default_factory=dict)
+
+
+_STAGE_ERRORS = {
+    "scan": ScanError, "select": ScanError, "read": ScanError, "register": RegistrationError,
+    "map": InputError, "fuse": FusionError, "write": WriteError,
+}
+
+
+def fuse_study(patient_dir: str | os.PathLike, out_dir: str | os.PathLike, options: StudyOptions | None = None) -> StudyResult:
+    """Fuse the series of a patient folder into a new series of the same study.
+
+    Parameters
+    ----------
+    patient_dir : path
+        A folder of DICOM files (searched recursively).
+    out_dir : path
+        Output folder (must not exist, or be empty).
+    options : StudyOptions, optional
+
+    Returns
+    -------
+    StudyResult
+
+    Raises
+    ------
+    MedfuseError
+        The subclass of the stage that failed (its ``exit_code`` says which).
+    """
+    options = options or StudyOptions()
+    run = _Run(options, Path(out_dir))
+    patient_dir = Path(patient_dir)
+    if not patient_dir.is_dir():
+        raise InputError(f"{patient_dir}: not a folder")
+    with run.stage("scan"):
+        index = scan_folder(patient_dir)
+    with run.stage("select"):
+        fixed_info, moving_infos = choose_series(index, options.fixed, options.moving)
+        run.progress.info(f"fixed: {fixed_info.label}; moving: " + "; ".join(m.label for m in moving_infos))
+    with run.stage("read"):
+        volumes = [read_series(info) for info in (fixed_info, *moving_infos)]
+    return run.finish(volumes, {"patient_dir": str(patient_dir)})
+
+
+def fuse_volumes(paths: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
+                 options: StudyOptions | None = None) -> StudyResult:
+    """Fuse explicitly given volumes (NIfTI files or DICOM series folders); the first is fixed.
+
+    Parameters, returns and raises as :func:`fuse_study`. DICOM output needs at
+    least one DICOM CT or MR input (it takes patient and study from it).
+    """
+    options = options or StudyOptions()
+    if len(paths) < 2:
+        raise InputError(f"fuse-volumes needs at least two volumes, got {len(paths)}")
+    run = _Run(options, Path(out_dir))
+    with run.stage("read"):
+        volumes = [load_volume(path) for path in paths]
+    return run.finish(volumes, {"paths": [str(p) for p in paths]})
+
+
+def choose_series(index: FolderIndex, fixed: str | None, moving: Sequence[str]) -> tuple[SeriesInfo, list[SeriesInfo]]:
+    """Pick the fixed series and the moving ones from an indexed folder.
+
+    Rules: ``fixed``/``moving`` (series number or UID) override. Otherwise the
+    fixed series is the largest usable series of the first modality of
+    :data:`ANATOMICAL_ORDER` present (the largest usable series when none is),
+    and every other usable volume series is moving. Ties, or no usable series,
+    raise :class:`SelectionError` listing the candidates.
+    """
+    usable = [s for s in index.usable_series if s.volumes]
+    if not usable:
+        reasons = "; ".join(f"{s.label}: {s.reason}" for s in index.series) or "no DICOM series found"
+        raise ScanError(f"no usable series in {index.root} ({reasons})")
+    listing = "; ".join(f"{s.label} uid {s.series_instance_uid}" for s in usable)
+
+    def find(key: str) -> SeriesInfo:
+        hits = [s for s in usable if key in (s.series_instance_uid, str(s.series_number))]
+        if len(hits) != 1:
+            raise SelectionError(f"{'no' if not hits else 'several'} usable series match {key!r}; candidates: {listing}")
+        return hits[0]
+
+    fixed_info = find(fixed) if fixed else _largest_anatomical(usable, listing)
+    if moving:
+        moving_infos = [find(key) for key in moving]
+    else:
+        moving_infos = [s for s in usable if s is not fixed_info]
+    if not moving_infos or any(m is fixed_info for m in moving_infos):
+        raise SelectionError(f"need a fixed and at least one other series to fuse; candidates: {listing}")
+    return fixed_info, moving_infos
+
+
+def _largest_anatomical(usable: list[SeriesInfo], listing: str) -> SeriesInfo:
+    for modality in (*ANATOMICAL_ORDER, None):
+        pool = [s for s in usable if modality is None or s.modality == modality]
+        if not pool:
+            continue
+        sizes = [int(np.prod(s.dimensions)) for s in pool]
+        best = max(sizes)
+        if sizes.count(best) > 1:
+            raise SelectionError(f"several {modality or ''} series of the same size could be the fixed one; "
+                                 f"choose with --fixed; candidates: {listing}")
+        return pool[sizes.index(best)]
+    raise SelectionError(f"no fixed series candidate; candidates: {listing}")  # unreachable: usable is non-empty
+
+
+class _Run:
+    """One run's state: options, stage timings, the staging folder."""
+
+    def __init__(self, options: StudyOptions, out_dir: Path):
+        self.options = options
+        self.out_dir = out_dir
+        self.progress = options.progress or Progress("quiet")
+        self.timings: dict[str, float] = {}
+        if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+            raise InputError(f"output folder {out_dir} already exists and is not empty")
+        self.started = datetime.now(timezone.utc)
+
+    @contextmanager
+    def stage(self, name: str, total: int | None = None):
+        started = time.perf_counter()
+        try:
+            with self.progress.stage(name, total) as advance:
+                yield advance
+        except MedfuseError:
+            raise
+        except MemoryError as exc:
+            raise _STAGE_ERRORS[name](f"{name}: out of memory") from exc
+        except Exception as exc:  # unexpected library failure: report it as this stage's error
+            raise _STAGE_ERRORS[name](f"{name} failed: {' '.join(str(exc).split()) or type(exc).__name__}") from exc
+        finally:
+            self.timings[name] = round(time.perf_counter() - started, 3)
+
+    def finish(self, volumes: list[Volume], inputs: dict) -> StudyResult:
+        options = self.options
+        fixed, movings = volumes[0], volumes[1:]
+        registrations, on_grid, masks = [], [fixed], [None]
+        with self.stage("register", total=len(movings)) as advance:
+            for moving in movings:
+                result = register(fixed, moving, options.registration)
+                moved, coverage = resample_onto(fixed, moving, result.transform)
+                registrations.append(result)
+                on_grid.append(moved)
+                masks.append(sitk.GetArrayFromImage(coverage).astype(bool))
+                advance(1, len(movings))
+        with self.stage("map"):
+            mapped = [map_to_unit(v, window=options.window if v.modality == "CT" else None) for v in on_grid]
+            arrays = [unit for unit, _ in mapped]
+            mappings = [mapping for _, mapping in mapped]
+        z = arrays[0].shape[0]
+        with self.stage("fuse", total=z) as advance:
+            fused = fuse_volume(arrays, masks, options.fusion, workers=options.workers, scheduler=options.scheduler,
+                                saliency_scope=options.saliency_scope, progress=advance)
+        with self.stage("write"):
+            return self._write(volumes, on_grid, arrays, masks, fused, registrations, mappings, inputs)
+
+    def _write(self, volumes, on_grid, arrays, masks, fused, registrations, mappings, inputs) -> StudyResult:
+        options, out_dir = self.options, self.out_dir
+        fixed = volumes[0]
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
+        try:
+            provenance = self._provenance(volumes, registrations, mappings, inputs)
+            (staging / "transforms").mkdir()
+            for number, result in enumerate(registrations, start=1):
+                write_transform(result.transform, staging / "transforms" / f"moving{number}_to_fixed.tfm")
+            written = None
+            if "dicom" in options.formats:
+                entropy = None
+                if options.deterministic_uids:
+                    entropy = hashlib.sha256(json.dumps(
+                        [provenance["inputs"], provenance["fusion"], provenance["dispatch"]["saliency_scope"],
+                         __version__], sort_keys=True).encode()).hexdigest()
+                written = write_fused_series(
+                    fused, fixed.image, [v.references for v in volumes], staging / "dicom",
+                    modalities=[v.modality for v in volumes], provenance_comment=_condensed(provenance),
+                    content_datetime=self.started.astimezone(), uid_entropy=entropy,
+                    slice_sources=slice_sources(fixed.image, volumes, [None] + [r.transform for r in registrations]),
+                )
+                provenance["outputs"]["dicom"] = {
+                    "folder": "dicom", "series_instance_uid": written.series_instance_uid,
+                    "study_instance_uid": written.study_instance_uid, "sop_class_uid": written.sop_class_uid,
+                    "series_number": written.series_number, "series_description": written.series_description,
+                    "window_center_width": list(written.window), "instances": len(written.sop_instance_uids),
+                    "uids": "derived from inputs, options and version" if entropy else "random (pydicom generate_uid)",
+                    "stored_value": "round(4095 * fused), fused in [0, 1]",
+                }
+            if "nifti" in options.formats:
+                image = sitk.GetImageFromArray(fused)
+                image.CopyInformation(fixed.image)
+                write_nifti(image, staging / "fused.nii.gz")
+                provenance["outputs"]["nifti"] = {"file": "fused.nii.gz", "values": "fused intensity in [0, 1], float32"}
+            provenance["timings_s"] = dict(self.timings)
+            report_path = None
+            if options.report:
+                from medfuse.study.report import build_report
+
+                provenance["outputs"]["report"] = {"file": "report.html"}
+                html = build_report(arrays, masks, fused, [v.label or v.modality for v in volumes],
+                                    options.fusion, options.saliency_scope, provenance, on_grid[0].image)
+                (staging / "report.html").write_text(html, encoding="utf-8")
+                report_path = out_dir / "report.html"
+            (staging / "provenance.json").write_text(json.dumps(provenance, indent=2, sort_keys=True, default=str),
+                                                     encoding="utf-8")
+            if out_dir.exists():
+                out_dir.rmdir()  # empty, checked at the start
+            os.replace(staging, out_dir)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        return StudyResult(
+            out_dir=out_dir,
+            dicom_dir=out_dir / "dicom" if written else None,
+            nifti_path=out_dir / "fused.nii.gz" if "nifti" in options.formats else None,
+            provenance_path=out_dir / "provenance.json",
+            report_path=report_path,
+            series_instance_uid=written.series_instance_uid if written else None,
+            study_instance_uid=written.study_instance_uid if written else None,
+            timings=dict(self.timings),
+        )
+
+    def _provenance(self, volumes, registrations, mappings, inputs) -> dict:
+        options = self.options
+        model, sha = _model_identity(options.fusion)
+        return {
+            "medfuse_version": __version__,
+            "created_utc": self.started.isoformat(timespec="seconds"),
+            "host": {"python": platform.python_version(), "platform": platform.platform()},
+            "inputs": [_describe_input(v, role="fixed" if i == 0 else "moving") for i, v in enumerate(volumes)],
+            "invocation": inputs,
+            "registration": [r.to_dict() for r in registrations],
+            "intensity_mappings": [m.to_dict() for m in mappings],
+            "fusion": options.fusion.to_dict(),
+            "model": {"name": model, "sha256": sha},
+            "dispatch": {
+                "slice_axis": "third axis of the fixed grid (its slice stacking direction)",
+                "saliency_scope": options.saliency_scope,
+                "workers": None if options.scheduler else (options.workers or "default (see dispatch)"),
+                "scheduler": options.scheduler,
+            },
+            "outputs": {},
+        }
+
+
+def slice_sources(grid: sitk.Image, volumes: Sequence[Volume],
+                  transforms: Sequence[sitk.Transform | None]) -> list[list[tuple[int, int]]]:
+    """For each slice of the fixed grid, the source instances it was derived from.
+
+    Parameters
+    ----------
+    grid : SimpleITK.Image
+        The fixed grid (size X, Y, Z).
+    volumes : sequence of Volume
+        Fixed first, then the moving volumes (their own grids).
+    transforms : sequence of SimpleITK.Transform or None
+        Fixed-to-moving transforms (None for the fixed volume: identity).
+
+    Returns
+    -------
+    list of Z lists of (volume index, instance index)
+        Slice z cites the fixed instance z and every moving instance whose
+        slice lies between the moving-space slice indices of the corners of
+        fixed slice z (one slice of margin for the interpolation). Volumes
+        without DICOM references are skipped; a single (multi-frame) instance
+        is cited whenever any of its frames is.
+    """
+    nx, ny, nz = grid.GetSize()
+    cited: list[list[tuple[int, int]]] = [[] for _ in range(nz)]
+    for index, (volume, transform) in enumerate(zip(volumes, transforms)):
+        ref = volume.references
+        if ref is None or not ref.instances:
+            continue
+        n_slices = volume.image.GetSize()[2]
+        for z in range(nz):
+            corners = [grid.TransformIndexToPhysicalPoint((x, y, z)) for x in (0, nx - 1) for y in (0, ny - 1)]
+            if transform is not None:
+                corners = [transform.TransformPoint(p) for p in corners]
+            k = [volume.image.TransformPhysicalPointToContinuousIndex(p)[2] for p in corners]
+            first, last = max(0, int(np.floor(min(k))) - 1), min(n_slices - 1, int(np.ceil(max(k))) + 1)
+            if first > last:
+                continue
+            if len(ref.instances) == n_slices:
+                cited[z].extend((index, i) for i in range(first, last + 1))
+            else:
+                cited[z].append((index, 0))
+    return cited
+
+
+def _describe_input(volume: Volume, role: str) -> dict:
+    ref = volume.references
+    image = volume.image
+    out = {
+        "role": role, "label": volume.label, "modality": volume.modality,
+        "source": str(volume.source) if volume.source else None,
+        "size_xyz": list(image.GetSize()), "spacing_mm": [round(s, 6) for s in image.GetSpacing()],
+        "origin_mm": [round(o, 4) for o in image.GetOrigin()],
+    }
+    if ref is not None:
+        out.update({
+            "study_instance_uid": ref.study_instance_uid, "series_instance_uid": ref.series_instance_uid,
+            "frame_of_reference_uid": ref.frame_of_reference_uid, "series_number": ref.series_number,
+            "instances": len(ref.instances),
+        })
+    return out
+
+
+def _model_identity(config: FusionConfig) -> tuple[str | None, str | None]:
+    """(extractor name, sha256 of its ONNX file) for CNN detail weights; (None, None) otherwise."""
+    if config.detail_rule != "cnn":
+        return None, None
+    from medfuse.features.registry import load_extractor, verify_models
+
+    extractor = load_extractor(config.model, config.depth, threads=1)
+    for result in verify_models():
+        if result.name == extractor.model and result.depth == extractor.depth:
+            return extractor.name, hashlib.sha256(Path(result.path).read_bytes()).hexdigest()
+    return extractor.name, None
+
+
+def _condensed(provenance: dict) -> str:
+    """The provenance in a few hundred characters for ImageComments."""
+    short = {
+        "medfuse": provenance["medfuse_version"],
+        "model": provenance["model"]["name"],
+        "model_sha256": (provenance["model"]["sha256"] or "")[:16],
+        "fusion": {k: v for k, v in provenance["fusion"].items() if v is not None},
+        "saliency_scope": provenance["dispatch"]["saliency_scope"],
+        "registration": [{"type": r["transform"]["type"], "optimised": r["optimised"],
+                          "rotation_deg": [round(a, 3) for a in r["rotation_deg"]],
+                          "translation_mm": [round(t, 3) for t in r["translation_mm"]],
+                          "metric_after": round(r["metric_after"], 5)} for r in provenance["registration"]],
+        "mappings": [{"method": m["method"], "low": round(m["low"], 3), "high": round(m["high"], 3)}
+                     for m in provenance["intensity_mappings"]],
+        "sidecar": "provenance.json",
+    }
+    return json.dumps(short, sort_keys=True, separators=(",", ":"))

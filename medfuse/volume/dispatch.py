@@ -1,0 +1,315 @@
+"""Fuse co-registered volumes slice by slice, in chunks, on Dask.
+
+**Slice axis.** The arrays are (Z, Y, X) as :func:`SimpleITK.GetArrayFromImage`
+returns them on the fixed volume's grid; Z is the fixed volume's third image
+axis, which for a DICOM series is the stacking (acquisition) direction. Slice z
+of the output fuses slice z of every source with the core's
+:func:`medfuse.core.fusion.fuse_slices`.
+
+**Chunks.** Consecutive slices are grouped into chunks of ``chunk_slices``
+(default :data:`CHUNK_SLICES`, independent of the worker count so that the CNN
+sees the same batches whatever runs it); each chunk is one task and goes
+through the CNN in one batch.
+At most two chunks per worker are in flight, and every finished chunk is copied
+straight into the output array, so memory stays at the inputs, the output and
+a few chunks.
+
+**Where to run.** ``workers=1`` (and ``scheduler=None``) runs in this process.
+Otherwise a local ``dask.distributed`` cluster is started with ``workers``
+worker processes of one thread each, and onnxruntime uses one thread per
+worker (no oversubscription). Default (``workers=None``): one worker per
+available core, except for small jobs (fewer than
+:data:`LOCAL_CLUSTER_MIN_VOXELS` source voxels in all), which run in-process
+because starting worker processes (each importing onnxruntime and loading the
+model) costs more than it saves there (5-15 s measured on a shared 2-core
+machine, against about 3 s for the whole sample study's fusion).
+``scheduler="tcp://host:port"`` sends the same tasks to an existing
+dask.distributed scheduler instead. Every path gives identical pixels: each
+task is the same pure function of its chunk, and onnxruntime always runs with
+one thread.
+
+**Slices without data** (the documented rule). Source k *covers* a voxel where
+its mask is set (``masks[k] is None`` means everywhere). In each slice, source
+k takes part only if it covers at least one voxel there and the slice is not
+empty air, i.e. its covered voxels' 99.5th percentile reaches
+:data:`EMPTY_SLICE_LEVEL`. Then:
+
+* two or more sources take part: they are fused; afterwards every voxel covered
+  by exactly one taking-part source takes that source's value, and voxels
+  covered by none are 0 -- black outside a field of view is never fused in as
+  if it were tissue;
+* one source takes part: the slice is that source's slice (0 where uncovered);
+* none: the slice is 0.
+
+**Saliency scope.** ``"volume"`` (default) builds one grey-level histogram per
+source over all its covered voxels of the whole volume and passes it to the
+core as ``saliency_histograms``, so every slice is weighted with the same
+saliency table; ``"slice"`` lets each slice use its own histogram (the paper's
+per-image saliency). The default comes from a measurement of inter-slice
+consistency, see ``docs/fuse-study.md`` and :func:`interslice_variation`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import numpy as np
+
+from medfuse.core.config import FusionConfig
+from medfuse.core.fusion import fuse_slices
+from medfuse.core.saliency import level_histogram
+from medfuse.errors import FusionError, InputError
+
+__all__ = ["fuse_volume", "interslice_variation", "default_workers", "SALIENCY_SCOPES"]
+
+SALIENCY_SCOPES = ("volume", "slice")
+#: A source's slice counts as empty air below this 99.5th percentile (fusion range [0, 1]).
+EMPTY_SLICE_LEVEL = 0.02
+#: Below this many source voxels (K x Z x Y x X) the default runs in-process.
+LOCAL_CLUSTER_MIN_VOXELS = 20_000_000
+#: Default slices per chunk (a task holds K x chunk x Y x X float32 a few times over).
+CHUNK_SLICES = 8
+
+
+def default_workers() -> int:
+    """One worker per core this process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def fuse_volume(
+    arrays: Sequence[np.ndarray],
+    masks: Sequence[np.ndarray | None] | None,
+    config: FusionConfig | None = None,
+    *,
+    workers: int | None = None,
+    scheduler: str | None = None,
+    saliency_scope: str = "volume",
+    chunk_slices: int | None = None,
+    progress=None,
+) -> np.ndarray:
+    """Fuse K co-registered volumes slice by slice.
+
+    Parameters
+    ----------
+    arrays : sequence of K ndarrays, each (Z, Y, X) float32 in [0, 1]
+        The sources on the fixed grid, K >= 2.
+    masks : sequence of K (ndarray (Z, Y, X) bool/uint8 or None), or None
+        Where each source has data (e.g. the moving volume's coverage mask
+        after resampling). None: everywhere.
+    config : FusionConfig, optional
+        Fusion parameters (default ``FusionConfig()``); the extractor named by
+        ``config.model``/``config.depth`` is loaded in each worker.
+    workers : int, optional
+        Local worker processes (default: one per core, in-process for small
+        jobs; see module doc). 1 runs in-process.
+    scheduler : str, optional
+        Address of an existing dask.distributed scheduler (``tcp://host:port``).
+    saliency_scope : {'volume', 'slice'}
+    chunk_slices : int, optional
+        Slices per task (default: see module doc).
+    progress : callable, optional
+        Called as ``progress(done_slices, total_slices)`` after each chunk.
+
+    Returns
+    -------
+    ndarray, shape (Z, Y, X), float32 in [0, 1]
+
+    Raises
+    ------
+    InputError
+        Fewer than two sources, shapes that differ, bad options.
+    FusionError
+        A task failed, or the scheduler could not be reached.
+    """
+    config = config or FusionConfig()
+    arrays = [np.asarray(a) for a in arrays]
+    masks = list(masks) if masks is not None else [None] * len(arrays)
+    _check_inputs(arrays, masks, saliency_scope, workers, chunk_slices)
+    z = arrays[0].shape[0]
+    histograms = _volume_histograms(arrays, masks, config) if saliency_scope == "volume" else None
+    if workers is None:
+        small = len(arrays) * arrays[0].size < LOCAL_CLUSTER_MIN_VOXELS
+        workers = 1 if small and scheduler is None else default_workers()
+    chunk_slices = chunk_slices or CHUNK_SLICES
+    bounds = [(start, min(start + chunk_slices, z)) for start in range(0, z, chunk_slices)]
+    fused = np.zeros(arrays[0].shape, np.float32)
+
+    def chunk_args(start: int, stop: int):
+        stack = np.stack([a[start:stop] for a in arrays]).astype(np.float32, copy=False)
+        cover = np.stack([_mask_chunk(m, a, start, stop) for m, a in zip(masks, arrays)])
+        return stack, cover
+
+    def store(start: int, stop: int, result: np.ndarray) -> None:
+        fused[start:stop] = result
+        if progress is not None:
+            progress(stop - start, z)
+
+    if scheduler is None and workers == 1:
+        for start, stop in bounds:
+            store(start, stop, fuse_chunk(*chunk_args(start, stop), config, histograms))
+        return fused
+    _run_distributed(bounds, chunk_args, store, config, histograms, workers, scheduler)
+    return fused
+
+
+def fuse_chunk(stack: np.ndarray, cover: np.ndarray, config: FusionConfig,
+               histograms: np.ndarray | None) -> np.ndarray:
+    """Fuse one chunk under the slices-without-data rule (the task each worker runs).
+
+    Parameters
+    ----------
+    stack : ndarray (K, n, Y, X) float32 in [0, 1]
+    cover : ndarray (K, n, Y, X) bool
+        Where each source has data.
+    config : FusionConfig
+    histograms : ndarray (K, levels) or None
+        Volume-wide histograms, or None for per-slice saliency.
+
+    Returns
+    -------
+    ndarray (n, Y, X) float32
+    """
+    k, n = stack.shape[:2]
+    taking_part = np.zeros((k, n), bool)
+    for source in range(k):
+        for index in range(n):
+            covered = stack[source, index][cover[source, index]]
+            taking_part[source, index] = covered.size > 0 and np.percentile(covered, 99.5) >= EMPTY_SLICE_LEVEL
+    out = np.zeros(stack.shape[1:], np.float32)
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for index in range(n):
+        groups.setdefault(tuple(np.flatnonzero(taking_part[:, index])), []).append(index)
+    for members, slices in sorted(groups.items()):
+        if len(members) == 0:
+            continue
+        part = stack[list(members)][:, slices]
+        part_cover = cover[list(members)][:, slices]
+        if len(members) == 1:
+            out[slices] = np.where(part_cover[0], part[0], 0.0)
+            continue
+        extractor = _extractor(config)
+        hist = histograms[list(members)] if histograms is not None else None
+        result = fuse_slices(part, config, extractor, saliency_histograms=hist)
+        # Voxels that only one source covers take that source's value; none: 0.
+        count = part_cover.sum(axis=0)
+        only = np.argmax(part_cover, axis=0)
+        single = np.take_along_axis(part, only[None], axis=0)[0]
+        result = np.where(count >= 2, result, np.where(count == 1, single, 0.0))
+        out[slices] = result
+    return out
+
+
+def interslice_variation(volume: np.ndarray, mask: np.ndarray | None = None) -> float:
+    """Mean absolute difference between adjacent slices (along axis 0).
+
+    Parameters
+    ----------
+    volume : ndarray (Z, Y, X)
+    mask : ndarray (Z, Y, X) bool, optional
+        Only voxel pairs where both slices are inside the mask count.
+
+    Returns
+    -------
+    float
+        A fused volume's value divided by its sources' mean value is the
+        inter-slice consistency ratio reported in docs/fuse-study.md (about 1:
+        the fused volume varies between slices as much as its sources; larger:
+        it flickers).
+    """
+    diff = np.abs(np.diff(np.asarray(volume, np.float32), axis=0))
+    if mask is None:
+        return float(diff.mean())
+    both = mask[1:] & mask[:-1]
+    return float(diff[both].mean()) if both.any() else 0.0
+
+
+def _extractor(config: FusionConfig):
+    if config.detail_rule != "cnn":
+        return None
+    from medfuse.features.registry import load_extractor  # cached per process by the registry
+
+    return load_extractor(config.model, config.depth, threads=1)
+
+
+def _mask_chunk(mask, array, start, stop) -> np.ndarray:
+    if mask is None:
+        return np.ones((stop - start,) + array.shape[1:], bool)
+    return np.asarray(mask[start:stop]).astype(bool, copy=False)
+
+
+def _volume_histograms(arrays, masks, config) -> np.ndarray:
+    rows = []
+    for array, mask in zip(arrays, masks):
+        values = array if mask is None else array[np.asarray(mask, bool)]
+        rows.append(level_histogram(values, config.saliency_levels))
+    return np.stack(rows)
+
+
+def _check_inputs(arrays, masks, saliency_scope, workers, chunk_slices) -> None:
+    if len(arrays) < 2:
+        raise InputError(f"fusion needs at least two volumes, got {len(arrays)}")
+    shapes = {a.shape for a in arrays}
+    if len(shapes) != 1 or arrays[0].ndim != 3:
+        raise InputError(f"volumes must share one (Z, Y, X) shape on the fixed grid, got {sorted(shapes)}")
+    if len(masks) != len(arrays):
+        raise InputError(f"got {len(masks)} masks for {len(arrays)} volumes")
+    for mask in masks:
+        if mask is not None and np.shape(mask) != arrays[0].shape:
+            raise InputError(f"mask shape {np.shape(mask)} differs from the volumes' {arrays[0].shape}")
+    if saliency_scope not in SALIENCY_SCOPES:
+        raise InputError(f"saliency scope must be one of {', '.join(SALIENCY_SCOPES)}, got {saliency_scope!r}")
+    for name, value in (("workers", workers), ("chunk_slices", chunk_slices)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise InputError(f"{name} must be a positive integer, got {value!r}")
+
+
+def _run_distributed(bounds, chunk_args, store, config, histograms, workers, scheduler) -> None:
+    """Submit chunks to a (local or remote) dask.distributed cluster, two per worker in flight."""
+    from dask.distributed import Client, LocalCluster, as_completed
+
+    cluster = None
+    try:
+        if scheduler is None:
+            cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                                   dashboard_address=None, silence_logs=40)
+            client = Client(cluster)
+        else:
+            client = Client(scheduler, timeout="10s")
+    except OSError as exc:
+        if cluster is not None:
+            cluster.close()
+        raise FusionError(f"could not reach the Dask scheduler {scheduler or '(local)'}: {exc}") from exc
+    try:
+        in_flight = max(2, 2 * len(client.scheduler_info().get("workers", {})) or 2 * workers)
+        pending = list(bounds)
+        running = as_completed()
+        where = {}
+
+        def submit_next() -> None:
+            start, stop = pending.pop(0)
+            stack, cover = chunk_args(start, stop)
+            future = client.submit(fuse_chunk, client.scatter(stack), client.scatter(cover),
+                                   config, histograms, pure=False)
+            where[future.key] = (start, stop)
+            running.add(future)
+
+        while pending and len(where) < in_flight:
+            submit_next()
+        for future in running:
+            start, stop = where.pop(future.key)
+            try:
+                store(start, stop, future.result())
+            except Exception as exc:  # a worker-side failure, reported with its reason
+                raise FusionError(f"fusion of slices {start}-{stop - 1} failed: "
+                                  f"{' '.join(str(exc).split()) or type(exc).__name__}") from exc
+            future.release()
+            if pending:
+                submit_next()
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
