@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from medfuse.metrics._common import prepare
+from medfuse.metrics._common import prepare, to_gray255
 from medfuse.metrics.gradient import QG_MAXIMUM, qg
 from medfuse.metrics.information import en, image_entropy, mi, qmi
 from medfuse.metrics.phase import phase_congruency, qp
@@ -68,5 +68,6 @@ __all__ = [
     "qmi",
     "qp",
     "qy",
+    "to_gray255",
     "viff",
 ]
