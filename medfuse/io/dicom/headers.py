@@ -81,7 +81,7 @@ EXTRA_KEYWORDS = (
 )
 
 
-class NotDicomError(ValueError):
+class NotDicomError(Exception):
     """A file is not DICOM, or is truncated; ``str()`` says which."""
 
 
