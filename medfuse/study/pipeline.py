@@ -366,6 +366,7 @@ class _Run:
                                                      encoding="utf-8")
             if out_dir.exists():
                 out_dir.rmdir()  # empty, checked at the start
+            _make_readable(staging)
             os.replace(staging, out_dir)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
@@ -446,6 +447,14 @@ def slice_sources(grid: sitk.Image, volumes: Sequence[Volume],
             else:
                 cited[z].append((index, 0))
     return cited
+
+
+def _make_readable(folder: Path) -> None:
+    """Give the (mkdtemp-private) output folders the permissions the umask allows, like mkdir would."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in (folder, *(p for p in folder.rglob("*") if p.is_dir())):
+        path.chmod(0o777 & ~umask)
 
 
 def _describe_input(volume: Volume, role: str) -> dict:

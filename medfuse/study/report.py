@@ -1,0 +1,217 @@
+"""The QC report: one self-contained HTML page (images embedded as PNG data URIs).
+
+Sections: inputs and outputs; mid-section montages of every source and the
+fused volume in three orientations (axial = the fixed grid's slice plane,
+coronal and sagittal = the other two image axes; pixels resampled to square
+millimetres); the base and detail weight maps of the middle slice (exact:
+that slice is re-fused with the same options, so its weights are the ones the
+fused volume used); the registration overlay of each moving volume on the
+fixed one (fixed in green, moving in magenta: grey where they agree) with its
+coverage outline; the fusion metrics of :mod:`medfuse.metrics` on three
+representative slices (25 %, 50 %, 75 % of the slices); timings per stage; and
+the provenance table (the full record is ``provenance.json`` beside it).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from collections.abc import Sequence
+
+import numpy as np
+import SimpleITK as sitk
+from PIL import Image
+
+from medfuse.core.config import FusionConfig
+from medfuse.core.fusion import fuse_stack
+from medfuse.core.saliency import level_histogram
+from medfuse.metrics import compute_all
+
+__all__ = ["build_report", "png_data_uri", "sections"]
+
+_CSS = """
+body{font-family:system-ui,sans-serif;margin:1.5em;background:#fafafa;color:#222}
+h1{font-size:1.4em}h2{font-size:1.15em;margin-top:1.6em;border-bottom:1px solid #ccc}
+table{border-collapse:collapse;font-size:.85em}td,th{border:1px solid #ccc;padding:2px 6px;text-align:left;vertical-align:top}
+figure{display:inline-block;margin:4px;text-align:center}figcaption{font-size:.8em}
+img{image-rendering:pixelated;background:#000}.note{font-size:.85em;color:#555}
+"""
+
+
+def png_data_uri(image: np.ndarray) -> str:
+    """An (H, W) float [0, 1] or (H, W, 3) image as a ``data:image/png;base64`` URI."""
+    array = np.clip(np.asarray(image, np.float32), 0, 1)
+    buffer = io.BytesIO()
+    Image.fromarray(np.rint(array * 255).astype(np.uint8)).save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def sections(volume: np.ndarray, spacing_xyz: Sequence[float], size: int = 192) -> dict[str, np.ndarray]:
+    """Mid sections of a (Z, Y, X) volume, resampled to square pixels and about *size* pixels wide.
+
+    Returns
+    -------
+    dict with 'axial' (Y, X), 'coronal' (Z, X) and 'sagittal' (Z, Y) arrays,
+    rows flipped for coronal/sagittal so that increasing slice index is up.
+    """
+    z, y, x = volume.shape
+    sx, sy, sz = spacing_xyz
+    cuts = {
+        "axial": (volume[z // 2], (sy, sx)),
+        "coronal": (volume[:, y // 2, :][::-1], (sz, sx)),
+        "sagittal": (volume[:, :, x // 2][::-1], (sz, sy)),
+    }
+    out = {}
+    for name, (plane, (row_mm, col_mm)) in cuts.items():
+        height_mm, width_mm = plane.shape[0] * row_mm, plane.shape[1] * col_mm
+        scale = size / max(height_mm, width_mm)
+        shape = (max(1, round(width_mm * scale)), max(1, round(height_mm * scale)))
+        resized = Image.fromarray(np.asarray(plane, np.float32)).resize(shape, Image.BILINEAR)
+        out[name] = np.asarray(resized)
+    return out
+
+
+def build_report(
+    arrays: Sequence[np.ndarray],
+    masks: Sequence[np.ndarray | None],
+    fused: np.ndarray,
+    labels: Sequence[str],
+    config: FusionConfig,
+    saliency_scope: str,
+    provenance: dict,
+    grid: sitk.Image,
+) -> str:
+    """The report's HTML text.
+
+    Parameters
+    ----------
+    arrays : K arrays (Z, Y, X) float32 in [0, 1]
+        The sources on the fixed grid, as fused.
+    masks : K arrays (Z, Y, X) bool or None
+        Coverage of each source (None: everywhere).
+    fused : ndarray (Z, Y, X) float32
+    labels : K str
+    config : FusionConfig
+    saliency_scope : {'volume', 'slice'}
+    provenance : dict
+        The run's provenance record (timings, inputs, registration...).
+    grid : SimpleITK.Image
+        The fixed grid (for the spacing).
+    """
+    spacing = grid.GetSpacing()
+    parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>medfuse QC report</title>"
+             f"<style>{_CSS}</style></head><body>",
+             f"<h1>medfuse {html.escape(provenance.get('medfuse_version', ''))} QC report</h1>",
+             "<p class='note'>Full provenance: <a href='provenance.json'>provenance.json</a> (beside this page).</p>"]
+    parts.append(_inputs_table(provenance))
+    parts.append("<h2>Sources and fused result (mid sections)</h2>")
+    volumes = [*arrays, fused]
+    names = [*labels, "FUSED"]
+    for orientation in ("axial", "coronal", "sagittal"):
+        figures = [_figure(sections(v, spacing)[orientation], f"{n} ({orientation})") for v, n in zip(volumes, names)]
+        parts.append("<div>" + "".join(figures) + "</div>")
+    parts.append(_weights_section(arrays, masks, labels, config, saliency_scope, spacing))
+    parts.append(_overlay_section(arrays, masks, labels, spacing))
+    parts.append(_metrics_section(arrays, fused))
+    parts.append(_table("Timings per stage (s)", provenance.get("timings_s", {})))
+    parts.append(_table("Provenance", _flatten({k: v for k, v in provenance.items() if k != "timings_s"})))
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def _inputs_table(provenance: dict) -> str:
+    rows = []
+    for item in provenance.get("inputs", []):
+        rows.append("<tr>" + "".join(f"<td>{html.escape(str(item.get(k, '')))}</td>" for k in
+                                     ("role", "label", "modality", "size_xyz", "spacing_mm", "series_instance_uid"))
+                    + "</tr>")
+    outputs = html.escape(_short(provenance.get("outputs", {}), 2000))
+    return ("<h2>Inputs</h2><table><tr><th>role</th><th>label</th><th>modality</th><th>size (x, y, z)</th>"
+            f"<th>spacing mm</th><th>series UID</th></tr>{''.join(rows)}</table><p class='note'>Outputs: {outputs}</p>")
+
+
+def _figure(image: np.ndarray, caption: str) -> str:
+    return (f"<figure><img src='{png_data_uri(image)}' width='{image.shape[1]}' height='{image.shape[0]}' "
+            f"alt='{html.escape(caption)}'><figcaption>{html.escape(caption)}</figcaption></figure>")
+
+
+def _weights_section(arrays, masks, labels, config, saliency_scope, spacing) -> str:
+    z = arrays[0].shape[0] // 2
+    stack = np.stack([a[z] for a in arrays])
+    histograms = None
+    if saliency_scope == "volume":
+        histograms = np.stack([level_histogram(a if m is None else a[m], config.saliency_levels)
+                               for a, m in zip(arrays, masks)])
+    extractor = None
+    if config.detail_rule == "cnn":
+        from medfuse.features.registry import load_extractor
+
+        extractor = load_extractor(config.model, config.depth, threads=1)
+    result = fuse_stack(stack, config, extractor, saliency_histograms=histograms)
+    figures = []
+    for k, label in enumerate(labels):
+        for kind, weights in (("base", result.base_weights[k]), ("detail", np.clip(result.detail_weights[k], 0, 1))):
+            figures.append(_figure(sections(weights[None], spacing)["axial"], f"{kind} weight: {label}"))
+    return ("<h2>Weight maps (middle slice, axial)</h2><p class='note'>Slice "
+            f"{z}: re-fused with the run's options, so these are the weights the fused volume used there "
+            "(white = 1). Coronal and sagittal weight maps are not shown: the volume is fused slice by slice "
+            "in the axial plane, so weights exist only per axial slice.</p><div>" + "".join(figures) + "</div>")
+
+
+def _overlay_section(arrays, masks, labels, spacing) -> str:
+    parts = ["<h2>Registration overlay</h2><p class='note'>Fixed in green, moving (resampled) in magenta: "
+             "grey where they agree. Yellow: edge of the moving volume's coverage.</p>"]
+    fixed = sections(arrays[0], spacing)
+    for array, mask, label in zip(arrays[1:], masks[1:], labels[1:]):
+        moving = sections(array, spacing)
+        cover = sections(np.ones_like(array) if mask is None else mask.astype(np.float32), spacing)
+        figures = []
+        for orientation in ("axial", "coronal", "sagittal"):
+            f, m = fixed[orientation], moving[orientation]
+            rgb = np.stack([m, f, m], axis=-1)
+            c = cover[orientation] > 0.5
+            inner = c & np.roll(c, 1, 0) & np.roll(c, -1, 0) & np.roll(c, 1, 1) & np.roll(c, -1, 1)
+            rgb[c & ~inner] = (1.0, 1.0, 0.0)
+            figures.append(_figure(rgb, f"{label} on fixed ({orientation})"))
+        parts.append("<div>" + "".join(figures) + "</div>")
+    return "".join(parts)
+
+
+def _metrics_section(arrays, fused) -> str:
+    z = fused.shape[0]
+    rows = {}
+    for index in sorted({z // 4, z // 2, (3 * z) // 4}):
+        scores = compute_all([a[index] for a in arrays], fused[index])
+        rows[f"slice {index}"] = {name: round(float(value), 4) for name, value in scores.items()}
+    names = next(iter(rows.values())).keys()
+    head = "".join(f"<th>{html.escape(n)}</th>" for n in names)
+    body = "".join(f"<tr><th>{html.escape(r)}</th>" + "".join(f"<td>{v[n]}</td>" for n in names) + "</tr>"
+                   for r, v in rows.items())
+    return ("<h2>Fusion metrics on representative slices</h2><p class='note'>medfuse.metrics, sources and fused "
+            f"in [0, 1]; higher is better for all.</p><table><tr><th></th>{head}</tr>{body}</table>")
+
+
+def _table(title: str, items: dict) -> str:
+    body = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(_short(v))}</td></tr>" for k, v in items.items())
+    return f"<h2>{html.escape(title)}</h2><table>{body}</table>"
+
+
+def _short(value, limit: int = 300) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    return text if len(text) <= limit else text[:limit] + " ..."
+
+
+def _flatten(record: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in record.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out.update(_flatten(value, name + "."))
+        elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+            for i, item in enumerate(value):
+                out.update(_flatten(item, f"{name}[{i}]."))
+        else:
+            out[name] = value
+    return out

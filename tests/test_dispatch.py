@@ -1,0 +1,152 @@
+"""Slice dispatch: same pixels on every executor, the slices-without-data rule, errors."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from medfuse.core.config import FusionConfig
+from medfuse.core.fusion import fuse_slices
+from medfuse.errors import InputError
+from medfuse.features.registry import load_extractor
+from medfuse.volume.dispatch import fuse_volume, interslice_variation
+
+SAMPLE = Path(__file__).resolve().parents[1] / "sample_studies" / "mr-phantom-two-contrasts"
+SLICES = slice(24, 36)  # 12 slices through the middle of the phantom: fast, real structure
+
+
+def _unit(folder: Path) -> tuple[np.ndarray, sitk.Image]:
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(folder)))
+    image = reader.Execute()
+    array = sitk.GetArrayFromImage(image).astype(np.float32)
+    return np.clip(array / np.percentile(array, 99.5), 0, 1), image
+
+
+@pytest.fixture(scope="module")
+def pair():
+    """The sample's T1 and its synthetic contrast resampled onto the T1 grid (no registration needed here)."""
+    t1, t1_image = _unit(SAMPLE / "series1_t1")
+    _, synthetic_image = _unit(SAMPLE / "series2_synthetic_contrast")
+    resampled = sitk.Resample(synthetic_image, t1_image, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+    synthetic = sitk.GetArrayFromImage(resampled)
+    synthetic = np.clip(synthetic / np.percentile(synthetic, 99.5), 0, 1).astype(np.float32)
+    return np.ascontiguousarray(t1[SLICES]), np.ascontiguousarray(synthetic[SLICES])
+
+
+@pytest.fixture(scope="module")
+def in_process(pair):
+    return fuse_volume(list(pair), None, workers=1, chunk_slices=4)
+
+
+def test_in_process_equals_the_core_on_the_whole_stack(pair, in_process):
+    """Chunking changes nothing: per-slice saliency, one core call over all slices gives the same pixels."""
+    config = FusionConfig()
+    direct = fuse_slices(np.stack(pair), config, load_extractor(threads=1))
+    chunked = fuse_volume(list(pair), None, config, workers=1, chunk_slices=4, saliency_scope="slice")
+    np.testing.assert_array_equal(chunked, direct)
+    assert in_process.shape == pair[0].shape and in_process.dtype == np.float32
+
+
+@pytest.mark.slow
+def test_one_and_two_local_workers_give_identical_pixels(pair, in_process):
+    two = fuse_volume(list(pair), None, workers=2, chunk_slices=4)
+    np.testing.assert_array_equal(two, in_process)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_external_scheduler_and_worker_processes(pair, in_process, tmp_path):
+    port = _free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    dask = [sys.executable, "-m", "distributed.cli.dask_scheduler"]
+    logs = [open(tmp_path / name, "w") for name in ("scheduler.log", "worker.log")]
+    scheduler = subprocess.Popen([*dask, "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"],
+                                 stdout=logs[0], stderr=subprocess.STDOUT)
+    worker = subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_worker", address, "--nworkers", "1",
+                               "--nthreads", "1", "--no-dashboard", "--host", "127.0.0.1"],
+                              stdout=logs[1], stderr=subprocess.STDOUT)
+    try:
+        _wait_for_worker(address)
+        remote = fuse_volume(list(pair), None, scheduler=address, chunk_slices=4)
+        np.testing.assert_array_equal(remote, in_process)
+    finally:
+        for process in (worker, scheduler):
+            process.terminate()
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        for log in logs:
+            log.close()
+
+
+def _wait_for_worker(address: str, timeout: float = 60.0) -> None:
+    from dask.distributed import Client
+
+    deadline = time.monotonic() + timeout
+    with Client(address, timeout="30s") as client:
+        while not client.scheduler_info()["workers"]:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no dask worker joined {address} within {timeout} s")
+            time.sleep(0.5)
+
+
+def test_uncovered_slices_take_the_source_that_has_data(pair, in_process):
+    t1, synthetic = pair
+    cover = np.ones(t1.shape, bool)
+    cover[:4] = False  # first 4 slices: outside the second source's field of view
+    cover[4:, :, :64] = False  # the rest: only the right half covered
+    fused = fuse_volume([t1, synthetic], [None, cover], workers=1, chunk_slices=4)
+    np.testing.assert_array_equal(fused[:4], t1[:4])
+    np.testing.assert_array_equal(fused[4:, :, :64], t1[4:, :, :64])
+    assert not np.array_equal(fused[4:, :, 64:], t1[4:, :, 64:])
+
+
+def test_empty_air_slices_are_not_fused_as_tissue(pair):
+    t1, synthetic = pair
+    air = t1.copy()
+    air[:2] = 0.0  # the first source is air in two slices
+    fused = fuse_volume([air, synthetic], None, workers=1, chunk_slices=4)
+    np.testing.assert_array_equal(fused[:2], synthetic[:2])
+    neither = fuse_volume([air, np.where(np.arange(len(air))[:, None, None] < 2, 0.0, synthetic).astype(np.float32)],
+                          None, workers=1, chunk_slices=4)
+    assert not neither[:2].any()
+
+
+def test_volume_saliency_scope_differs_from_per_slice(pair, in_process):
+    per_slice = fuse_volume(list(pair), None, workers=1, chunk_slices=4, saliency_scope="slice")
+    assert not np.array_equal(per_slice, in_process)
+    for fused in (per_slice, in_process):
+        ratio = interslice_variation(fused) / np.mean([interslice_variation(s) for s in pair])
+        assert 0.2 < ratio < 5.0  # a sane fused volume varies between slices like its sources
+
+
+@pytest.mark.parametrize(
+    ("arrays", "kw", "message"),
+    [
+        (1, {}, "at least two"),
+        (2, {"saliency_scope": "stack"}, "saliency scope"),
+        (2, {"workers": 0}, "workers"),
+    ],
+)
+def test_bad_input_raises(pair, arrays, kw, message):
+    with pytest.raises(InputError, match=message):
+        fuse_volume(list(pair)[:arrays], None, **kw)
+
+
+def test_mismatched_shapes_raise(pair):
+    with pytest.raises(InputError, match="share one"):
+        fuse_volume([pair[0], pair[1][:, :10]], None)
