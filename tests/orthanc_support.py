@@ -63,7 +63,7 @@ class OrthancServer:
         self.http_port = free_port()
         self.dicom_port = free_port()
         self.aet = "ORTHANC"
-        self.lua_scripts = [str(p) for p in (lua_scripts or [])]
+        self.lua_scripts = [str(Path(p).resolve()) for p in (lua_scripts or [])]
         self.env = env or {}
         self.process: subprocess.Popen | None = None
         self.session = requests.Session()
@@ -178,13 +178,13 @@ class OrthancServer:
         return files
 
 
-def copy_study(src: Path, dest: Path, index: int, *, slices: slice | None = None) -> str:
+def copy_study(src: Path, dest: Path, index: int, *, slices: dict[str, slice] | None = None) -> str:
     """Write a copy of the study in *src* under *dest* as a different patient and study.
 
     Study, Series, SOP and Frame of Reference UIDs are replaced by UIDs
     derived from the old ones and *index*; PatientID/PatientName get the
-    index. *slices* keeps only that range of each series (sorted by
-    InstanceNumber), for faster tests. Returns the new StudyInstanceUID.
+    index. *slices* maps a series folder name to the range of its instances
+    (sorted by InstanceNumber) to keep, for faster tests. Returns the new StudyInstanceUID.
     """
     def new_uid(old: str) -> str:
         return str(generate_uid("1.2.826.0.1.3680043.8.498.", entropy_srcs=["medfuse-test-copy", str(index), old]))
@@ -193,8 +193,8 @@ def copy_study(src: Path, dest: Path, index: int, *, slices: slice | None = None
     for series_dir in sorted(p for p in Path(src).iterdir() if p.is_dir()):
         datasets = [pydicom.dcmread(f) for f in sorted(series_dir.iterdir()) if f.is_file()]
         datasets.sort(key=lambda d: int(d.InstanceNumber))
-        if slices is not None:
-            datasets = datasets[slices]
+        if slices and series_dir.name in slices:
+            datasets = datasets[slices[series_dir.name]]
         out = dest / series_dir.name
         out.mkdir(parents=True, exist_ok=True)
         for ds in datasets:

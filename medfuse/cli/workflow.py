@@ -35,6 +35,7 @@ def run(
     dry_run: bool = typer.Option(False, "--dry-run", help="Query the source and list what would be fused; change nothing."),
     study: str = typer.Option(None, "--study", help="Only this StudyInstanceUID (used by the PACS trigger)."),
     wait: float = typer.Option(0.0, "--wait", min=0, help="Seconds to wait for a running pass of this workflow."),
+    retry_failed: bool = typer.Option(False, "--retry-failed", help="Give studies that used up their attempts new ones."),
     json_logs: bool = typer.Option(False, "--json", help="One JSON object per line instead of key=value text."),
     log_phi: bool = typer.Option(False, "--log-phi", help="Include patient ID and name in log lines."),
 ) -> None:
@@ -47,7 +48,7 @@ def run(
     from medfuse.workflow.runner import StudyLog, run_workflow
 
     wf = load_workflow(file)
-    summary = run_workflow(wf, dry_run=dry_run, study_uid=study, wait_s=wait,
+    summary = run_workflow(wf, dry_run=dry_run, study_uid=study, wait_s=wait, retry_failed=retry_failed,
                            log=StudyLog(json_lines=json_logs, log_phi=log_phi))
     if summary.failed:
         raise WorkflowError(

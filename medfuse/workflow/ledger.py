@@ -186,6 +186,14 @@ class Ledger:
             )
             self._event(key, "done", now)
 
+    def reset_attempts(self, key: str) -> Job:
+        """Give a failed job a fresh set of attempts (its history stays in ``events``)."""
+        now = time.time()
+        with self._transaction():
+            self._db.execute("UPDATE jobs SET attempts = 0, updated = ? WHERE key = ?", (now, key))
+            self._event(key, "retry-requested", now)
+        return self.get(key)
+
     def fail(self, key: str, reason: str, duration_s: float) -> None:
         now = time.time()
         with self._transaction():

@@ -153,7 +153,7 @@ def plan_jobs(workflow: Workflow, candidates: list[StudyCandidate], own_outputs:
 
 
 def run_workflow(workflow: Workflow, *, dry_run: bool = False, study_uid: str | None = None, wait_s: float = 0.0,
-                 log: StudyLog | None = None, source: Source | None = None) -> RunSummary:
+                 retry_failed: bool = False, log: StudyLog | None = None, source: Source | None = None) -> RunSummary:
     """Run one pass of *workflow* under its lock; return the summary.
 
     Parameters
@@ -166,6 +166,8 @@ def run_workflow(workflow: Workflow, *, dry_run: bool = False, study_uid: str | 
         Only consider this study (what the PACS trigger passes).
     wait_s : float
         How long to wait for another run of the same workflow to finish.
+    retry_failed : bool
+        Give studies that used up ``max_attempts`` a fresh set of attempts.
     log : StudyLog, optional
     source : Source, optional
         A connector to use instead of the one the workflow names.
@@ -174,7 +176,9 @@ def run_workflow(workflow: Workflow, *, dry_run: bool = False, study_uid: str | 
     start = time.monotonic()
     summary = RunSummary(workflow.name, dry_run)
     with workflow_lock(workflow.state_dir, workflow.name, wait_s=wait_s):
-        ledger = Ledger(workflow.state_dir / "ledger.sqlite")
+        db = workflow.state_dir / "ledger.sqlite"
+        # A dry run reads the ledger when there is one and never creates it.
+        ledger = Ledger(db if (db.exists() or not dry_run) else Path(":memory:"))
         try:
             if source is None:
                 credentials = resolve_credentials(workflow.source.get("auth"), workflow.path.resolve().parent)
@@ -185,7 +189,7 @@ def run_workflow(workflow: Workflow, *, dry_run: bool = False, study_uid: str | 
             summary.candidates = len(candidates)
             plans, summary.not_matching = plan_jobs(workflow, candidates, ledger.output_series_uids())
             for plan in plans:
-                _run_plan(plan, workflow, ledger, source, log, summary, dry_run)
+                _run_plan(plan, workflow, ledger, source, log, summary, dry_run, retry_failed)
         finally:
             ledger.close()
     summary.duration_s = round(time.monotonic() - start, 3)
@@ -194,8 +198,10 @@ def run_workflow(workflow: Workflow, *, dry_run: bool = False, study_uid: str | 
 
 
 def _run_plan(plan: JobPlan, workflow: Workflow, ledger: Ledger, source: Source, log: StudyLog,
-              summary: RunSummary, dry_run: bool) -> None:
+              summary: RunSummary, dry_run: bool, retry_failed: bool) -> None:
     job = ledger.get(plan.key)
+    if job is not None and retry_failed and job.state == "failed" and not dry_run:
+        job = ledger.reset_attempts(plan.key)
     study = plan.candidate.study_uid
     if job is not None and job.state == "done":
         summary.skipped_done += 1
