@@ -119,7 +119,11 @@ def to_unit_float(image: np.ndarray, *, index: int | None = None) -> np.ndarray:
         raise InputError(f"{which} has unsupported dtype {array.dtype}")
     if np.issubdtype(array.dtype, np.integer):
         info = np.iinfo(array.dtype)
-        return ((array.astype(np.float64) - info.min) / (info.max - info.min)).astype(np.float32)
+        unit = array.astype(np.float32)
+        if info.min != 0:
+            unit -= np.float32(info.min)
+        unit /= np.float32(info.max - info.min)
+        return unit
     unit = array.astype(np.float32, copy=False)
     low, high = float(unit.min()), float(unit.max())
     if not (np.isfinite(low) and np.isfinite(high)):

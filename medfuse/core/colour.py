@@ -27,18 +27,31 @@ _OFFSET = np.array([0.0, 0.5, 0.5])
 
 def rgb_to_ycbcr(rgb: np.ndarray) -> np.ndarray:
     """RGB (..., 3) in [0, 1] -> YCbCr (..., 3) float32 (Y in [0, 1], Cb/Cr in [0, 1] centred at 0.5)."""
-    rgb = np.asarray(rgb, dtype=np.float64)
-    if rgb.shape[-1] != 3:
-        raise ValueError(f"RGB data needs a last axis of 3, got shape {rgb.shape}")
-    return (rgb @ _RGB_TO_YCBCR.T + _OFFSET).astype(np.float32)
+    return _linear(rgb, _RGB_TO_YCBCR, after=_OFFSET, what="RGB")
 
 
 def ycbcr_to_rgb(ycbcr: np.ndarray) -> np.ndarray:
     """YCbCr (..., 3) -> RGB (..., 3) float32, not clipped (clip to [0, 1] for display)."""
-    ycbcr = np.asarray(ycbcr, dtype=np.float64)
-    if ycbcr.shape[-1] != 3:
-        raise ValueError(f"YCbCr data needs a last axis of 3, got shape {ycbcr.shape}")
-    return ((ycbcr - _OFFSET) @ _YCBCR_TO_RGB.T).astype(np.float32)
+    return _linear(ycbcr, _YCBCR_TO_RGB, before=-_OFFSET, what="YCbCr")
+
+
+def _linear(data: np.ndarray, matrix: np.ndarray, *, before=None, after=None, what: str) -> np.ndarray:
+    """out[..., r] = Σ_c matrix[r, c] · (data[..., c] + before[c]) + after[r], channel by channel in float32."""
+    data = np.asarray(data)
+    if data.shape[-1] != 3:
+        raise ValueError(f"{what} data needs a last axis of 3, got shape {data.shape}")
+    channels = [data[..., c].astype(np.float32) for c in range(3)]
+    if before is not None:
+        channels = [channel + np.float32(shift) for channel, shift in zip(channels, before)]
+    out = np.empty(data.shape, np.float32)
+    for row in range(3):
+        target = out[..., row]
+        np.multiply(channels[0], np.float32(matrix[row, 0]), out=target)
+        target += np.float32(matrix[row, 1]) * channels[1]
+        target += np.float32(matrix[row, 2]) * channels[2]
+        if after is not None:
+            target += np.float32(after[row])
+    return out
 
 
 def is_grey_rgb(rgb: np.ndarray) -> bool:

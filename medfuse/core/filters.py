@@ -21,6 +21,8 @@ would swamp ε, so the guided filter works in float64 throughout.
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 from scipy.ndimage import correlate1d
 
@@ -33,39 +35,60 @@ def _window_counts(n: int, radius: int) -> np.ndarray:
     return (np.minimum(j + radius + 1, n) - np.maximum(j - radius, 0)).astype(np.float64)
 
 
-def _mean_along_rows(x: np.ndarray, radius: int) -> np.ndarray:
-    """Window mean along axis -2 (down the columns), float64 result.
+# Scratch buffers for the running sums, reused between calls (per thread, so
+# Dask's threaded scheduler is safe). Re-allocating multi-megabyte buffers on
+# every call costs page faults comparable to the arithmetic itself; buffers
+# above the cap are not kept, so a large volume batch does not pin memory.
+_scratch = threading.local()
+_SCRATCH_CAP_BYTES = 64 * 1024 * 1024
+
+
+def _buffer(slot: str, shape: tuple[int, ...]) -> np.ndarray:
+    size = int(np.prod(shape)) * 8
+    if size > _SCRATCH_CAP_BYTES:
+        return np.empty(shape, np.float64)
+    pool = getattr(_scratch, "pool", None)
+    if pool is None:
+        pool = _scratch.pool = {}
+    flat = pool.get(slot)
+    if flat is None or flat.size * 8 < size:
+        flat = pool[slot] = np.empty(size // 8, np.float64)
+    return flat[: size // 8].reshape(shape)
+
+
+def _mean_along_rows(x: np.ndarray, radius: int, out: np.ndarray) -> np.ndarray:
+    """Window mean along axis -2 (down the columns) into ``out``.
 
     The running sum is built one image row at a time: each step is a
-    vectorised add over all leading images and all columns, which on NumPy is
-    faster than ``cumsum(axis=-2)`` (a strided accumulate) and keeps float64.
+    vectorised float64 add over all leading images and all columns, which on
+    NumPy is faster than ``cumsum(axis=-2)`` (a strided accumulate).
     """
     n = x.shape[-2]
     # Extended cumulative sum: ext[t] = sum of rows [0, clip(t - radius, 0, n)),
     # so the window sum of row i is ext[i + 2r + 1] - ext[i].
-    ext = np.empty(x.shape[:-2] + (n + 2 * radius + 1, x.shape[-1]), np.float64)
+    ext = _buffer("rows", x.shape[:-2] + (n + 2 * radius + 1, x.shape[-1]))
     ext[..., : radius + 1, :] = 0.0
     for i in range(n):
         np.add(ext[..., radius + i, :], x[..., i, :], out=ext[..., radius + 1 + i, :])
     ext[..., radius + 1 + n :, :] = ext[..., radius + n : radius + n + 1, :]
-    out = np.subtract(ext[..., 2 * radius + 1 :, :], ext[..., :n, :])
+    np.subtract(ext[..., 2 * radius + 1 :, :], ext[..., :n, :], out=out)
     out *= (1.0 / _window_counts(n, radius))[:, None]
     return out
 
 
-def _mean_along_columns(x: np.ndarray, radius: int) -> np.ndarray:
-    """Window mean along axis -1 (along each row), float64 result."""
+def _mean_along_columns(x: np.ndarray, radius: int, out: np.ndarray) -> np.ndarray:
+    """Window mean along axis -1 (along each row) into ``out``."""
     n = x.shape[-1]
-    ext = np.empty(x.shape[:-1] + (n + 2 * radius + 1,), np.float64)
+    ext = _buffer("columns", x.shape[:-1] + (n + 2 * radius + 1,))
     ext[..., : radius + 1] = 0.0
     np.cumsum(x, axis=-1, dtype=np.float64, out=ext[..., radius + 1 : radius + 1 + n])
     ext[..., radius + 1 + n :] = ext[..., radius + n : radius + n + 1]
-    out = np.subtract(ext[..., 2 * radius + 1 :], ext[..., :n])
+    np.subtract(ext[..., 2 * radius + 1 :], ext[..., :n], out=out)
     out *= 1.0 / _window_counts(n, radius)
     return out
 
 
-def box_mean(images: np.ndarray, radius: int) -> np.ndarray:
+def box_mean(images: np.ndarray, radius: int, *, dtype: type = np.float64) -> np.ndarray:
     """Mean over a (2·radius+1)² window, in O(N) time independent of radius.
 
     Parameters
@@ -74,10 +97,12 @@ def box_mean(images: np.ndarray, radius: int) -> np.ndarray:
         One or more images; leading axes are independent images.
     radius : int >= 0
         Half the window side. The window may exceed the image (it is cut).
+    dtype : {numpy.float64, numpy.float32}
+        Result dtype. Sums are float64 either way.
 
     Returns
     -------
-    ndarray, shape (..., H, W), float64
+    ndarray, shape (..., H, W), ``dtype``
         At pixel (i, j), the mean of ``images[..., i-r:i+r+1, j-r:j+r+1]``
         over the part of the window inside the image (see module docstring).
     """
@@ -88,8 +113,10 @@ def box_mean(images: np.ndarray, radius: int) -> np.ndarray:
         raise ValueError(f"box radius must be a non-negative integer, got {radius!r}")
     radius = int(radius)
     if radius == 0:
-        return images.astype(np.float64)
-    return _mean_along_columns(_mean_along_rows(images, radius), radius)
+        return images.astype(dtype)
+    between = _buffer("between", images.shape)
+    out = np.empty(images.shape, dtype)
+    return _mean_along_columns(_mean_along_rows(images, radius, between), radius, out)
 
 
 def guided_filter(guide: np.ndarray, src: np.ndarray, radius: int, eps: float) -> np.ndarray:
@@ -124,17 +151,24 @@ def guided_filter(guide: np.ndarray, src: np.ndarray, radius: int, eps: float) -
         raise ValueError(f"guide shape {guide.shape} differs from input shape {src.shape}")
     if not eps > 0:
         raise ValueError(f"guided filter eps must be > 0, got {eps!r}")
-    guide64 = guide.astype(np.float64, copy=False)
-    src64 = src.astype(np.float64, copy=False)
     # One box pass over the four stacked statistics instead of four passes.
-    stats = np.stack([guide64, src64, guide64 * guide64, guide64 * src64])
+    stats = np.empty((4,) + guide.shape, np.float64)
+    stats[0] = guide
+    stats[1] = src
+    np.multiply(stats[0], stats[0], out=stats[2])
+    np.multiply(stats[0], stats[1], out=stats[3])
     mean_i, mean_p, mean_ii, mean_ip = box_mean(stats, radius)
-    var_i = mean_ii - mean_i * mean_i
-    cov_ip = mean_ip - mean_i * mean_p
-    a = cov_ip / (var_i + eps)
-    b = mean_p - a * mean_i
-    mean_a, mean_b = box_mean(np.stack([a, b]), radius)
-    mean_a *= guide64
+    # In place: var_i -> mean_ii, cov_ip -> mean_ip, a -> mean_ip, b -> mean_p.
+    mean_ii -= np.square(mean_i, out=stats[0])
+    mean_ii += eps
+    mean_ip -= np.multiply(mean_i, mean_p, out=stats[0])
+    a = np.divide(mean_ip, mean_ii, out=mean_ip)
+    b = np.subtract(mean_p, np.multiply(a, mean_i, out=stats[0]), out=mean_p)
+    coefficients = stats[:2]
+    coefficients[0] = a
+    coefficients[1] = b
+    mean_a, mean_b = box_mean(coefficients, radius)
+    mean_a *= guide
     mean_a += mean_b
     return mean_a
 

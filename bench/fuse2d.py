@@ -1,0 +1,155 @@
+"""Benchmark the 2-D fusion core: per-stage times, guided filter vs OpenCV.
+
+Run by hand (not a test):  python bench/fuse2d.py [--runs 15] [--threads N]
+
+Prints markdown tables:
+
+1. per-stage median wall-clock time (ms) of ``fuse_stack`` on a real 256x256
+   CT/MR pair and a real 512x512 IR/visible pair: the core without the CNN
+   (detail rule max-abs), the paper configuration with the shipped CNN, and a
+   naive baseline (pixel-wise average) measured in the same run, with the
+   ratios to it;
+2. our NumPy guided filter against ``cv2.ximgproc.guidedFilter`` (needs
+   ``pip install opencv-contrib-python-headless``, the ``bench`` extra): time
+   ratio and the largest difference away from the border (OpenCV mirrors at
+   the border, we average over the inside part), plus each one's distance
+   from a float64 reference.
+
+Medians of ``--runs`` runs after two warm-up runs. Timings on a shared
+machine vary with its load: the load average is printed with the results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from medfuse.api import to_unit_float  # noqa: E402
+from medfuse.core.config import FusionConfig  # noqa: E402
+from medfuse.core.filters import guided_filter  # noqa: E402
+from medfuse.core.fusion import STAGES, fuse_stack  # noqa: E402
+from medfuse.io.images import read_image  # noqa: E402
+
+SHARED = Path(os.environ.get("MEDFUSE_SHARED_DATA", REPO.parent / "shared" / "data"))
+PAIRS = {
+    256: ("ct-mri/ivrl_1/a.png", "ct-mri/ivrl_1/b.png"),
+    512: ("ir-vis/ifcnn_Navi/a.png", "ir-vis/ifcnn_Navi/b.png"),
+}
+
+
+def load_pair(size: int) -> np.ndarray:
+    stack = np.stack([to_unit_float(read_image(SHARED / "pairs2d" / name)) for name in PAIRS[size]])
+    assert stack.shape == (2, size, size), stack.shape
+    return stack
+
+
+def median_ms(samples: list[float]) -> float:
+    return float(np.median(samples) * 1e3)
+
+
+def time_fusion(stack: np.ndarray, config: FusionConfig, extractor, runs: int) -> dict[str, float]:
+    for _ in range(2):
+        fuse_stack(stack, config, extractor)
+    per_stage: dict[str, list[float]] = {stage: [] for stage in STAGES}
+    totals = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        result = fuse_stack(stack, config, extractor)
+        totals.append(time.perf_counter() - started)
+        for stage in STAGES:
+            per_stage[stage].append(result.timings[stage])
+    out = {stage: median_ms(values) for stage, values in per_stage.items()}
+    out["total"] = median_ms(totals)
+    return out
+
+
+def time_call(function, runs: int) -> float:
+    for _ in range(2):
+        function()
+    samples = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        function()
+        samples.append(time.perf_counter() - started)
+    return median_ms(samples)
+
+
+def stage_table(runs: int) -> None:
+    from medfuse.features.registry import load_extractor
+
+    extractor = load_extractor()
+    rows = []
+    for size in PAIRS:
+        stack = load_pair(size)
+        baseline = time_call(lambda: stack.mean(axis=0), runs)
+        core = time_fusion(stack, FusionConfig.paper().replace(detail_rule="max-abs"), None, runs)
+        paper = time_fusion(stack, FusionConfig.paper(), extractor, runs)
+        authors = time_fusion(stack, FusionConfig.paper().replace(features_on="detail"), extractor, runs)
+        rows.append((size, "core without CNN (max-abs)", core, baseline))
+        rows.append((size, f"paper, CNN {extractor.name}", paper, baseline))
+        rows.append((size, f"features on detail, CNN {extractor.name}", authors, baseline))
+        rows.append((size, "baseline: plain average", {"total": baseline}, baseline))
+    print("| size | configuration | " + " | ".join(STAGES) + " | total ms | x baseline |")
+    print("|---|---|" + "---|" * (len(STAGES) + 2))
+    for size, name, times, baseline in rows:
+        cells = " | ".join(f"{times[s]:.2f}" if s in times else "" for s in STAGES)
+        print(f"| {size}² | {name} | {cells} | {times['total']:.2f} | {times['total'] / baseline:.0f} |")
+
+
+def guided_table(runs: int) -> None:
+    try:
+        import cv2
+    except ImportError:
+        print("\n(OpenCV not installed: pip install opencv-contrib-python-headless for the guided-filter comparison)")
+        return
+    print(f"\nGuided filter on one real image (guide = input = the first source); OpenCV {cv2.__version__}, "
+          f"{cv2.getNumThreads()} threads by default")
+    print("| size | r, eps | ours ms | OpenCV ms (1 thread) | OpenCV ms (default threads) | ours / OpenCV (1 thread) "
+          "| max |ours − OpenCV| interior | max |ours − float64 ref| | max |OpenCV − float64 ref| interior |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    default_threads = cv2.getNumThreads()
+    for size in PAIRS:
+        stack = load_pair(size)
+        guide = stack[0]
+        src = stack[1]  # a second, different image as the filtered input
+        for radius, eps in ((45, 0.1), (7, 1e-6)):
+            ours = time_call(lambda: guided_filter(guide, src, radius, eps), runs)
+            cv2.setNumThreads(1)
+            theirs_1 = time_call(lambda: cv2.ximgproc.guidedFilter(guide, src, radius, eps), runs)
+            cv2.setNumThreads(default_threads)
+            theirs = time_call(lambda: cv2.ximgproc.guidedFilter(guide, src, radius, eps), runs)
+            q_ours = guided_filter(guide, src, radius, eps)
+            q_cv = cv2.ximgproc.guidedFilter(guide, src, radius, eps).astype(np.float64)
+            reference = guided_filter(guide.astype(np.float64), src.astype(np.float64), radius, eps)
+            inner = slice(2 * radius + 1, size - 2 * radius - 1)
+            diff = np.abs(q_ours - q_cv)[inner, inner].max()
+            ours_err = np.abs(q_ours - reference).max()
+            cv_err = np.abs(q_cv - reference)[inner, inner].max()
+            print(f"| {size}² | {radius}, {eps:g} | {ours:.2f} | {theirs_1:.2f} | {theirs:.2f} | {ours / theirs_1:.1f} "
+                  f"| {diff:.1e} | {ours_err:.1e} | {cv_err:.1e} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=15, help="timed runs per measurement (median; >= 10)")
+    args = parser.parse_args()
+    if args.runs < 10:
+        parser.error("--runs must be at least 10")
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+          f"load average before: {', '.join(f'{x:.2f}' for x in os.getloadavg())}; numpy {np.__version__}")
+    stage_table(args.runs)
+    guided_table(args.runs)
+    print(f"\nload average after: {', '.join(f'{x:.2f}' for x in os.getloadavg())}")
+
+
+if __name__ == "__main__":
+    main()
