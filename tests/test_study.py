@@ -1,0 +1,158 @@
+"""The fuse-study / fuse-volumes pipeline end to end on the bundled sample study."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+import SimpleITK as sitk
+
+from medfuse.cli.app import main
+from medfuse.errors import InputError, SelectionError, WriteError
+from medfuse.io.dicom.index import scan_folder
+from medfuse.study.pipeline import StudyOptions, choose_series, fuse_study, fuse_volumes
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE = REPO / "sample_studies" / "mr-phantom-two-contrasts"
+
+pytestmark = pytest.mark.slow  # each module fixture runs the whole pipeline (5-15 s on 2 shared cores)
+
+
+def _read(folder: Path) -> sitk.Image:
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(folder)))
+    return reader.Execute()
+
+
+def _pixels(folder: Path) -> np.ndarray:
+    return np.stack([pydicom.dcmread(f).pixel_array for f in sorted(folder.glob("*.dcm"))])
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("study") / "out"
+    return fuse_study(SAMPLE, out, StudyOptions(workers=1, report=True))
+
+
+def test_outputs_are_complete_and_documented(run):
+    assert sorted(p.name for p in run.out_dir.iterdir()) == [
+        "dicom", "fused.nii.gz", "provenance.json", "report.html", "transforms"]
+    provenance = json.loads(run.provenance_path.read_text())
+    assert provenance["model"]["sha256"] and len(provenance["model"]["sha256"]) == 64
+    assert [i["role"] for i in provenance["inputs"]] == ["fixed", "moving"]
+    assert provenance["registration"][0]["optimised"] is True
+    assert len(provenance["intensity_mappings"]) == 2
+    assert set(provenance["timings_s"]) >= {"scan", "select", "read", "register", "map", "fuse"}
+    first = pydicom.dcmread(next(run.dicom_dir.glob("*.dcm")))
+    condensed = json.loads(first.ImageComments)
+    assert condensed["sidecar"] == "provenance.json" and condensed["model"] == provenance["model"]["name"]
+    assert first.StudyInstanceUID == run.study_instance_uid == provenance["inputs"][0]["study_instance_uid"]
+
+
+def test_fused_series_has_the_fixed_geometry_and_cites_real_inputs(run):
+    fixed = _read(SAMPLE / "series1_t1")
+    fused = _read(run.dicom_dir)
+    assert fused.GetSize() == fixed.GetSize()
+    np.testing.assert_allclose(fused.GetOrigin(), fixed.GetOrigin(), atol=1e-3)
+    np.testing.assert_allclose(fused.GetSpacing(), fixed.GetSpacing(), atol=1e-3)
+    np.testing.assert_allclose(fused.GetDirection(), fixed.GetDirection(), atol=1e-4)
+    nifti = sitk.ReadImage(str(run.nifti_path))
+    np.testing.assert_allclose(nifti.GetOrigin(), fixed.GetOrigin(), atol=1e-3)
+    np.testing.assert_allclose(nifti.GetDirection(), fixed.GetDirection(), atol=1e-4)
+    inputs = {pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID for f in SAMPLE.rglob("*.dcm")}
+    cited = set()
+    for path in run.dicom_dir.glob("*.dcm"):
+        cited |= {item.ReferencedSOPInstanceUID for item in pydicom.dcmread(path, stop_before_pixels=True).SourceImageSequence}
+    assert cited <= inputs
+    assert len(cited) > 0.9 * len(inputs)
+
+
+@pytest.mark.skipif(shutil.which("dciodvfy") is None, reason="dicom3tools not installed")
+def test_pipeline_series_passes_dciodvfy_and_dcentvfy(run):
+    files = sorted(run.dicom_dir.glob("*.dcm"))
+    for path in (files[0], files[len(files) // 2], files[-1]):
+        out = subprocess.run(["dciodvfy", "-new", str(path)], capture_output=True, text=True)
+        assert not [l for l in (out.stdout + out.stderr).splitlines() if l.startswith("Error")]
+    out = subprocess.run(["dcentvfy", *map(str, files)], capture_output=True, text=True)
+    assert not (out.stdout + out.stderr).strip()
+
+
+@pytest.mark.xfail(reason="registration default auto_mask='fixed' keeps only the phantom's central bar as foreground "
+                          "and converges to -0.7 deg instead of -4.0 deg (12 mm error); auto_mask='none' recovers the "
+                          "offset to < 1 mm. Reported to the registration piece (issue 8).", strict=False)
+def test_registration_recovers_the_sample_offset(run, shared_data):
+    """The synthetic series was moved by a known rigid T; registration must find T^-1 (see the sample README)."""
+    spec = importlib.util.spec_from_file_location("make_sample_study", REPO / "tools" / "make_sample_study.py")
+    maker = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(maker)
+    source, _ = maker.read_source(shared_data / "dicom" / "ge_mr_t1_mprage" / "05_3D_Ax_T1_MP_RAGE_R22")
+    truth = maker.rigid_offset_transform(source).GetInverse()
+    found = sitk.ReadTransform(str(run.out_dir / "transforms" / "moving1_to_fixed.tfm"))
+    fixed = _read(SAMPLE / "series1_t1")
+    size = fixed.GetSize()
+    points = [fixed.TransformIndexToPhysicalPoint((x, y, z)) for x in (20, size[0] - 20)
+              for y in (20, size[1] - 20) for z in (10, size[2] - 10)]
+    errors = [np.linalg.norm(np.subtract(found.TransformPoint(p), truth.TransformPoint(p))) for p in points]
+    assert max(errors) < 2.0, errors  # mm, within about one voxel (1.875 mm in-plane)
+
+
+def test_rerun_gives_identical_pixels_and_new_uids(run, tmp_path):
+    # 1 vs 2 workers giving identical pixels is tested on the dispatch itself (tests/test_dispatch.py).
+    again = fuse_study(SAMPLE, tmp_path / "again", StudyOptions(workers=1, formats=("dicom",)))
+    np.testing.assert_array_equal(_pixels(again.dicom_dir), _pixels(run.dicom_dir))
+    assert again.series_instance_uid != run.series_instance_uid
+    assert again.study_instance_uid == run.study_instance_uid
+
+
+def test_cli_main_command_prints_where_outputs_are(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["fuse-study", str(SAMPLE), "-o", str(out), "--quiet", "--format", "dicom",
+                 "--deterministic-uids"]) == 0
+    printed = capsys.readouterr().out
+    assert f"fused outputs in {out}/" in printed and str(out / "dicom") in printed
+    assert main(["fuse-study", str(SAMPLE), "-o", str(out), "--quiet"]) == InputError.exit_code
+    assert "not empty" in capsys.readouterr().err
+
+
+def test_fuse_volumes_three_nifti_inputs(tmp_path):
+    fixed = _read(SAMPLE / "series1_t1")[:, :, 20:44]
+    moving = _read(SAMPLE / "series2_synthetic_contrast")
+    paths = [tmp_path / "t1.nii.gz", tmp_path / "synthetic.nii.gz", tmp_path / "t1_gamma.nii.gz"]
+    sitk.WriteImage(fixed, str(paths[0]))
+    sitk.WriteImage(moving, str(paths[1]))
+    sitk.WriteImage(sitk.Sqrt(sitk.Cast(fixed, sitk.sitkFloat32)), str(paths[2]))
+    result = fuse_volumes(paths, tmp_path / "out", StudyOptions(workers=1, formats=("nifti",)))
+    fused = sitk.ReadImage(str(result.nifti_path))
+    assert fused.GetSize() == fixed.GetSize()
+    np.testing.assert_allclose(fused.GetOrigin(), fixed.GetOrigin(), atol=1e-3)
+    values = sitk.GetArrayFromImage(fused)
+    assert 0 <= values.min() and values.max() <= 1 and values.std() > 0.01
+    provenance = json.loads(result.provenance_path.read_text())
+    assert len(provenance["inputs"]) == 3 and len(provenance["registration"]) == 2
+
+
+def test_failed_stage_leaves_nothing_and_says_which(tmp_path):
+    image = _read(SAMPLE / "series1_t1")[:, :, 24:40]
+    paths = [tmp_path / "a.nii.gz", tmp_path / "b.nii.gz"]
+    for path in paths:
+        sitk.WriteImage(image, str(path))
+    with pytest.raises(WriteError, match="CT or MR") as caught:
+        fuse_volumes(paths, tmp_path / "out", StudyOptions(workers=1, formats=("dicom",)))
+    assert caught.value.exit_code == 6
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.nii.gz", "b.nii.gz"]
+
+
+def test_selection_refuses_to_guess(tmp_path):
+    index = scan_folder(SAMPLE)
+    fixed, moving = choose_series(index, None, ())
+    assert fixed.series_number == 1 and [m.series_number for m in moving] == [2]
+    with pytest.raises(SelectionError, match="candidates"):
+        choose_series(index, "7", ())
+    with pytest.raises(SelectionError):
+        choose_series(index, "1", ("1",))
