@@ -28,6 +28,9 @@ from medfuse.volume.model import Volume
 #: Flip between RAS and LPS world coordinates (its own inverse).
 RAS_LPS_FLIP = np.diag([-1.0, -1.0, 1.0, 1.0])
 
+#: gzip level for .nii.gz: 1 is ~10x faster than 9 on CT volumes for ~15 % more bytes.
+GZIP_LEVEL = 1
+
 #: Largest |D^T D - I| accepted for the direction part of an affine;
 #: beyond it the affine has shear (e.g. an uncorrected gantry tilt).
 ORTHOGONALITY_TOLERANCE = 1e-4
@@ -174,5 +177,5 @@ def write_nifti(volume_or_image: Volume | sitk.Image, path: str | os.PathLike) -
 
 def _write_gzip_without_timestamp(nifti: nib.Nifti1Image, target: Path) -> None:
     raw = nifti.to_bytes()
-    with open(target, "wb") as handle, gzip.GzipFile(fileobj=handle, mode="wb", mtime=0, filename="") as gz:
+    with open(target, "wb") as handle, gzip.GzipFile(fileobj=handle, mode="wb", mtime=0, filename="", compresslevel=GZIP_LEVEL) as gz:
         gz.write(raw)

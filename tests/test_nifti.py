@@ -1,0 +1,134 @@
+"""NIfTI read/write: RAS <-> LPS, round trips, DICOM -> NIfTI world coordinates."""
+
+from __future__ import annotations
+
+import nibabel as nib
+import numpy as np
+import pydicom
+import pytest
+import SimpleITK as sitk
+
+from medfuse.errors import InputError, WriteError
+from medfuse.io.nifti import RAS_LPS_FLIP, ras_affine, read_nifti, write_nifti
+from medfuse.io.volumes import load_volume, replace_non_finite
+
+NIFTI_FILES = [
+    "volumes/niivue_chris_PD/chris_PD.nii.gz",
+    "volumes/niivue_MR_Gd/MR_Gd.nii.gz",
+    "volumes/tcia_TCGA-FG-6692_t1_t1c_t2_flair/"
+    "MRHR_T2_AX_OtherEXampleTCIA_TCGA-FG-6692_Si_TCGA-FG-6692_MRHR_T2_AX_SE_2_tse2d1_11_t2.nii.gz",
+]
+
+
+@pytest.mark.parametrize("relpath", NIFTI_FILES)
+def test_read_matches_simpleitk_and_round_trips(shared_data, tmp_path, relpath):
+    path = shared_data / relpath
+    volume = read_nifti(path)
+    # SimpleITK's own NIfTI reader is the independent LPS reference.
+    reference = sitk.ReadImage(str(path))
+    np.testing.assert_allclose(volume.image.GetOrigin(), reference.GetOrigin(), atol=1e-4)
+    np.testing.assert_allclose(volume.image.GetSpacing(), reference.GetSpacing(), atol=1e-5)
+    np.testing.assert_allclose(volume.image.GetDirection(), reference.GetDirection(), atol=1e-5)
+    np.testing.assert_array_equal(sitk.GetArrayViewFromImage(volume.image),
+                                  sitk.GetArrayViewFromImage(reference).astype(np.float32))
+    # read -> write -> read keeps the affine and the voxels.
+    original = nib.load(str(path))
+    written = write_nifti(volume, tmp_path / "out.nii.gz")
+    again = nib.load(str(written))
+    np.testing.assert_allclose(again.affine, original.affine, atol=1e-5)
+    np.testing.assert_array_equal(again.get_fdata(dtype=np.float32), original.get_fdata(dtype=np.float32))
+    assert int(again.header["sform_code"]) == 1 and int(again.header["qform_code"]) == 1
+    back = read_nifti(written)
+    np.testing.assert_array_equal(sitk.GetArrayViewFromImage(back.image), sitk.GetArrayViewFromImage(volume.image))
+
+
+def test_gzip_output_is_byte_identical_across_writes(shared_data, tmp_path):
+    volume = read_nifti(shared_data / NIFTI_FILES[0])
+    first = write_nifti(volume, tmp_path / "a.nii.gz").read_bytes()
+    second = write_nifti(volume, tmp_path / "b.nii.gz").read_bytes()
+    assert first == second
+
+
+def test_dicom_to_nifti_voxel_lands_at_the_dicom_position(shared_data, tmp_path):
+    # An oblique series, so a wrong sign or axis order cannot cancel out.
+    folder = shared_data / "dicom/ge_mr_t1_mprage/05_3D_Ax_T1_MP_RAGE_R22"
+    volume = load_volume(folder)
+    nifti = nib.load(str(write_nifti(volume, tmp_path / "mr.nii")))
+    i, j, k = 120, 140, 70  # column, row, slice (inside the head)
+    # DICOM side, from the k-th file along the slice normal, read here directly.
+    first = pydicom.dcmread(next(folder.iterdir()), stop_before_pixels=True)
+    normal = np.cross(np.array(first.ImageOrientationPatient[:3], float),
+                      np.array(first.ImageOrientationPatient[3:], float))
+    along = sorted((float(np.dot(pydicom.dcmread(p, stop_before_pixels=True).ImagePositionPatient, normal)), p)
+                   for p in folder.iterdir())
+    ds = pydicom.dcmread(along[k][1])
+    row_dir = np.array(ds.ImageOrientationPatient[:3], float)
+    col_dir = np.array(ds.ImageOrientationPatient[3:], float)
+    row_spacing, col_spacing = (float(v) for v in ds.PixelSpacing)
+    lps = np.array(ds.ImagePositionPatient, float) + i * col_spacing * row_dir + j * row_spacing * col_dir
+    ras = nifti.affine @ np.array([i, j, k, 1.0])
+    np.testing.assert_allclose(ras[:3], [-lps[0], -lps[1], lps[2]], atol=1e-3)
+    value = float(ds.pixel_array[j, i]) * float(ds.get("RescaleSlope", 1)) + float(ds.get("RescaleIntercept", 0))
+    assert value > 0
+    assert nifti.get_fdata(dtype=np.float32)[i, j, k] == value
+
+
+def test_ras_lps_flip_is_explicit():
+    image = sitk.Image(4, 5, 6, sitk.sitkFloat32)
+    image.SetOrigin((10.0, -20.0, 30.0))
+    image.SetSpacing((1.0, 2.0, 3.0))
+    affine = ras_affine(image)
+    np.testing.assert_allclose(affine[:3, 3], [-10.0, 20.0, 30.0])
+    np.testing.assert_allclose(np.diag(affine)[:3], [-1.0, -2.0, 3.0])
+    np.testing.assert_array_equal(RAS_LPS_FLIP @ RAS_LPS_FLIP, np.eye(4))
+
+
+def _write_raw(tmp_path, data, affine=None, name="x.nii.gz"):
+    path = tmp_path / name
+    nib.save(nib.Nifti1Image(data, np.eye(4) if affine is None else affine), str(path))
+    return path
+
+
+def test_4d_needs_a_volume_index(tmp_path):
+    data = np.arange(2 * 3 * 4 * 5, dtype=np.float32).reshape(2, 3, 4, 5)
+    path = _write_raw(tmp_path, data)
+    with pytest.raises(InputError, match="4-D file with 5 volumes"):
+        read_nifti(path)
+    third = read_nifti(path, volume_index=2)
+    np.testing.assert_array_equal(sitk.GetArrayViewFromImage(third.image), data[..., 2].transpose(2, 1, 0))
+    with pytest.raises(InputError, match="out of range"):
+        read_nifti(path, volume_index=5)
+
+
+def test_sheared_affine_is_refused(tmp_path):
+    affine = np.eye(4)
+    affine[1, 2] = 0.3  # z steps move y: a gantry-tilt shear
+    with pytest.raises(InputError, match="shear"):
+        read_nifti(_write_raw(tmp_path, np.zeros((3, 3, 3), np.float32), affine))
+
+
+def test_bad_inputs_are_clear(tmp_path):
+    bogus = tmp_path / "bogus.nii.gz"
+    bogus.write_text("not nifti")
+    with pytest.raises(InputError, match="not a readable NIfTI"):
+        read_nifti(bogus)
+    with pytest.raises(InputError, match="no such file"):
+        load_volume(tmp_path / "missing.nii")
+    image = sitk.Image(2, 2, 2, sitk.sitkFloat32)
+    with pytest.raises(WriteError, match="must end in"):
+        write_nifti(image, tmp_path / "out.mha")
+
+
+def test_non_finite_voxels_are_replaced_by_the_documented_rule(tmp_path):
+    data = np.arange(27, dtype=np.float32).reshape(3, 3, 3) + 5
+    data[0, 0, 0] = np.nan
+    data[1, 1, 1] = np.inf
+    data[2, 2, 2] = -np.inf
+    volume = read_nifti(_write_raw(tmp_path, data))
+    fixed, report = replace_non_finite(volume)
+    assert (report.nan, report.pos_inf, report.neg_inf) == (1, 1, 1)
+    finite = data[np.isfinite(data)]
+    out = sitk.GetArrayViewFromImage(fixed.image).transpose(2, 1, 0)
+    assert out[0, 0, 0] == finite.min() and out[2, 2, 2] == finite.min() and out[1, 1, 1] == finite.max()
+    assert np.isfinite(out).all()
+    assert fixed.image.GetOrigin() == volume.image.GetOrigin()
