@@ -23,6 +23,7 @@ to an 8-bit PNG would, so scores equal those of the written files.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -72,8 +73,6 @@ def _parse_value(text: str) -> Any:
         return True
     if lowered in ("false", "no", "off"):
         return False
-    if lowered == "none":
-        return None
     for cast in (int, float):
         try:
             return cast(text)
@@ -104,12 +103,16 @@ def parse_method(spec: str) -> Method:
         else:
             raise InputError(f"method {spec!r}: {part!r} is neither a preset ({', '.join(PRESETS)}) nor key=value overrides")
     config = FusionConfig.paper() if preset == "paper" else FusionConfig()
+    optional = {f.name for f in dataclasses.fields(config) if "None" in str(f.type)}
     overrides = {}
     for item in filter(None, (p.strip() for p in overrides_text.split(","))):
         key, sep, value = item.partition("=")
-        if not sep or not key.strip():
+        key = key.strip()
+        if not sep or not key:
             raise InputError(f"method {spec!r}: override {item!r} is not key=value")
-        overrides[key.strip()] = _parse_value(value)
+        # 'none' means None only where the field allows it ('none' is also a
+        # legitimate choice, e.g. saliency_normalisation=none).
+        overrides[key] = None if key in optional and value.strip().lower() == "none" else _parse_value(value)
     if overrides:
         config = config.replace(**overrides)
     return Method(label=spec, config=config)
