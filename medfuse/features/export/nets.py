@@ -140,6 +140,28 @@ class EfficientNetLite0(nn.Module):
         return self._fc(x.mean(dim=(2, 3)))
 
 
+def reference_init_(net: nn.Module) -> nn.Module:
+    """Randomly initialise *net* in place the way both architectures are trained from scratch.
+
+    He-normal convolutions with fan-out ``k*k*out_channels/groups`` (a depthwise
+    convolution's fan-out is ``k*k``, as TensorFlow counts it), BatchNorm scale 1
+    and shift 0: the initialisation of torchvision's ResNet and of the TensorFlow
+    EfficientNet reference.  torch's layer defaults (Kaiming-uniform with
+    a = sqrt(5)) shrink the activations by about 3x per layer, so that a deep
+    random trunk outputs almost nothing and any comparison with it would be a
+    comparison with zero.
+    """
+    for module in net.modules():
+        if isinstance(module, nn.Conv2d):
+            kh, kw = module.kernel_size
+            fan_out = kh * kw * module.out_channels // module.groups
+            nn.init.normal_(module.weight, 0.0, (2.0 / fan_out) ** 0.5)
+        elif isinstance(module, nn.BatchNorm2d):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+    return net
+
+
 def efficientnet_lite0_stride(depth: int) -> int:
     """Output stride of EfficientNet-Lite0 truncated after stage *depth*."""
     stride = 2

