@@ -148,11 +148,14 @@ def test_failed_stage_leaves_nothing_and_says_which(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.nii.gz", "b.nii.gz"]
 
 
-def test_selection_refuses_to_guess(tmp_path):
+def test_selection_picks_the_larger_of_two_same_modality_series_and_refuses_to_guess():
     index = scan_folder(SAMPLE)
-    fixed, moving = choose_series(index, None, ())
+    fixed, moving, how = choose_series(index)
     assert fixed.series_number == 1 and [m.series_number for m in moving] == [2]
-    with pytest.raises(SelectionError, match="candidates"):
-        choose_series(index, "7", ())
-    with pytest.raises(SelectionError):
+    assert set(how) == {"fixed", "moving"}
+    with pytest.raises(SelectionError, match="no series"):
+        choose_series(index, "7")
+    with pytest.raises(SelectionError, match="same series"):
         choose_series(index, "1", ("1",))
+    fixed, moving, _ = choose_series(index, "2", ("1",))
+    assert (fixed.series_number, moving[0].series_number) == (2, 1)

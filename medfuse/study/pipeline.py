@@ -63,6 +63,7 @@ from medfuse.io.dicom.index import FolderIndex, SeriesInfo, scan_folder
 from medfuse.io.dicom.read import read_series
 from medfuse.io.dicom.write import write_fused_series
 from medfuse.io.nifti import write_nifti
+from medfuse.io.select import describe_candidates, find_series, select_series
 from medfuse.io.volumes import load_volume
 from medfuse.study.progress import Progress
 from medfuse.volume.dispatch import SALIENCY_SCOPES, fuse_volume
@@ -73,8 +74,6 @@ from medfuse.volume.registration import RegistrationConfig, register, resample_o
 __all__ = ["StudyOptions", "StudyResult", "fuse_study", "fuse_volumes", "FORMATS"]
 
 FORMATS = ("dicom", "nifti")
-#: Modalities preferred as the fixed (anatomical) volume, best first.
-ANATOMICAL_ORDER = ("CT", "MR")
 
 
 @dataclass(frozen=True)
@@ -86,7 +85,11 @@ class StudyOptions:
     fixed : str, optional
         Fixed series by SeriesNumber or SeriesInstanceUID (fuse-study only).
     moving : tuple of str
-        Moving series by SeriesNumber or SeriesInstanceUID (fuse-study only).
+        Moving series by SeriesNumber or SeriesInstanceUID (fuse-study only);
+        several for K > 2 volumes.
+    rules : dict, optional
+        Selection rules ``{"fixed": {...}, "moving": {...}}`` for
+        :func:`medfuse.io.select.select_series` (fuse-study only).
     window : str, optional
         CT window for the intensity mapping: preset name or "C,W".
     workers : int, optional
@@ -110,6 +113,7 @@ class StudyOptions:
 
     fixed: str | None = None
     moving: tuple[str, ...] = ()
+    rules: dict | None = None
     window: str | None = None
     workers: int | None = None
     scheduler: str | None = None
@@ -198,11 +202,11 @@ def fuse_study(patient_dir: str | os.PathLike, out_dir: str | os.PathLike, optio
     with run.stage("scan"):
         index = scan_folder(patient_dir)
     with run.stage("select"):
-        fixed_info, moving_infos = choose_series(index, options.fixed, options.moving)
+        fixed_info, moving_infos, how = choose_series(index, options.fixed, options.moving, options.rules)
         run.progress.info(f"fixed: {fixed_info.label}; moving: " + "; ".join(m.label for m in moving_infos))
     with run.stage("read"):
         volumes = [read_series(info) for info in (fixed_info, *moving_infos)]
-    return run.finish(volumes, {"patient_dir": str(patient_dir)})
+    return run.finish(volumes, {"patient_dir": str(patient_dir), "selection": how})
 
 
 def fuse_volumes(paths: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
@@ -221,49 +225,40 @@ def fuse_volumes(paths: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
     return run.finish(volumes, {"paths": [str(p) for p in paths]})
 
 
-def choose_series(index: FolderIndex, fixed: str | None, moving: Sequence[str]) -> tuple[SeriesInfo, list[SeriesInfo]]:
-    """Pick the fixed series and the moving ones from an indexed folder.
+def choose_series(index: FolderIndex, fixed: str | None = None, moving: Sequence[str] = (),
+                  rules: dict | None = None) -> tuple[SeriesInfo, list[SeriesInfo], dict]:
+    """Pick the fixed series and the moving one(s) from an indexed folder.
 
-    Rules: ``fixed``/``moving`` (series number or UID) override. Otherwise the
-    fixed series is the largest usable series of the first modality of
-    :data:`ANATOMICAL_ORDER` present (the largest usable series when none is),
-    and every other usable volume series is moving. Ties, or no usable series,
-    raise :class:`SelectionError` listing the candidates.
+    Uses :func:`medfuse.io.select.select_series` (rules, ``--fixed``/``--moving``
+    overrides, "largest axial series", refusal with the candidates listed when
+    ambiguous). Two additions for this pipeline:
+
+    * a folder whose usable series are exactly two of one modality (e.g. two MR
+      contrasts, like the sample study) is selected with that modality as both
+      roles' rule: the larger series is fixed, the other moving;
+    * several ``moving`` keys (K > 2 volumes) are each looked up by series
+      number or UID.
+
+    Returns
+    -------
+    (fixed SeriesInfo, list of moving SeriesInfo, dict saying how each was chosen)
     """
-    usable = [s for s in index.usable_series if s.volumes]
-    if not usable:
-        reasons = "; ".join(f"{s.label}: {s.reason}" for s in index.series) or "no DICOM series found"
-        raise ScanError(f"no usable series in {index.root} ({reasons})")
-    listing = "; ".join(f"{s.label} uid {s.series_instance_uid}" for s in usable)
-
-    def find(key: str) -> SeriesInfo:
-        hits = [s for s in usable if key in (s.series_instance_uid, str(s.series_number))]
-        if len(hits) != 1:
-            raise SelectionError(f"{'no' if not hits else 'several'} usable series match {key!r}; candidates: {listing}")
-        return hits[0]
-
-    fixed_info = find(fixed) if fixed else _largest_anatomical(usable, listing)
-    if moving:
-        moving_infos = [find(key) for key in moving]
-    else:
-        moving_infos = [s for s in usable if s is not fixed_info]
-    if not moving_infos or any(m is fixed_info for m in moving_infos):
-        raise SelectionError(f"need a fixed and at least one other series to fuse; candidates: {listing}")
-    return fixed_info, moving_infos
-
-
-def _largest_anatomical(usable: list[SeriesInfo], listing: str) -> SeriesInfo:
-    for modality in (*ANATOMICAL_ORDER, None):
-        pool = [s for s in usable if modality is None or s.modality == modality]
-        if not pool:
-            continue
-        sizes = [int(np.prod(s.dimensions)) for s in pool]
-        best = max(sizes)
-        if sizes.count(best) > 1:
-            raise SelectionError(f"several {modality or ''} series of the same size could be the fixed one; "
-                                 f"choose with --fixed; candidates: {listing}")
-        return pool[sizes.index(best)]
-    raise SelectionError(f"no fixed series candidate; candidates: {listing}")  # unreachable: usable is non-empty
+    if len(moving) > 1:
+        fixed_info = find_series(index, fixed) if fixed else select_series(index, rules, None, moving[0]).fixed
+        moving_infos = [find_series(index, key) for key in moving]
+        chosen = [fixed_info, *moving_infos]
+        unusable = [s for s in chosen if not s.usable]
+        if unusable:
+            raise SelectionError(f"not usable: {describe_candidates(unusable)}")
+        if len({id(s) for s in chosen}) != len(chosen):
+            raise SelectionError(f"a series is given twice: {describe_candidates(chosen)}")
+        return fixed_info, moving_infos, {"fixed": f"given or selected ({fixed or 'rules'})", "moving": "given"}
+    if rules is None and fixed is None and not moving:
+        usable = [s for s in index.series if s.usable]
+        if len(usable) == 2 and usable[0].modality == usable[1].modality:
+            rules = {"fixed": usable[0].modality, "moving": usable[0].modality}
+    selection = select_series(index, rules, fixed, moving[0] if moving else None)
+    return selection.fixed, [selection.moving], selection.to_dict()
 
 
 class _Run:
