@@ -276,8 +276,15 @@ def scan_folder(path: str | os.PathLike) -> FolderIndex:
 
 
 def _walk(root: Path) -> list[Path]:
+    """Files under *root*, sorted, following folder links once each (no loops)."""
     out = []
-    for dirpath, dirnames, filenames in os.walk(root):
+    visited = set()
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in visited:
+            dirnames[:] = []
+            continue
+        visited.add(real)
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         out.extend(Path(dirpath) / f for f in sorted(filenames) if not f.startswith("."))
     return out

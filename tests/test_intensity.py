@@ -1,0 +1,97 @@
+"""map_to_unit: CT windows, MR percentiles, PET SUV checked against the scanner-side SUV factor."""
+
+from __future__ import annotations
+
+import numpy as np
+import pydicom
+import pytest
+import SimpleITK as sitk
+
+from medfuse.errors import InputError
+from medfuse.io.dicom.index import scan_folder
+from medfuse.io.dicom.read import read_series
+from medfuse.io.volumes import load_volume
+from medfuse.volume.intensity import CT_WINDOWS, IntensityMapping, map_to_unit, parse_window
+
+PET_DIR = "volumes/tcia_CCTH-A01_pet_ct/PET_images"
+
+
+def test_ct_window_maps_hu_by_definition():
+    hu = np.array([-1000.0, 0.0, 40.0, 80.0, 3000.0], dtype=np.float32)
+    unit, mapping = map_to_unit(hu, "CT", window="40,80")
+    np.testing.assert_allclose(unit, [0.0, 0.0, 0.5, 1.0, 1.0])
+    assert mapping.to_dict() == {"modality": "CT", "method": "window", "low": 0.0, "high": 80.0,
+                                 "details": {"window": "custom", "centre": 40.0, "width": 80.0}}
+
+
+@pytest.mark.parametrize("name", sorted(CT_WINDOWS))
+def test_ct_presets(name):
+    centre, width = CT_WINDOWS[name]
+    unit, mapping = map_to_unit(np.array([centre], np.float32), "CT", window=name)
+    assert unit[0] == pytest.approx(0.5)
+    assert mapping.details["window"] == name and mapping.high - mapping.low == width
+
+
+def test_ct_default_window_is_soft_tissue_and_recorded():
+    _, mapping = map_to_unit(np.zeros(3, np.float32), "CT")
+    assert mapping.details["window"] == "soft-tissue"
+
+
+@pytest.mark.parametrize("bad", ["lung", "40", "a,b", "40,-5", (40, 0)])
+def test_bad_windows_are_refused(bad):
+    with pytest.raises(InputError):
+        parse_window(bad)
+
+
+def test_inverse_restores_values_inside_the_range():
+    values = np.linspace(-150, 230, 101, dtype=np.float32)
+    unit, mapping = map_to_unit(values, "CT", window=(40, 400))
+    np.testing.assert_allclose(mapping.inverse(unit), values, atol=1e-3)
+    assert mapping.inverse(unit).dtype == np.float32
+
+
+def test_mr_percentiles_clip_half_a_percent_each_side(shared_data):
+    volume = load_volume(shared_data / "volumes/niivue_MR_Gd/MR_Gd.nii.gz")
+    values = sitk.GetArrayViewFromImage(volume.image)
+    unit, mapping = map_to_unit(volume, "MR")
+    assert unit.dtype == np.float32 and unit.shape == values.shape
+    assert 0.0 <= unit.min() and unit.max() <= 1.0
+    assert mapping.method == "percentile" and mapping.details["percentiles"] == [0.5, 99.5]
+    above = np.mean(values > mapping.high)
+    assert 0.002 < above <= 0.005  # 0.5 % clipped at the top (less with ties)
+
+
+def test_pet_uses_suv_matching_the_scanner_side_factor(shared_data):
+    folder = shared_data / PET_DIR
+    index = scan_folder(folder)
+    (pet,) = [s for s in index.series if s.modality == "PT"]
+    volume = read_series(pet)
+    unit, mapping = map_to_unit(volume)
+    # The folder ships a Real World Value Mapping object computed by QIICR's
+    # Slicer SUVFactorCalculator: an independent SUVbw factor for this series.
+    (rwv,) = [s for s in index.series if s.modality == "RWV"]
+    ds = pydicom.dcmread(rwv.instances[0].path)
+    item = ds.ReferencedImageRealWorldValueMappingSequence[0].RealWorldValueMappingSequence[0]
+    assert "body weight" in item.MeasurementUnitsCodeSequence[0].CodeMeaning
+    assert mapping.method == "suv"
+    assert mapping.details["suv_factor"] == pytest.approx(float(item.RealWorldValueSlope), rel=5e-6)
+    assert mapping.details["suv_range"] == [0.0, 10.0]
+    assert mapping.high * mapping.details["suv_factor"] == pytest.approx(10.0)
+    assert 0.0 <= unit.min() and unit.max() <= 1.0
+
+
+def test_pet_without_suv_facts_falls_back_to_percentiles_and_says_why():
+    values = np.arange(1000, dtype=np.float32)
+    unit, mapping = map_to_unit(values, "PT")
+    assert mapping.method == "percentile"
+    assert mapping.details["suv_not_used"].startswith("no DICOM header facts")
+
+
+def test_constant_volume_is_refused():
+    with pytest.raises(InputError, match="empty intensity range"):
+        map_to_unit(np.full(10, 7.0, np.float32), "MR")
+
+
+def test_mapping_validates_its_range():
+    with pytest.raises(InputError):
+        IntensityMapping("MR", "percentile", 5.0, 5.0)

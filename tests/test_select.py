@@ -1,0 +1,95 @@
+"""select_series on the PET/CT patient folder and on folders built to be ambiguous."""
+
+from __future__ import annotations
+
+import os
+
+import pydicom
+import pytest
+from pydicom.uid import generate_uid
+
+from medfuse.errors import SelectionError
+from medfuse.io.dicom.index import scan_folder
+from medfuse.io.select import find_series, select_series
+
+
+@pytest.fixture(scope="module")
+def pet_ct(shared_data):
+    return scan_folder(shared_data / "volumes/tcia_CCTH-A01_pet_ct")
+
+
+def test_default_is_anatomical_fixed_and_functional_moving(pet_ct):
+    selection = select_series(pet_ct, None)
+    assert (selection.fixed.modality, selection.moving.modality) == ("CT", "PT")
+    assert selection.fixed.series_number == 3 and selection.moving.series_number == 7
+    record = selection.to_dict()
+    assert record["fixed"]["how"].startswith("largest axial series matching {'modality': 'CT'}")
+
+
+def test_rules_by_modality_description_and_orientation(pet_ct):
+    rules = {"fixed": {"modality": "pt", "description": r"fdg.*osem", "orientation": "axial"},
+             "moving": "CT"}
+    selection = select_series(pet_ct, rules)
+    assert selection.fixed.series_number == 7 and selection.moving.series_number == 3
+    with pytest.raises(SelectionError, match="no usable series for fixed"):
+        select_series(pet_ct, {"fixed": {"modality": "CT", "orientation": "coronal"}, "moving": "PT"})
+
+
+def test_overrides_by_number_and_uid(pet_ct):
+    ct = find_series(pet_ct, 3)
+    selection = select_series(pet_ct, None, fixed="7", moving=ct.series_instance_uid)
+    assert selection.fixed.modality == "PT" and selection.moving is ct
+    assert selection.how["moving"] == f"given by moving={ct.series_instance_uid}"
+
+
+def test_override_naming_an_unusable_series_is_refused(pet_ct):
+    with pytest.raises(SelectionError, match=r"not usable: non-image SOP class \(Real World Value"):
+        select_series(pet_ct, None, fixed=1000, moving=7)
+    with pytest.raises(SelectionError, match="no series with number or UID '42'"):
+        select_series(pet_ct, None, fixed=42, moving=7)
+
+
+def test_bad_rules_are_refused(pet_ct):
+    with pytest.raises(SelectionError, match="orientation 'diagonal'"):
+        select_series(pet_ct, {"fixed": {"orientation": "diagonal"}})
+    with pytest.raises(SelectionError, match="unknown series rule key"):
+        select_series(pet_ct, {"fixed": {"modaliti": "CT"}})
+
+
+def _copy_as_new_series(src_dir, dst_dir, number):
+    series_uid = generate_uid()
+    dst_dir.mkdir()
+    for path in sorted(src_dir.iterdir()):
+        ds = pydicom.dcmread(path)
+        ds.SeriesInstanceUID = series_uid
+        ds.SOPInstanceUID = generate_uid()
+        ds.SeriesNumber = number
+        ds.save_as(dst_dir / path.name)
+    return series_uid
+
+
+def test_two_equally_large_candidates_are_listed_not_guessed(shared_data, tmp_path):
+    src = shared_data / "dicom/d2n_mr_siemens_anat/001"
+    os.symlink(src, tmp_path / "original")
+    copy_uid = _copy_as_new_series(src, tmp_path / "copy", 99)
+    index = scan_folder(tmp_path)
+    with pytest.raises(SelectionError) as excinfo:
+        select_series(index, {"fixed": "MR", "moving": "MR"})
+    message = str(excinfo.value)
+    assert "ambiguous fixed series: 2 equally large candidates" in message
+    assert copy_uid in message and "#99" in message and "#4" in message
+    # The default rule cannot pick two roles from one modality either.
+    with pytest.raises(SelectionError, match="1 modalities"):
+        select_series(index, None)
+    selection = select_series(index, None, fixed=4, moving=99)
+    assert selection.moving.series_instance_uid == copy_uid
+
+
+def test_two_patients_are_never_paired(shared_data, tmp_path):
+    os.symlink(shared_data / "dicom/d2n_mr_siemens_anat/001", tmp_path / "mr")
+    os.symlink(shared_data / "volumes/tcia_CCTH-A01_pet_ct/PET_images", tmp_path / "pet")
+    index = scan_folder(tmp_path)
+    with pytest.raises(SelectionError, match="folder holds 2 patients"):
+        select_series(index, None)
+    with pytest.raises(SelectionError, match="different patients"):
+        select_series(index, {"fixed": "MR", "moving": "PT"})
