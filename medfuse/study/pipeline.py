@@ -32,6 +32,7 @@ Output layout::
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -301,17 +302,22 @@ class _Run:
                 masks.append(sitk.GetArrayFromImage(coverage).astype(bool))
                 advance(1, len(movings))
         with self.stage("map"):
-            mapped = [map_to_unit(v, window=options.window if v.modality == "CT" else None) for v in on_grid]
-            arrays = [unit for unit, _ in mapped]
-            mappings = [mapping for _, mapping in mapped]
+            arrays, mappings = [], []
+            while on_grid:  # release each resampled volume once mapped: bounded memory
+                volume = on_grid.pop(0)
+                unit, mapping = map_to_unit(volume, window=options.window if volume.modality == "CT" else None)
+                arrays.append(unit)
+                mappings.append(mapping)
+            del volume
         z = arrays[0].shape[0]
         with self.stage("fuse", total=z) as advance:
             fused = fuse_volume(arrays, masks, options.fusion, workers=options.workers, scheduler=options.scheduler,
                                 saliency_scope=options.saliency_scope, progress=advance)
         with self.stage("write"):
-            return self._write(volumes, on_grid, arrays, masks, fused, registrations, mappings, inputs)
+            result = self._write(volumes, arrays, masks, fused, registrations, mappings, inputs)
+        return dataclasses.replace(result, timings=dict(self.timings))
 
-    def _write(self, volumes, on_grid, arrays, masks, fused, registrations, mappings, inputs) -> StudyResult:
+    def _write(self, volumes, arrays, masks, fused, registrations, mappings, inputs) -> StudyResult:
         options, out_dir = self.options, self.out_dir
         fixed = volumes[0]
         out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -347,14 +353,14 @@ class _Run:
                 image.CopyInformation(fixed.image)
                 write_nifti(image, staging / "fused.nii.gz")
                 provenance["outputs"]["nifti"] = {"file": "fused.nii.gz", "values": "fused intensity in [0, 1], float32"}
-            provenance["timings_s"] = dict(self.timings)
+            provenance["timings_s"] = dict(self.timings)  # all stages before "write"
             report_path = None
             if options.report:
                 from medfuse.study.report import build_report
 
                 provenance["outputs"]["report"] = {"file": "report.html"}
                 html = build_report(arrays, masks, fused, [v.label or v.modality for v in volumes],
-                                    options.fusion, options.saliency_scope, provenance, on_grid[0].image)
+                                    options.fusion, options.saliency_scope, provenance, fixed.image)
                 (staging / "report.html").write_text(html, encoding="utf-8")
                 report_path = out_dir / "report.html"
             (staging / "provenance.json").write_text(json.dumps(provenance, indent=2, sort_keys=True, default=str),

@@ -77,6 +77,8 @@ class Progress:
 
     def info(self, message: str, **fields) -> None:
         """A free-form line (plain/rich) or ``{"event": "info", ...}`` (json)."""
+        if self.mode == "rich":
+            print(f"medfuse: {message}", file=self.stream, flush=True)
         self._emit({"event": "info", "message": message, **fields}, f"medfuse: {message}")
 
     def _stop_bar(self) -> None:

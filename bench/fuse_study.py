@@ -1,0 +1,153 @@
+"""Benchmark the fuse-study pipeline: stage times, 1 vs 2 workers, peak memory, saliency scope.
+
+Run by hand (not part of the test suite)::
+
+    python bench/fuse_study.py                 # everything (a few minutes on 2 cores)
+    python bench/fuse_study.py --only sample   # the bundled sample study only
+    python bench/fuse_study.py --only large    # the 512 x 512 x 200 CT + MR pair only
+    python bench/fuse_study.py --only scope    # saliency scope consistency only
+
+Cases:
+
+* ``sample``: ``fuse_study`` on ``sample_studies/mr-phantom-two-contrasts`` (DICOM in, DICOM + NIfTI out).
+* ``large``: a 512 x 512 x 200 CT + MR pair built by resampling real data: the TCIA CCTH-A01 CT of the
+  shared data (512 x 512 x 101, 2.5 mm slices) linearly resampled to 200 slices of 1.25 mm; the "MR" is
+  that CT through a non-monotonic intensity curve and a known rigid offset (3 deg, 5 mm) on a
+  256 x 256 x 100 grid (as in tools/make_sample_study.py). Both are written as NIfTI and fused with
+  ``fuse_volumes`` (registration included, NIfTI output).
+* ``scope``: inter-slice consistency of the fused volume for ``--saliency-scope volume`` and ``slice``:
+  mean absolute difference of adjacent fused slices divided by the mean of the same quantity over the
+  sources (inside the second source's coverage), on the sample and on the large pair.
+
+Each pipeline run happens in a fresh subprocess so its peak RSS (``ru_maxrss`` of the process, and of
+the largest Dask worker process when there are workers) is its own. Numbers are printed as a table and
+as JSON; every ratio compares runs made in the same invocation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE = REPO / "sample_studies" / "mr-phantom-two-contrasts"
+SHARED = Path(os.environ.get("MEDFUSE_SHARED_DATA", REPO.parent / "shared" / "data"))
+CT_DIR = SHARED / "volumes" / "tcia_CCTH-A01_pet_ct" / "CT_images"
+
+
+def make_large_pair(folder: Path) -> tuple[Path, Path]:
+    """Write the 512 x 512 x 200 CT and the synthetic MR (NIfTI) into *folder*."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(CT_DIR)))
+    ct = sitk.Cast(reader.Execute(), sitk.sitkFloat32)
+    size = (512, 512, 200)
+    spacing = (ct.GetSpacing()[0], ct.GetSpacing()[1], ct.GetSpacing()[2] * ct.GetSize()[2] / size[2])
+    ct200 = sitk.Resample(ct, size, sitk.Transform(), sitk.sitkLinear, ct.GetOrigin(), spacing, ct.GetDirection(),
+                          -1024.0, sitk.sitkFloat32)
+    centre = ct200.TransformContinuousIndexToPhysicalPoint([(n - 1) / 2 for n in size])
+    offset = sitk.Euler3DTransform()
+    offset.SetCenter(centre)
+    offset.SetRotation(0.0, 0.0, np.deg2rad(3.0))
+    offset.SetTranslation((5.0, -3.0, 0.0))
+    mr_grid = [s * 2 for s in spacing]
+    mr = sitk.Resample(ct200, [n // 2 for n in size], offset, sitk.sitkLinear, ct200.GetOrigin(), mr_grid,
+                       ct200.GetDirection(), -1024.0, sitk.sitkFloat32)
+    hu = sitk.GetArrayFromImage(mr)
+    # Non-monotonic curve: air dark, fat bright, water/soft tissue mid, bone dark (an MR-like look).
+    curve = np.interp(hu, (-1024, -500, -100, 0, 60, 300, 3000), (0, 0, 900, 500, 650, 100, 50)).astype(np.float32)
+    mr_image = sitk.GetImageFromArray(curve)
+    mr_image.CopyInformation(mr)
+    paths = (folder / "ct_512x512x200.nii.gz", folder / "mr_synthetic_256x256x100.nii.gz")
+    sitk.WriteImage(ct200, str(paths[0]))
+    sitk.WriteImage(mr_image, str(paths[1]))
+    return paths
+
+
+def run_case(kind: str, inputs: list[str], workers: int, out: Path, scope: str = "volume") -> dict:
+    """One pipeline run in a fresh subprocess; returns its timings and peak RSS."""
+    code = f"""
+import json, resource, sys, time
+from medfuse.study.pipeline import StudyOptions, fuse_study, fuse_volumes
+if __name__ == "__main__":
+    options = StudyOptions(workers={workers}, saliency_scope={scope!r},
+                           formats={('dicom', 'nifti') if kind == 'study' else ('nifti',)!r})
+    started = time.perf_counter()
+    if {kind!r} == "study":
+        result = fuse_study({inputs[0]!r}, {str(out)!r}, options)
+    else:
+        result = fuse_volumes({inputs!r}, {str(out)!r}, options)
+    total = time.perf_counter() - started
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    workers_rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    print(json.dumps({{"timings_s": result.timings, "total_s": round(total, 2), "peak_rss_mb": round(rss),
+                      "largest_child_rss_mb": round(workers_rss)}}))
+"""
+    script = out.parent / f"run_{out.name}.py"
+    script.write_text(code)
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, cwd=REPO)
+    if done.returncode != 0:
+        raise SystemExit(f"{kind} run failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def scope_consistency(fixed_path: str, moving_path: str) -> dict:
+    """Inter-slice consistency ratio of the fused volume for both saliency scopes (in this process)."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    from medfuse.io.volumes import load_volume
+    from medfuse.volume.dispatch import fuse_volume, interslice_variation
+    from medfuse.volume.intensity import map_to_unit
+    from medfuse.volume.registration import register, resample_onto
+
+    fixed, moving = load_volume(fixed_path), load_volume(moving_path)
+    moved, coverage = resample_onto(fixed, moving, register(fixed, moving).transform)
+    arrays = [map_to_unit(v)[0] for v in (fixed, moved)]
+    cover = sitk.GetArrayFromImage(coverage).astype(bool)
+    sources = np.mean([interslice_variation(a, cover) for a in arrays])
+    out = {"sources_mad": round(float(sources), 5)}
+    for scope in ("volume", "slice"):
+        fused = fuse_volume(arrays, [None, cover], workers=2, saliency_scope=scope)
+        out[scope] = round(interslice_variation(fused, cover) / sources, 4)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", choices=("sample", "large", "scope"))
+    args = parser.parse_args()
+    results: dict = {"machine": f"{os.cpu_count()} cores (shared with other jobs while measured)"}
+    with tempfile.TemporaryDirectory(prefix="medfuse-bench-") as tmp:
+        tmp = Path(tmp)
+        large = None
+        if args.only in (None, "large", "scope"):
+            large = [str(p) for p in make_large_pair(tmp)]
+        if args.only in (None, "sample"):
+            for workers in (1, 2):
+                results[f"sample_w{workers}"] = run_case("study", [str(SAMPLE)], workers, tmp / f"sample_w{workers}")
+        if args.only in (None, "large"):
+            for workers in (1, 2):
+                results[f"large_w{workers}"] = run_case("volumes", large, workers, tmp / f"large_w{workers}")
+            input_mb = (512 * 512 * 200 + 256 * 256 * 100) * 4 / 2**20
+            results["large_input_float32_mb"] = round(input_mb)
+            fuse1, fuse2 = results["large_w1"]["timings_s"]["fuse"], results["large_w2"]["timings_s"]["fuse"]
+            results["large_fuse_speedup_1_to_2"] = round(fuse1 / fuse2, 2)
+        if args.only in (None, "scope"):
+            t1 = SAMPLE / "series1_t1"
+            results["scope_sample"] = scope_consistency(str(t1), str(SAMPLE / "series2_synthetic_contrast"))
+            results["scope_large"] = scope_consistency(*large)
+    for name, value in results.items():
+        print(f"{name:<28} {json.dumps(value)}")
+    print(json.dumps(results))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
