@@ -46,6 +46,26 @@ EFFICIENTNET_LITE0_HEAD_CHANNELS = 1280
 RESNET50_DEPTHS = {1: (2, 64), 2: (4, 256), 3: (8, 512), 4: (16, 1024), 5: (32, 2048)}
 
 
+class _AsymmetricPadConv(torch.autograd.Function):
+    """Zero-pad (top/left ``before``, bottom/right ``after``) then convolve, exported as ONE ONNX Conv.
+
+    ONNX Conv takes asymmetric pads, torch's conv2d does not; a separate Pad
+    node would break onnxruntime's blocked-layout (NCHWc) convolution chain
+    with a layout conversion around every stride-2 convolution.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, stride: int, before: int, after: int, groups: int):
+        x = F.pad(x, (before, after, before, after))
+        return F.conv2d(x, weight, None, stride, 0, 1, groups)
+
+    @staticmethod
+    def symbolic(g, x, weight, stride, before, after, groups):
+        kernel = weight.type().sizes()[-2:]
+        return g.op("Conv", x, weight, kernel_shape_i=list(kernel), strides_i=[stride, stride],
+                    pads_i=[before, before, after, after], dilations_i=[1, 1], group_i=groups)
+
+
 class SamePadConv2d(nn.Conv2d):
     """Conv2d with TensorFlow 'SAME' padding, exact for sizes divisible by the stride.
 
@@ -65,8 +85,7 @@ class SamePadConv2d(nn.Conv2d):
         before, after = self.pads
         if before == after:
             return F.conv2d(x, self.weight, None, self.stride, before, 1, self.groups)
-        x = F.pad(x, (before, after, before, after))
-        return F.conv2d(x, self.weight, None, self.stride, 0, 1, self.groups)
+        return _AsymmetricPadConv.apply(x, self.weight, self.stride[0], before, after, self.groups)
 
 
 class _MBConv(nn.Module):
