@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 import pickle
 import subprocess
@@ -14,6 +15,7 @@ from scipy import ndimage
 
 from medfuse.errors import InputError
 from medfuse.features import load_extractor
+from medfuse.features.manifest import read_manifest, shipped_manifest_path
 from medfuse.features.registry import _sessions
 
 
@@ -35,6 +37,9 @@ def ct_mri(shared_data):
 def test_default_is_the_shipped_pretrained_trunk(extractor):
     assert extractor.name == "efficientnet-lite0@3"
     assert extractor.stride == 8 and extractor.channels == 40
+    shipped = read_manifest(shipped_manifest_path())
+    row = shipped.models["efficientnet-lite0"].depths[3]
+    assert extractor.sha256 == row.sha256 == hashlib.sha256(shipped.models["efficientnet-lite0"].path(3).read_bytes()).hexdigest()
 
 
 def test_activity_shape_dtype_and_sign_on_a_medical_pair(extractor, ct_mri):

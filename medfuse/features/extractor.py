@@ -38,10 +38,12 @@ class OnnxActivityExtractor:
     model, depth, stride, channels, threads
         What was loaded: registry name, depth, output stride, feature channels,
         onnxruntime intra-op threads (None = onnxruntime's default).
+    sha256 : str
+        Hex digest of the ONNX file, verified against the manifest when loaded (for provenance).
     """
 
     def __init__(self, session, *, model: str, depth: int, stride: int, channels: int,
-                 normalisation: Normalisation, threads: int | None):
+                 normalisation: Normalisation, threads: int | None, sha256: str):
         self._session = session
         self._input = session.get_inputs()[0].name
         self.model = model
@@ -49,6 +51,7 @@ class OnnxActivityExtractor:
         self.stride = stride
         self.channels = channels
         self.threads = threads
+        self.sha256 = sha256
         self.name = f"{model}@{depth}"
         self._scale = np.float32(normalisation.scale)
         self._mean = np.asarray(normalisation.mean, np.float32).reshape(1, 3, 1, 1)

@@ -150,7 +150,8 @@ def load_extractor(model: str | None = None, depth: int | None = None, *,
                          f"{', '.join(map(str, sorted(entry.depths)))} (export others with: {entry.export_command})")
     row = entry.depths[chosen]
     return OnnxActivityExtractor(_session(entry, chosen, threads), model=name, depth=chosen, stride=row.stride,
-                                 channels=row.channels, normalisation=entry.normalisation, threads=threads)
+                                 channels=row.channels, normalisation=entry.normalisation, threads=threads,
+                                 sha256=row.sha256)
 
 
 def list_models() -> list[ModelRow]:
