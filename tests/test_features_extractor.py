@@ -132,3 +132,12 @@ def test_importing_features_does_not_import_torch():
     code = "import sys, medfuse.features; medfuse.features.load_extractor(); print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_large_batches_are_split_without_changing_the_result(extractor, ct_mri, monkeypatch):
+    import medfuse.features.extractor as module
+
+    stack = np.concatenate([ct_mri, ct_mri[::-1], ct_mri])  # 6 slices
+    whole = extractor.activity(stack)
+    monkeypatch.setattr(module, "MAX_BATCH_PIXELS", 2 * 256 * 256)  # 3 calls of 2 slices
+    np.testing.assert_allclose(extractor.activity(stack), whole, rtol=1e-5, atol=1e-5 * whole.max())

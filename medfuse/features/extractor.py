@@ -19,10 +19,11 @@ from medfuse.errors import FusionError, InputError
 from medfuse.features.manifest import Normalisation
 
 #: Images per onnxruntime call are limited so that one call holds at most this
-#: many input pixels (a whole volume's slices would otherwise be one batch whose
-#: intermediate activations need tens of GB); the 2-D case (K sources of
-#: 512 x 512) is always a single batch.
-MAX_BATCH_PIXELS = 8 * 1024 * 1024
+#: many input pixels: a whole volume's slices in one batch would need tens of GB
+#: of intermediate activations (EfficientNet-Lite0's widest one before depth 3 is
+#: 96 channels at stride 2: 4 Mpixel -> ~400 MB).  The 2-D case (K sources of
+#: up to 2048 x 2048) is always a single batch.
+MAX_BATCH_PIXELS = 4 * 1024 * 1024
 
 
 class OnnxActivityExtractor:
