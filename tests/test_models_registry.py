@@ -166,3 +166,16 @@ def test_non_editable_install_finds_the_shipped_models(repo_root, tmp_path):
                             cwd=elsewhere, env=env)
     assert verify.returncode == 0, verify.stderr
     assert "1 model file(s) verified" in verify.stdout
+
+
+def test_list_and_verify_work_without_torch(tmp_path):
+    """As on a fresh clone without the export extra: torch made unimportable in a subprocess."""
+    code = ("import sys; sys.modules['torch'] = None; from medfuse.cli.app import main; "
+            "a = main(['models', 'list']); b = main(['models', 'verify']); "
+            "c = main(['models', 'export', 'resnet50', '--weights', sys.argv[1], '--depth', '3']); print(a, b, c)")
+    weights = tmp_path / "w.pth"
+    weights.write_bytes(b"not used")
+    env = {**os.environ, "MEDFUSE_MODELS_DIR": str(tmp_path / "user")}
+    out = subprocess.run([sys.executable, "-c", code, str(weights)], capture_output=True, text=True, env=env)
+    assert out.stdout.strip().splitlines()[-1] == "0 0 7", out.stdout + out.stderr
+    assert "exporting needs torch" in out.stderr and "pip install 'medfuse[export]'" in out.stderr
