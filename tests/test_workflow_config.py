@@ -123,3 +123,12 @@ def test_parameters_hash_changes_with_rules_not_with_source(tmp_path: Path) -> N
     moved = load_workflow(write(tmp_path, GOOD.replace("8042", "9042"))).parameters_hash
     other_rule = load_workflow(write(tmp_path, GOOD.replace("{modality: MR}", "{modality: PT}"))).parameters_hash
     assert base == moved and base != other_rule
+
+
+def test_fusion_options_are_checked_against_fuse_study(tmp_path: Path) -> None:
+    good = GOOD + "fusion:\n  window: brain\n  workers: 1\n  fusion: {r_b: 45}\n  registration: {affine: false}\n"
+    assert load_workflow(write(tmp_path, good)).fusion["fusion"] == {"r_b": 45}
+    assert ":16: unknown fusion option 'colour'" in refused(tmp_path, GOOD + "fusion:\n  colour: hot\n")
+    assert ":17: unknown fusion option 'fusion.r_bb'" in refused(tmp_path, GOOD + "fusion:\n  workers: 1\n  fusion: {r_bb: 3}\n")
+    # The series and output formats come from select/outputs, never from fusion options.
+    assert "unknown fusion option 'fixed'" in refused(tmp_path, GOOD + "fusion:\n  fixed: '3'\n")

@@ -12,16 +12,19 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pydicom
 import pytest
 
+from medfuse.cli.app import main
 from orthanc_support import MEDFUSE_AET, PASSWORD, USER, OrthancServer, copy_study, orthanc_missing_reason
 
 pytestmark = pytest.mark.orthanc
@@ -67,6 +70,7 @@ def workflow_file(folder: Path, name: str, source: str, **extra) -> Path:
         "select:",
         "  fixed: {modality: MR, description: '(?i)t1'}",
         "  moving: {modality: MR, description: '(?i)synthetic'}",
+        "fusion: {workers: 1}",  # in-process: no Dask cluster start-up per study
         "outputs:",
         *[f"  {k}: {v}" for k, v in extra.get("outputs", {"pacs": "true"}).items()],
         f"retries: {{max_attempts: {extra.get('max_attempts', 5)}}}",
@@ -86,16 +90,32 @@ def dimse_source(server: OrthancServer) -> str:
             f"  calling_aet: {MEDFUSE_AET}\n  timeout_s: 60\n  retries: 2\n  backoff_s: 0.5")
 
 
-MEDFUSE = [sys.executable, "-c", "from medfuse.cli.app import main; main()"]
+MEDFUSE = [sys.executable, "-c", "from medfuse.cli.app import main; main()"]  # what the `medfuse` script runs
 
 
-def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    """``medfuse ARGS`` as a subprocess, with the PACS password in its environment only."""
-    return subprocess.run([*MEDFUSE, *args], capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, PASSWORD_ENV: PASSWORD})
+@dataclass
+class CliResult:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+@pytest.fixture
+def cli(capsys, monkeypatch):
+    """``medfuse ARGS`` in-process (as a user types it), with the PACS password in the environment only."""
+    monkeypatch.setenv(PASSWORD_ENV, PASSWORD)
+
+    def call(*args: str) -> CliResult:
+        capsys.readouterr()
+        code = main(list(args))
+        captured = capsys.readouterr()
+        return CliResult(code, captured.out, captured.err)
+
+    return call
 
 
 def start_cli(*args: str) -> subprocess.Popen:
+    """``medfuse ARGS`` as a separate process, which the crash test kills."""
     return subprocess.Popen([*MEDFUSE, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             env={**os.environ, PASSWORD_ENV: PASSWORD})
 
@@ -128,17 +148,17 @@ def upload_copies(server: OrthancServer, tmp: Path, indices) -> list[str]:
 
 
 @pytest.mark.slow
-def test_dicomweb_workflow_stores_fused_series_into_the_same_study_once(orthanc, tmp_path):
+def test_dicomweb_workflow_stores_fused_series_into_the_same_study_once(orthanc, tmp_path, cli):
     (study,) = upload_copies(orthanc, tmp_path, [0])
     wf = workflow_file(tmp_path / "wf", "web-roundtrip", dicomweb_source(orthanc))
-    assert run_cli("workflow", "validate", str(wf)).returncode == 0
+    assert cli("workflow", "validate", str(wf)).returncode == 0
 
-    dry = run_cli("workflow", "run", str(wf), "--dry-run", "--json", "--study", study)
+    dry = cli("workflow", "run", str(wf), "--dry-run", "--json", "--study", study)
     assert dry.returncode == 0, dry.stderr
     assert [r["outcome"] for r in json_lines(dry.stdout) if r["event"] == "study"] == ["would-fuse"]
     assert fused_series(orthanc, study) == [] and not (tmp_path / "wf" / "state" / "ledger.sqlite").exists()
 
-    first = run_cli("workflow", "run", str(wf), "--json", "--study", study)
+    first = cli("workflow", "run", str(wf), "--json", "--study", study)
     assert first.returncode == 0, first.stderr + first.stdout
     (line,) = [r for r in json_lines(first.stdout) if r["event"] == "study"]
     assert line["outcome"] == "done" and line["study_uid"] == study and line["duration_s"] > 0
@@ -152,12 +172,12 @@ def test_dicomweb_workflow_stores_fused_series_into_the_same_study_once(orthanc,
     assert ds.StudyInstanceUID == study and "DERIVED" in ds.ImageType
     assert dciodvfy_errors(files[:3]) == []
 
-    second = run_cli("workflow", "run", str(wf), "--json")
+    second = cli("workflow", "run", str(wf), "--json")
     assert second.returncode == 0, second.stderr
     assert json_lines(second.stdout)[-1]["skipped_done"] == 1
     assert len(fused_series(orthanc, study)) == 1 and len(orthanc.series_of_study(study)) == 3
 
-    status = run_cli("workflow", "status", str(wf), "--json")
+    status = cli("workflow", "status", str(wf), "--json")
     (job,) = json.loads(status.stdout)
     assert (job["study_uid"], job["state"], job["attempts"]) == (study, "done", 1)
 
@@ -166,16 +186,16 @@ def test_dicomweb_workflow_stores_fused_series_into_the_same_study_once(orthanc,
 
 
 @pytest.mark.slow
-def test_dimse_workflow_finds_gets_and_stores(orthanc, tmp_path):
+def test_dimse_workflow_finds_gets_and_stores(orthanc, tmp_path, cli):
     (study,) = upload_copies(orthanc, tmp_path, [1])
     wf = workflow_file(tmp_path / "wf", "dimse-roundtrip", dimse_source(orthanc))
-    first = run_cli("workflow", "run", str(wf), "--json", "--log-phi", "--study", study)
+    first = cli("workflow", "run", str(wf), "--json", "--log-phi", "--study", study)
     assert first.returncode == 0, first.stderr + first.stdout
     (line,) = [r for r in json_lines(first.stdout) if r["event"] == "study"]
     assert line["outcome"] == "done" and line["patient_id"] == "MEDFUSE-TEST-01"  # PHI only with --log-phi
     (fused,) = fused_series(orthanc, study)
     assert fused["SeriesInstanceUID"] == line["output_series_uid"]
-    second = run_cli("workflow", "run", str(wf), "--json", "--study", study)
+    second = cli("workflow", "run", str(wf), "--json", "--study", study)
     assert second.returncode == 0 and json_lines(second.stdout)[-1]["skipped_done"] == 1
     assert len(fused_series(orthanc, study)) == 1
 
@@ -214,7 +234,7 @@ def kill_when(proc: subprocess.Popen, db: Path, condition, timeout_s: float = 24
 
 
 @pytest.mark.slow
-def test_sigkill_at_several_points_then_rerun_fuses_each_study_exactly_once(orthanc, tmp_path):
+def test_sigkill_at_several_points_then_rerun_fuses_each_study_exactly_once(orthanc, tmp_path, cli):
     studies = upload_copies(orthanc, tmp_path, range(10, 15))
     wf = workflow_file(tmp_path / "wf", "crash", dicomweb_source(orthanc), max_attempts=5)
     db = tmp_path / "wf" / "state" / "ledger.sqlite"
@@ -234,7 +254,7 @@ def test_sigkill_at_several_points_then_rerun_fuses_each_study_exactly_once(orth
               if kill_when(start_cli("workflow", "run", str(wf), "--json"), db, condition)]
     assert killed == list(kill_points)
 
-    final = run_cli("workflow", "run", str(wf), "--json")
+    final = cli("workflow", "run", str(wf), "--json")
     assert final.returncode == 0, final.stderr + final.stdout
 
     con = sqlite3.connect(db)
@@ -249,5 +269,35 @@ def test_sigkill_at_several_points_then_rerun_fuses_each_study_exactly_once(orth
         assert [f["SeriesInstanceUID"] for f in fused] == [series_uid]
         assert fused[0]["instances"] == FIXED_SLICES  # complete, and no instance stored twice
 
-    again = run_cli("workflow", "run", str(wf), "--json")
-    assert json_lines(again.stdout)[-1]["skipped_done"] == 5
+
+# --------------------------------------------------------------------------- Orthanc trigger
+
+
+@pytest.mark.slow
+def test_orthanc_lua_trigger_fuses_a_stable_study_once_and_ignores_its_own_output(tmp_path, repo_root):
+    reason = orthanc_missing_reason() or _fuse_study_missing() or (None if shutil.which("medfuse") else
+                                                                   "the medfuse script is not on PATH")
+    if reason:
+        pytest.skip(reason)
+    trigger_log = tmp_path / "trigger.log"
+    server = OrthancServer(tmp_path / "orthanc", lua_scripts=[repo_root / "workflows" / "orthanc" / "medfuse-trigger.lua"])
+    wf = workflow_file(tmp_path / "wf", "triggered", dicomweb_source(server))
+    server.env = {"MEDFUSE_WORKFLOW": str(wf), "MEDFUSE_BIN": shutil.which("medfuse"),
+                  "MEDFUSE_TRIGGER_LOG": str(trigger_log), PASSWORD_ENV: PASSWORD}
+    server.start()
+    try:
+        (study,) = upload_copies(server, tmp_path, [30])
+        deadline = time.monotonic() + 180
+        while not fused_series(server, study) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert fused_series(server, study), f"no fused series; trigger log:\n{trigger_log.read_text()}"
+        # The push makes the study stable again: the trigger must not start another pass.
+        while "loop guard" not in server.log_tail(200) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert "loop guard" in server.log_tail(200)
+        time.sleep(1.5)  # let the ledger's last write finish
+        studies = [r for r in json_lines(trigger_log.read_text()) if r["event"] == "study"]
+        assert [(r["study_uid"], r["outcome"]) for r in studies] == [(study, "done")]
+        assert len(fused_series(server, study)) == 1
+    finally:
+        server.stop()

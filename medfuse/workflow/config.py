@@ -277,10 +277,14 @@ def _check_semantics(data: dict, lines: dict, path: Path) -> None:
                 ) from exc
     unknown = unknown_fusion_options(data.get("fusion") or {})
     if unknown:
-        allowed = ", ".join(sorted(study_option_names() or ()))
+        where = unknown[0]
+        if len(where) == 1:
+            allowed = study_option_names()
+        else:
+            allowed = {f.name for f in dataclasses.fields(nested_option_classes()[where[0]])}
         raise WorkflowError(
-            f"{path}:{_line(lines, ('fusion', unknown[0]), key=True)}: unknown fusion option '{unknown[0]}' "
-            f"(fuse-study accepts: {allowed})"
+            f"{path}:{_line(lines, ('fusion', *where), key=True)}: unknown fusion option "
+            f"'{'.'.join(where)}' (accepted here: {', '.join(sorted(allowed))})"
         )
 
 
@@ -312,22 +316,35 @@ def schedule_problem(schedule: str) -> str | None:
     return None
 
 
-def study_option_names() -> frozenset | None:
-    """Field names of fuse-study's ``StudyOptions``; None when that layer is not installed."""
-    try:
-        from medfuse.study.pipeline import StudyOptions
-    except ImportError:
-        return None
-    if dataclasses.is_dataclass(StudyOptions):
-        return frozenset(f.name for f in dataclasses.fields(StudyOptions))
-    return None
+#: StudyOptions fields the workflow sets itself (from ``select`` and ``outputs``,
+#: and deterministic UIDs from the ledger), so a workflow file may not set them.
+WORKFLOW_CONTROLLED_OPTIONS = frozenset({"fixed", "moving", "formats", "deterministic_uids", "progress"})
 
 
-def unknown_fusion_options(fusion: dict) -> list[str]:
-    names = study_option_names()
-    if names is None:
-        return []
-    return sorted(k for k in fusion if k not in names)
+def study_option_names() -> frozenset:
+    """``fusion:`` keys a workflow accepts: fuse-study's ``StudyOptions`` fields it does not control itself."""
+    from medfuse.study.pipeline import StudyOptions
+
+    return frozenset(f.name for f in dataclasses.fields(StudyOptions)) - WORKFLOW_CONTROLLED_OPTIONS
+
+
+def nested_option_classes() -> dict:
+    """``fusion:`` keys whose value is a mapping of a config dataclass's fields."""
+    from medfuse.core.config import FusionConfig
+    from medfuse.volume.registration import RegistrationConfig
+
+    return {"fusion": FusionConfig, "registration": RegistrationConfig}
+
+
+def unknown_fusion_options(fusion: dict) -> list[tuple]:
+    """Paths (inside ``fusion``) of keys fuse-study does not know, sorted."""
+    allowed = study_option_names()
+    unknown = [(k,) for k in fusion if k not in allowed]
+    for key, cls in nested_option_classes().items():
+        if isinstance(fusion.get(key), dict):
+            names = {f.name for f in dataclasses.fields(cls)}
+            unknown += [(key, k) for k in fusion[key] if k not in names]
+    return sorted(unknown)
 
 
 # --------------------------------------------------------------------------- typing

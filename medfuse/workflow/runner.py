@@ -254,9 +254,10 @@ def _process(plan: JobPlan, workflow: Workflow, ledger: Ledger, source: Source) 
         if n - dropped <= 0:
             raise WorkflowError(f"{role} series {series.series_uid} has no images to fuse (medfuse output or empty)")
     ledger.advance(plan.key, "fusing")
-    result = fuse_inputs(inputs, work / "output", workflow)
+    result = fuse_inputs(inputs, work / "output", workflow, plan)
     series_uid = output_series_uid(plan.key)
     files = assign_output_uids(Path(result.dicom_dir), plan.key)
+    _cite_final_uid(work / "output", str(result.series_instance_uid), series_uid)
     ledger.advance(plan.key, "delivering", output_series_uid=series_uid, detail=f"{len(files)} instances")
     delivered: dict = {"output_series_uid": series_uid, "instances": len(files)}
     if workflow.outputs.get("folder"):
@@ -281,21 +282,27 @@ def drop_medfuse_output(folder: Path) -> int:
     return dropped
 
 
-def study_options(workflow: Workflow):
-    """Build fuse-study's ``StudyOptions`` from the workflow's ``fusion`` mapping."""
+def study_options(workflow: Workflow, plan: JobPlan):
+    """fuse-study's ``StudyOptions`` for one job: the workflow's ``fusion`` mapping plus the chosen series."""
     from medfuse.study.pipeline import StudyOptions
+    from medfuse.workflow.config import nested_option_classes
 
+    kwargs = dict(workflow.fusion)
+    for key, cls in nested_option_classes().items():
+        if isinstance(kwargs.get(key), dict):
+            kwargs[key] = cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in kwargs[key].items()})
+    formats = ("dicom", "nifti") if workflow.outputs.get("nifti") else ("dicom",)
     try:
-        return StudyOptions(**workflow.fusion)
+        return StudyOptions(fixed=plan.fixed.series_uid, moving=(plan.moving.series_uid,), formats=formats, **kwargs)
     except (TypeError, ValueError) as exc:
         raise WorkflowError(f"{workflow.path}: fusion options rejected by fuse-study: {_one_line(exc)}") from exc
 
 
-def fuse_inputs(inputs: Path, out_dir: Path, workflow: Workflow):
+def fuse_inputs(inputs: Path, out_dir: Path, workflow: Workflow, plan: JobPlan):
     """Run fuse-study on the fetched series (``inputs/fixed``, ``inputs/moving``)."""
     from medfuse.study.pipeline import fuse_study
 
-    return fuse_study(inputs, out_dir, study_options(workflow))
+    return fuse_study(inputs, out_dir, study_options(workflow, plan))
 
 
 def output_series_uid(key: str) -> str:
@@ -332,6 +339,15 @@ def assign_output_uids(dicom_dir: Path, key: str) -> list[Path]:
             ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
         ds.save_as(f, enforce_file_format=True)
     return [f for f, _ in datasets]
+
+
+def _cite_final_uid(out_dir: Path, old: str, new: str) -> None:
+    """Make the provenance and report files cite the series UID the job actually delivers."""
+    for path in sorted(out_dir.glob("*")):
+        if path.suffix in (".json", ".html") and path.is_file():
+            text = path.read_text(encoding="utf-8")
+            if old in text:
+                path.write_text(text.replace(old, new), encoding="utf-8")
 
 
 def _replace_uids(ds: pydicom.Dataset, mapping: dict) -> None:

@@ -1,0 +1,88 @@
+"""A watched-folder workflow to NIfTI: outputs, a poisoned study, bounded retries, status."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import pydicom
+import pytest
+
+from medfuse.cli.app import main
+from orthanc_support import copy_study
+
+SAMPLE = Path(__file__).resolve().parents[1] / "sample_studies" / "mr-phantom-two-contrasts"
+SLICES = {"series1_t1": slice(20, 41), "series2_synthetic_contrast": slice(14, 28)}
+
+
+@pytest.fixture(scope="module")
+def incoming(tmp_path_factory):
+    """A watched folder with a good study and a poisoned one (moving series' pixel data cut short)."""
+    pytest.importorskip("medfuse.study.pipeline", reason="fuse-study is not available")
+    if not SAMPLE.is_dir():
+        pytest.skip(f"sample study missing at {SAMPLE}")
+    root = tmp_path_factory.mktemp("incoming")
+    good = copy_study(SAMPLE, root / "good", 20, slices=SLICES)
+    poisoned = copy_study(SAMPLE, root / "poisoned", 21, slices=SLICES)
+    for f in (root / "poisoned" / "series2_synthetic_contrast").iterdir():
+        ds = pydicom.dcmread(f)
+        ds.PixelData = ds.PixelData[:1000]  # a transfer that broke off
+        ds.save_as(f)
+    return root, good, poisoned
+
+
+def run(*args: str, capsys) -> tuple[int, list[dict]]:
+    capsys.readouterr()
+    code = main(list(args))
+    out = capsys.readouterr().out
+    return code, [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+
+
+@pytest.mark.slow
+def test_folder_workflow_writes_nifti_and_isolates_a_poisoned_study(incoming, tmp_path, capsys):
+    root, good, poisoned = incoming
+    wf = tmp_path / "wf.yaml"
+    wf.write_text(f"""\
+version: 1
+name: folder-nifti
+schedule: "@hourly"
+state_dir: {tmp_path / 'state'}
+source:
+  folder: {{path: {root}, stable_after_s: 0}}
+select:
+  fixed: {{modality: MR, description: '(?i)t1'}}
+  moving: {{modality: MR, description: '(?i)synthetic'}}
+fusion: {{workers: 1}}
+outputs: {{folder: {tmp_path / 'out'}, nifti: true}}
+retries: {{max_attempts: 2}}
+""")
+    code, lines = run("workflow", "run", str(wf), "--json", capsys=capsys)
+    outcomes = {r["study_uid"]: r for r in lines if r["event"] == "study"}
+    assert code == 8  # a failed study makes the pass exit non-zero, for monitoring
+    assert outcomes[good]["outcome"] == "done"
+    assert outcomes[poisoned]["outcome"] == "failed" and outcomes[poisoned]["reason"]
+
+    (delivered,) = (tmp_path / "out" / good).iterdir()
+    (nifti,) = delivered.glob("*.nii*")
+    assert nib.load(nifti).shape[:3] == (128, 128, 21)  # the fixed T1 grid (x, y, z)
+    assert len(list((delivered / "dicom").iterdir())) == 21
+    assert not list((tmp_path / "out").rglob(".*partial"))  # no half-written folder
+    assert not (tmp_path / "out" / poisoned).exists()
+
+    code, lines = run("workflow", "run", str(wf), "--json", capsys=capsys)
+    assert code == 8 and lines[-1]["skipped_done"] == 1 and lines[-1]["failed"] == 1
+    code, lines = run("workflow", "run", str(wf), "--json", capsys=capsys)
+    assert code == 0 and lines[-1]["skipped_gave_up"] == 1 and lines[-1]["done"] == 0  # bounded retries
+
+    capsys.readouterr()
+    assert main(["workflow", "status", str(wf), "--json"]) == 0
+    jobs = {j["study_uid"]: j for j in json.loads(capsys.readouterr().out)}
+    assert (jobs[good]["state"], jobs[good]["attempts"]) == ("done", 1)
+    assert (jobs[poisoned]["state"], jobs[poisoned]["attempts"]) == ("failed", 2)
+    assert jobs[poisoned]["reason"] == outcomes[poisoned]["reason"]
+
+    capsys.readouterr()
+    assert main(["workflow", "status", str(wf)]) == 0  # the table a person reads
+    table = capsys.readouterr().out
+    assert "done" in table and "failed" in table and "2/2" in table
