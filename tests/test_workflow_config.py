@@ -132,3 +132,17 @@ def test_fusion_options_are_checked_against_fuse_study(tmp_path: Path) -> None:
     assert ":17: unknown fusion option 'fusion.r_bb'" in refused(tmp_path, GOOD + "fusion:\n  workers: 1\n  fusion: {r_bb: 3}\n")
     # The series and output formats come from select/outputs, never from fusion options.
     assert "unknown fusion option 'fixed'" in refused(tmp_path, GOOD + "fusion:\n  fixed: '3'\n")
+
+
+@pytest.mark.parametrize("folder, plane", [("axasc35", "axial"), ("corasc35", "coronal"), ("sagasc35", "sagittal")])
+def test_orientation_rule_reads_real_scanner_headers(shared_data: Path, folder: str, plane: str) -> None:
+    import pydicom
+
+    from medfuse.workflow.config import SeriesRule, orientation_of
+
+    first = sorted((shared_data / "dicom" / "qa_siemens_orientation" / folder).iterdir())[0]
+    found = orientation_of(pydicom.dcmread(first, stop_before_pixels=True).ImageOrientationPatient)
+    assert found == plane
+    assert SeriesRule(modality="MR", orientation=plane).matches("MR", "", "", found)
+    assert not SeriesRule(modality="MR", orientation="axial" if plane != "axial" else "sagittal").matches("MR", "", "", found)
+    assert orientation_of([1, 0, 0, 0, 0.6, 0.8]) == "oblique" and orientation_of(None) == ""

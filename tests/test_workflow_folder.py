@@ -51,7 +51,7 @@ state_dir: {tmp_path / 'state'}
 source:
   folder: {{path: {root}, stable_after_s: 0}}
 select:
-  fixed: {{modality: MR, description: '(?i)t1'}}
+  fixed: {{modality: MR, description: '(?i)t1', orientation: axial}}
   moving: {{modality: MR, description: '(?i)synthetic'}}
 fusion: {{workers: 1}}
 outputs: {{folder: {tmp_path / 'out'}, nifti: true}}

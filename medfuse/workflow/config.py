@@ -34,25 +34,49 @@ DEFAULT_MAX_ATTEMPTS = 3
 
 
 
+def orientation_of(image_orientation_patient) -> str:
+    """``axial``, ``coronal``, ``sagittal`` or ``oblique`` from ImageOrientationPatient; "" when unknown.
+
+    The slice normal (row x column direction cosines) names the plane when it
+    lies within 30 degrees of a patient axis (|component| >= cos 30°).
+    """
+    try:
+        row = [float(v) for v in list(image_orientation_patient)[:3]]
+        col = [float(v) for v in list(image_orientation_patient)[3:6]]
+    except (TypeError, ValueError):
+        return ""
+    if len(row) != 3 or len(col) != 3:
+        return ""
+    normal = (row[1] * col[2] - row[2] * col[1], row[2] * col[0] - row[0] * col[2], row[0] * col[1] - row[1] * col[0])
+    axis = max(range(3), key=lambda i: abs(normal[i]))
+    if abs(normal[axis]) < 0.866:
+        return "oblique"
+    return ("sagittal", "coronal", "axial")[axis]
+
+
 @dataclass(frozen=True)
 class SeriesRule:
-    """How to recognise one input series of a study (all given fields must match)."""
+    """How to recognise one input series of a study (all given fields must match).
+
+    A field the source did not report (e.g. no BodyPartExamined, no
+    ImageOrientationPatient in a PACS's series-level answer) does not exclude
+    the series; the runner checks orientation again on the retrieved images.
+    """
 
     modality: str | None = None
     description: str | None = None
     body_part: str | None = None
     orientation: str | None = None
 
-    def matches(self, modality: str, description: str, body_part: str = "") -> bool:
-        """True when a series' header values satisfy this rule.
-
-        Orientation needs the image header and is left to fuse-study's selection.
-        """
+    def matches(self, modality: str, description: str, body_part: str = "", orientation: str = "") -> bool:
+        """True when a series' header values satisfy this rule."""
         if self.modality and modality.upper() != self.modality:
             return False
         if self.description and not re.search(self.description, description or ""):
             return False
         if self.body_part and body_part and body_part.upper() != self.body_part.upper():
+            return False
+        if self.orientation and orientation and orientation != self.orientation:
             return False
         return True
 

@@ -34,7 +34,7 @@ from pydicom.uid import generate_uid
 
 from medfuse import __version__
 from medfuse.errors import MedfuseError, PacsError, WorkflowError
-from medfuse.workflow.config import Workflow
+from medfuse.workflow.config import Workflow, orientation_of
 from medfuse.workflow.credentials import resolve_credentials
 from medfuse.workflow.ledger import Ledger, job_key
 from medfuse.workflow.lock import workflow_lock
@@ -136,8 +136,8 @@ def plan_jobs(workflow: Workflow, candidates: list[StudyCandidate], own_outputs:
     for candidate in candidates:
         inputs = [s for s in candidate.series
                   if s.series_uid not in own_outputs and not is_medfuse_series_description(s.description)]
-        fixed = [s for s in inputs if workflow.fixed.matches(s.modality, s.description, s.body_part)]
-        moving = [s for s in inputs if workflow.moving.matches(s.modality, s.description, s.body_part)]
+        fixed = [s for s in inputs if workflow.fixed.matches(s.modality, s.description, s.body_part, s.orientation)]
+        moving = [s for s in inputs if workflow.moving.matches(s.modality, s.description, s.body_part, s.orientation)]
         pair = next(((f, m) for f in fixed for m in moving if f.series_uid != m.series_uid), None)
         if pair is None:
             not_matching += 1
@@ -248,11 +248,12 @@ def _process(plan: JobPlan, workflow: Workflow, ledger: Ledger, source: Source) 
     work = workflow.state_dir / "work" / plan.key[:24]
     shutil.rmtree(work, ignore_errors=True)
     inputs = work / "input"
-    for role, series in (("fixed", plan.fixed), ("moving", plan.moving)):
+    for role, series, rule in (("fixed", plan.fixed, workflow.fixed), ("moving", plan.moving, workflow.moving)):
         n = source.fetch_series(plan.candidate.study_uid, series.series_uid, inputs / role)
         dropped = drop_medfuse_output(inputs / role)
         if n - dropped <= 0:
             raise WorkflowError(f"{role} series {series.series_uid} has no images to fuse (medfuse output or empty)")
+        check_orientation(inputs / role, role, rule.orientation)
     ledger.advance(plan.key, "fusing")
     result = fuse_inputs(inputs, work / "output", workflow, plan)
     series_uid = output_series_uid(plan.key)
@@ -280,6 +281,16 @@ def drop_medfuse_output(folder: Path) -> int:
             file.unlink()
             dropped += 1
     return dropped
+
+
+def check_orientation(folder: Path, role: str, wanted: str | None) -> None:
+    """Refuse a retrieved series whose slice plane is not the rule's (when the query could not tell)."""
+    if not wanted:
+        return
+    first = min(folder.glob("*"))
+    found = orientation_of(pydicom.dcmread(first, stop_before_pixels=True).get("ImageOrientationPatient"))
+    if found and found != wanted:
+        raise WorkflowError(f"the {role} series is {found}, but select.{role}.orientation asks for {wanted}")
 
 
 def study_options(workflow: Workflow, plan: JobPlan):

@@ -26,6 +26,7 @@ import pydicom
 from pydicom.errors import InvalidDicomError
 
 from medfuse.errors import PacsError, WorkflowError
+from medfuse.workflow.config import orientation_of
 from medfuse.workflow.credentials import Credentials
 
 T = TypeVar("T")
@@ -40,6 +41,7 @@ class RemoteSeries:
     description: str
     body_part: str = ""
     n_instances: int | None = None
+    orientation: str = ""
 
 
 @dataclass(frozen=True)
@@ -122,7 +124,7 @@ class FolderSource:
             try:
                 ds = pydicom.dcmread(file, stop_before_pixels=True, specific_tags=[
                     "StudyInstanceUID", "SeriesInstanceUID", "Modality", "SeriesDescription", "BodyPartExamined",
-                    "PatientID", "PatientName", "ImageType", "Manufacturer", "SoftwareVersions"])
+                    "PatientID", "PatientName", "ImageOrientationPatient"])
             except (InvalidDicomError, OSError, ValueError):
                 continue
             study, series = str(ds.get("StudyInstanceUID", "")), str(ds.get("SeriesInstanceUID", ""))
@@ -132,7 +134,8 @@ class FolderSource:
             entry = studies.setdefault(study, {"series": {}, "pid": str(ds.get("PatientID", "")),
                                                "pname": str(ds.get("PatientName", ""))})
             entry["series"].setdefault(series, (str(ds.get("Modality", "")), str(ds.get("SeriesDescription", "")),
-                                                str(ds.get("BodyPartExamined", ""))))
+                                                str(ds.get("BodyPartExamined", "")),
+                                                orientation_of(ds.get("ImageOrientationPatient"))))
             self._files.setdefault((study, series), []).append(file)
         now = time.time()
         out = []
@@ -140,8 +143,8 @@ class FolderSource:
             if now - newest[study] < self.stable_after_s:
                 continue
             series = tuple(
-                RemoteSeries(uid, m, d, b, len(self._files[(study, uid)]))
-                for uid, (m, d, b) in sorted(entry["series"].items())
+                RemoteSeries(uid, m, d, b, len(self._files[(study, uid)]), o)
+                for uid, (m, d, b, o) in sorted(entry["series"].items())
             )
             out.append(StudyCandidate(study, series, entry["pid"], entry["pname"]))
         return out[: query.get("limit")] if query.get("limit") else out
@@ -222,14 +225,9 @@ class DicomWebSource:
                 continue
             uid = str(study.StudyInstanceUID)
             series = self._call("QIDO-RS series query", lambda: self._client.search_for_series(
-                uid, fields=["SeriesDescription", "Modality", "BodyPartExamined", "NumberOfSeriesRelatedInstances"]))
-            remote = []
-            for s in series:
-                ds = pydicom.Dataset.from_json(s)
-                count = ds.get("NumberOfSeriesRelatedInstances")
-                remote.append(RemoteSeries(str(ds.SeriesInstanceUID), str(ds.get("Modality", "")),
-                                           str(ds.get("SeriesDescription", "")), str(ds.get("BodyPartExamined", "")),
-                                           int(count) if count not in (None, "") else None))
+                uid, fields=["SeriesDescription", "Modality", "BodyPartExamined", "NumberOfSeriesRelatedInstances",
+                             "ImageOrientationPatient"]))
+            remote = [_remote_series(pydicom.Dataset.from_json(s)) for s in series]
             out.append(StudyCandidate(uid, tuple(sorted(remote, key=lambda r: r.series_uid)),
                                       str(study.get("PatientID", "")), str(study.get("PatientName", ""))))
         return sorted(out, key=lambda c: c.study_uid)
@@ -261,6 +259,14 @@ class DicomWebSource:
         for start in range(0, len(files), self.store_batch):
             batch = [pydicom.dcmread(f) for f in files[start:start + self.store_batch]]
             self._call("STOW-RS store", lambda: self._client.store_instances(batch, study_uid))
+
+
+def _remote_series(ds: pydicom.Dataset) -> RemoteSeries:
+    """A series-level query answer (QIDO-RS JSON or C-FIND identifier) as a RemoteSeries."""
+    count = ds.get("NumberOfSeriesRelatedInstances")
+    return RemoteSeries(str(ds.SeriesInstanceUID), str(ds.get("Modality", "")), str(ds.get("SeriesDescription", "")),
+                        str(ds.get("BodyPartExamined", "")), int(count) if count not in (None, "") else None,
+                        orientation_of(ds.get("ImageOrientationPatient")))
 
 
 def _as_list(value) -> list[str]:
@@ -367,12 +373,8 @@ class DimseSource:
             s.SeriesDescription = ""
             s.BodyPartExamined = ""
             s.NumberOfSeriesRelatedInstances = ""
-            remote = []
-            for ds in self._find(s):
-                count = ds.get("NumberOfSeriesRelatedInstances")
-                remote.append(RemoteSeries(str(ds.SeriesInstanceUID), str(ds.get("Modality", "")),
-                                           str(ds.get("SeriesDescription", "")), str(ds.get("BodyPartExamined", "")),
-                                           int(count) if count not in (None, "") else None))
+            s.ImageOrientationPatient = ""
+            remote = [_remote_series(ds) for ds in self._find(s)]
             out.append(StudyCandidate(str(study.StudyInstanceUID), tuple(sorted(remote, key=lambda r: r.series_uid)),
                                       str(study.get("PatientID", "")), str(study.get("PatientName", ""))))
         out.sort(key=lambda c: c.study_uid)
