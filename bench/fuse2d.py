@@ -15,6 +15,11 @@ Prints markdown tables:
    the border, we average over the inside part), plus each one's distance
    from a float64 reference.
 
+With ``--quality`` it instead scores configuration variants (features on
+source vs detail, clipped vs unclipped detail weights, the ablation's rules)
+with the eight metrics of :mod:`medfuse.metrics` on every shared medical pair
+and prints the means per task, plus the range of the refined detail weights.
+
 Medians of ``--runs`` runs after two warm-up runs. Timings on a shared
 machine vary with its load: the load average is printed with the results.
 """
@@ -60,15 +65,17 @@ def time_fusion(stack: np.ndarray, config: FusionConfig, extractor, runs: int) -
     for _ in range(2):
         fuse_stack(stack, config, extractor)
     per_stage: dict[str, list[float]] = {stage: [] for stage in STAGES}
-    totals = []
+    totals, cpu = [], []
     for _ in range(runs):
-        started = time.perf_counter()
+        started, started_cpu = time.perf_counter(), time.process_time()
         result = fuse_stack(stack, config, extractor)
         totals.append(time.perf_counter() - started)
+        cpu.append(time.process_time() - started_cpu)
         for stage in STAGES:
             per_stage[stage].append(result.timings[stage])
     out = {stage: median_ms(values) for stage, values in per_stage.items()}
     out["total"] = median_ms(totals)
+    out["cpu"] = median_ms(cpu)
     return out
 
 
@@ -98,11 +105,27 @@ def stage_table(runs: int) -> None:
         rows.append((size, f"paper, CNN {extractor.name}", paper, baseline))
         rows.append((size, f"features on detail, CNN {extractor.name}", authors, baseline))
         rows.append((size, "baseline: plain average", {"total": baseline}, baseline))
-    print("| size | configuration | " + " | ".join(STAGES) + " | total ms | x baseline |")
-    print("|---|---|" + "---|" * (len(STAGES) + 2))
+    print("Median wall-clock ms per stage; 'CPU ms' is this process's CPU time (all threads) for the whole call.")
+    print("| size | configuration | " + " | ".join(STAGES) + " | total ms | CPU ms | x baseline |")
+    print("|---|---|" + "---|" * (len(STAGES) + 3))
     for size, name, times, baseline in rows:
         cells = " | ".join(f"{times[s]:.2f}" if s in times else "" for s in STAGES)
-        print(f"| {size}² | {name} | {cells} | {times['total']:.2f} | {times['total'] / baseline:.0f} |")
+        cpu = f"{times['cpu']:.2f}" if "cpu" in times else ""
+        print(f"| {size}² | {name} | {cells} | {times['total']:.2f} | {cpu} | {times['total'] / baseline:.0f} |")
+
+
+def scipy_guided_filter(guide: np.ndarray, src: np.ndarray, radius: int, eps: float) -> np.ndarray:
+    """Independent float64 reference: He's formulas on scipy.ndimage.uniform_filter (exact away from borders)."""
+    from scipy.ndimage import uniform_filter
+
+    def mean(x):
+        return uniform_filter(x, size=2 * radius + 1, mode="nearest")
+
+    guide, src = guide.astype(np.float64), src.astype(np.float64)
+    mean_i, mean_p = mean(guide), mean(src)
+    a = (mean(guide * src) - mean_i * mean_p) / (mean(guide * guide) - mean_i**2 + eps)
+    b = mean_p - a * mean_i
+    return mean(a) * guide + mean(b)
 
 
 def guided_table(runs: int) -> None:
@@ -111,10 +134,11 @@ def guided_table(runs: int) -> None:
     except ImportError:
         print("\n(OpenCV not installed: pip install opencv-contrib-python-headless for the guided-filter comparison)")
         return
-    print(f"\nGuided filter on one real image (guide = input = the first source); OpenCV {cv2.__version__}, "
-          f"{cv2.getNumThreads()} threads by default")
+    print(f"\nGuided filter, guide = first source, input = second source; OpenCV {cv2.__version__}, "
+          f"{cv2.getNumThreads()} threads by default. Differences are over the interior (>= 2r+1 px from the border), "
+          "where the border rules agree; the reference is He's formulas in float64 on scipy's uniform_filter.")
     print("| size | r, eps | ours ms | OpenCV ms (1 thread) | OpenCV ms (default threads) | ours / OpenCV (1 thread) "
-          "| max |ours − OpenCV| interior | max |ours − float64 ref| | max |OpenCV − float64 ref| interior |")
+          "| max |ours − OpenCV| | max |ours − float64 ref| | max |OpenCV − float64 ref| |")
     print("|---|---|---|---|---|---|---|---|---|")
     default_threads = cv2.getNumThreads()
     for size in PAIRS:
@@ -129,19 +153,60 @@ def guided_table(runs: int) -> None:
             theirs = time_call(lambda: cv2.ximgproc.guidedFilter(guide, src, radius, eps), runs)
             q_ours = guided_filter(guide, src, radius, eps)
             q_cv = cv2.ximgproc.guidedFilter(guide, src, radius, eps).astype(np.float64)
-            reference = guided_filter(guide.astype(np.float64), src.astype(np.float64), radius, eps)
+            reference = scipy_guided_filter(guide, src, radius, eps)
             inner = slice(2 * radius + 1, size - 2 * radius - 1)
             diff = np.abs(q_ours - q_cv)[inner, inner].max()
-            ours_err = np.abs(q_ours - reference).max()
+            ours_err = np.abs(q_ours - reference)[inner, inner].max()
             cv_err = np.abs(q_cv - reference)[inner, inner].max()
             print(f"| {size}² | {radius}, {eps:g} | {ours:.2f} | {theirs_1:.2f} | {theirs:.2f} | {ours / theirs_1:.1f} "
                   f"| {diff:.1e} | {ours_err:.1e} | {cv_err:.1e} |")
 
 
+MEDICAL_TASKS = ("ct-mri", "pet-mri", "spect-mri", "t1-t2")
+VARIANTS = {
+    "paper": {},
+    "clip detail weights": {"clip_detail_weights": True},
+    "features on detail": {"features_on": "detail"},
+    "detail max-abs": {"detail_rule": "max-abs"},
+    "base average": {"base_rule": "average"},
+}
+
+
+def quality_table() -> None:
+    import medfuse
+    from medfuse.metrics import METRIC_NAMES, compute_all
+
+    pairs = []
+    for task in MEDICAL_TASKS:
+        for folder in sorted((SHARED / "pairs2d" / task).iterdir()):
+            files = sorted(p for p in folder.iterdir() if p.is_file())
+            pairs.append((task, [read_image(p) for p in files]))
+    print(f"{len(pairs)} medical pairs: " + ", ".join(f"{t} {sum(1 for x, _ in pairs if x == t)}" for t in MEDICAL_TASKS))
+    print("| variant | task | " + " | ".join(METRIC_NAMES) + " | detail weight range |")
+    print("|---|---|" + "---|" * (len(METRIC_NAMES) + 1))
+    for name, changes in VARIANTS.items():
+        config = FusionConfig.paper().replace(**changes)
+        scores: dict[str, list[dict[str, float]]] = {task: [] for task in MEDICAL_TASKS}
+        low, high = np.inf, -np.inf
+        for task, images in pairs:
+            result = medfuse.fuse(images, config=config)
+            scores[task].append(compute_all(images, result.fused))
+            low, high = min(low, float(result.detail_weights.min())), max(high, float(result.detail_weights.max()))
+        everything = [row for rows in scores.values() for row in rows]
+        for task, rows in [*scores.items(), ("all", everything)]:
+            means = " | ".join(f"{np.mean([r[m] for r in rows]):.4f}" for m in METRIC_NAMES)
+            extra = f"{low:.3f} .. {high:.3f}" if task == "all" else ""
+            print(f"| {name} | {task} ({len(rows)}) | {means} | {extra} |", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=15, help="timed runs per measurement (median; >= 10)")
+    parser.add_argument("--quality", action="store_true", help="score configuration variants on the medical pairs instead")
     args = parser.parse_args()
+    if args.quality:
+        quality_table()
+        return
     if args.runs < 10:
         parser.error("--runs must be at least 10")
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
