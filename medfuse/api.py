@@ -60,8 +60,9 @@ def fuse(
         The configured model cannot be loaded or fails its hash check.
     """
     config = config if config is not None else FusionConfig()
-    if isinstance(images, np.ndarray) and images.ndim in (3, 4) and images.shape[-1] != 3:
-        images = list(images)
+    if isinstance(images, np.ndarray) and not (images.ndim == 4 or (images.ndim == 3 and images.shape[-1] != 3)):
+        # A (H, W, 3) array is one colour image, not H images of shape (W, 3).
+        raise InputError(f"pass the images as a list or a (K, H, W[, 3]) array, got one array of shape {images.shape}")
     images = list(images)
     if len(images) < 2:
         raise InputError(f"fusion needs at least two images, got {len(images)}")

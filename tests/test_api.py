@@ -84,9 +84,16 @@ def test_two_colour_images_average_their_chroma(shared_data):
         ([np.zeros((8, 8)), np.full((8, 8), np.nan)], "NaN"),
         ([np.zeros((8, 8)), np.zeros((8, 8, 4))], "shape"),
         ([np.zeros((8, 8)), np.zeros((8, 8), bool)], "dtype"),
+        (np.zeros((8, 8, 3)), "one array"),
     ],
 )
 def test_bad_inputs_raise_one_line_input_errors(images, message):
     with pytest.raises(InputError, match=message) as info:
         medfuse.fuse(images, config=MAX_ABS)
     assert "\n" not in str(info.value)
+
+
+def test_a_k_by_h_by_w_array_is_k_images(ct_mri):
+    stacked = medfuse.fuse(np.stack(ct_mri), config=MAX_ABS).fused
+    listed = medfuse.fuse(list(ct_mri), config=MAX_ABS).fused
+    assert np.array_equal(stacked, listed)

@@ -66,6 +66,8 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         raise InputError(f"cannot read {path}: it is a directory") from None
     except UnidentifiedImageError:
         raise InputError(f"cannot read {path}: not a PNG, TIFF or JPEG image") from None
+    except Image.DecompressionBombError as exc:
+        raise InputError(f"cannot read {path}: {' '.join(str(exc).split())}") from None
     except PermissionError:
         raise InputError(f"cannot read {path}: permission denied") from None
     except (OSError, ValueError, SyntaxError) as exc:  # Pillow's truncated / corrupt file errors
