@@ -221,7 +221,7 @@ def _check_pixel_length(header: InstanceHeader, remaining: int) -> None:
 def header_from_dataset(ds: Dataset, path: Path) -> InstanceHeader:
     """Build an :class:`InstanceHeader` from a (header-only) pydicom dataset."""
     meta = getattr(ds, "file_meta", None)
-    sop_class = str(ds.get("SOPClassUID", "") or (meta.get("MediaStorageSOPClassUID", "") if meta else ""))
+    sop_class = _raw_text(ds, "SOPClassUID") or (str(meta.get("MediaStorageSOPClassUID", "")) if meta else "")
     if sop_class == MEDIA_STORAGE_DIRECTORY or "DirectoryRecordSequence" in ds:
         raise NotDicomError("DICOMDIR (a media index, not an image)")
     if not sop_class and "SeriesInstanceUID" not in ds:
@@ -232,36 +232,36 @@ def header_from_dataset(ds: Dataset, path: Path) -> InstanceHeader:
     # recognised by its Image Pixel module (Rows/Columns).
     has_pixels = rows > 0 and columns > 0
     frames = _frames(ds) if has_pixels else ()
-    tilt = ds.get("GantryDetectorTilt")
+    tilt = _raw_values(ds, "GantryDetectorTilt")
     return InstanceHeader(
         path=path,
         sop_class_uid=sop_class,
-        sop_instance_uid=str(ds.get("SOPInstanceUID", "")),
-        study_instance_uid=str(ds.get("StudyInstanceUID", "")),
-        series_instance_uid=str(ds.get("SeriesInstanceUID", "")),
-        frame_of_reference_uid=str(ds.get("FrameOfReferenceUID", "")),
+        sop_instance_uid=_raw_text(ds, "SOPInstanceUID"),
+        study_instance_uid=_raw_text(ds, "StudyInstanceUID"),
+        series_instance_uid=_raw_text(ds, "SeriesInstanceUID"),
+        frame_of_reference_uid=_raw_text(ds, "FrameOfReferenceUID"),
         transfer_syntax_uid=str(meta.get("TransferSyntaxUID", "")) if meta else "",
-        modality=str(ds.get("Modality", "")),
-        patient_id=str(ds.get("PatientID", "")),
+        modality=_raw_text(ds, "Modality"),
+        patient_id=_raw_text(ds, "PatientID"),
         patient_name=str(ds.get("PatientName", "")),
-        study_date=str(ds.get("StudyDate", "")),
-        series_number=_int_or_none(ds.get("SeriesNumber")),
+        study_date=_raw_text(ds, "StudyDate"),
+        series_number=_raw_int(ds, "SeriesNumber"),
         series_description=str(ds.get("SeriesDescription", "")),
-        instance_number=_int_or_none(ds.get("InstanceNumber")),
-        acquisition_number=_str(ds.get("AcquisitionNumber")),
-        image_type=tuple(str(v).upper() for v in _as_list(ds.get("ImageType"))),
+        instance_number=_raw_int(ds, "InstanceNumber"),
+        acquisition_number=_raw_text(ds, "AcquisitionNumber"),
+        image_type=tuple(v.strip().upper() for v in (_raw_values(ds, "ImageType") or ())),
         rows=rows,
         columns=columns,
         bits_allocated=int(ds.get("BitsAllocated", 0) or 0),
         samples_per_pixel=int(ds.get("SamplesPerPixel", 1) or 1),
         has_pixel_data=has_pixels,
-        gantry_tilt=float(tilt) if tilt not in (None, "") else None,
+        gantry_tilt=_float(tilt[0], 0.0) if tilt else None,
         frames=frames,
     )
 
 
 def _frames(ds: Dataset) -> tuple[FrameHeader, ...]:
-    n_frames = int(ds.get("NumberOfFrames", 1) or 1)
+    n_frames = _raw_int(ds, "NumberOfFrames") or 1
     per_frame = ds.get("PerFrameFunctionalGroupsSequence")
     if per_frame is None:
         if n_frames > 1:
@@ -279,13 +279,13 @@ def _frame_from(item: Dataset, shared: Dataset | None, index: int | None) -> Fra
     """One frame's attributes; for functional groups, per-frame then shared."""
     if shared is None:
         src = item
-        position = _vector(src.get("ImagePositionPatient"), 3)
-        orientation = _vector(src.get("ImageOrientationPatient"), 6)
-        spacing = _vector(src.get("PixelSpacing"), 2)
-        slope = _float(src.get("RescaleSlope"), 1.0)
-        intercept = _float(src.get("RescaleIntercept"), 0.0)
-        echo = _str(src.get("EchoNumbers"))
-        temporal = _first_str(src, ("TemporalPositionIdentifier", "TriggerTime"))
+        position = _numbers(src, "ImagePositionPatient", 3)
+        orientation = _numbers(src, "ImageOrientationPatient", 6)
+        spacing = _numbers(src, "PixelSpacing", 2)
+        slope = _number(src, "RescaleSlope", 1.0)
+        intercept = _number(src, "RescaleIntercept", 0.0)
+        echo = _raw_text(src, "EchoNumbers")
+        temporal = _raw_text(src, "TemporalPositionIdentifier") or _raw_text(src, "TriggerTime")
         return FrameHeader(index, position, orientation, spacing, slope, intercept, echo, temporal)
 
     def group(keyword: str) -> Dataset | None:
@@ -303,13 +303,13 @@ def _frame_from(item: Dataset, shared: Dataset | None, index: int | None) -> Fra
     echo_group = group("MREchoSequence")
     return FrameHeader(
         frame_index=index,
-        position=_vector(plane_pos.get("ImagePositionPatient") if plane_pos else None, 3),
-        orientation=_vector(plane_ori.get("ImageOrientationPatient") if plane_ori else None, 6),
-        pixel_spacing=_vector(measures.get("PixelSpacing") if measures else None, 2),
-        slope=_float(transform.get("RescaleSlope") if transform else None, 1.0),
-        intercept=_float(transform.get("RescaleIntercept") if transform else None, 0.0),
-        echo=_str(echo_group.get("EffectiveEchoTime")) if echo_group else "",
-        temporal=_first_str(content, ("TemporalPositionIndex",)) if content else "",
+        position=_numbers(plane_pos, "ImagePositionPatient", 3),
+        orientation=_numbers(plane_ori, "ImageOrientationPatient", 6),
+        pixel_spacing=_numbers(measures, "PixelSpacing", 2),
+        slope=_number(transform, "RescaleSlope", 1.0),
+        intercept=_number(transform, "RescaleIntercept", 0.0),
+        echo=_raw_text(echo_group, "EffectiveEchoTime") if echo_group else "",
+        temporal=_raw_text(content, "TemporalPositionIndex") if content else "",
     )
 
 
@@ -328,6 +328,44 @@ def reference_dicts(ds: Dataset) -> tuple[dict, dict, dict]:
             if keyword in info and info.get(keyword) not in (None, ""):
                 extra[keyword] = str(info.get(keyword))
     return pick(PATIENT_STUDY_KEYWORDS), pick(EQUIPMENT_KEYWORDS), extra
+
+
+def _raw_values(ds: Dataset | None, keyword: str) -> list | None:
+    """A numeric (DS/IS) element's values without pydicom's value conversion.
+
+    Header-only indexing parses thousands of files; converting DS strings to
+    validated DSfloat objects was a third of the per-file cost, so the raw
+    bytes are split and converted here instead.
+    """
+    if ds is None:
+        return None
+    try:
+        elem = ds.get_item(keyword)
+    except KeyError:
+        return None
+    if elem is None:
+        return None
+    value = elem.value
+    if isinstance(value, bytes):
+        text = value.decode("ascii", "replace").strip(" \x00")
+        return text.split("\\") if text else None
+    values = _as_list(value)
+    return values or None
+
+
+def _raw_text(ds: Dataset, keyword: str) -> str:
+    """An ASCII-only element (UI, CS, DA, IS) as str, without value conversion."""
+    values = _raw_values(ds, keyword)
+    return "\\".join(str(v).strip() for v in values) if values else ""
+
+
+def _numbers(ds: Dataset | None, keyword: str, n: int) -> np.ndarray | None:
+    return _vector(_raw_values(ds, keyword), n)
+
+
+def _number(ds: Dataset | None, keyword: str, default: float) -> float:
+    values = _raw_values(ds, keyword)
+    return _float(values[0], default) if values else default
 
 
 def _as_list(value) -> list:
@@ -361,26 +399,18 @@ def _float(value, default: float) -> float:
         return default
 
 
+def _raw_int(ds: Dataset, keyword: str) -> int | None:
+    values = _raw_values(ds, keyword)
+    return _int_or_none(values[0]) if values else None
+
+
 def _int_or_none(value) -> int | None:
     if value in (None, ""):
         return None
     try:
         return int(value)
     except (TypeError, ValueError):
-        return None
-
-
-def _str(value) -> str:
-    if value in (None, ""):
-        return ""
-    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
-        return "\\".join(str(v) for v in value)
-    return str(value)
-
-
-def _first_str(ds: Dataset, keywords: tuple[str, ...]) -> str:
-    for keyword in keywords:
-        value = ds.get(keyword)
-        if value not in (None, ""):
-            return _str(value)
-    return ""
+        try:
+            return int(float(value))
+        except (TypeError, ValueError):
+            return None

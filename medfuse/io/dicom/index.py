@@ -241,6 +241,9 @@ def scan_folder(path: str | os.PathLike) -> FolderIndex:
     seen: dict[str, Path] = {}
     duplicates: dict[str, list[Path]] = defaultdict(list)
     for file in files:
+        # One process on purpose: header parsing is GIL-bound, and a process
+        # pool measured no faster on the shared 2-core machine (see
+        # docs/dicom-input.md) while adding start-up and fork hazards.
         try:
             header = read_header(file)
         except NotDicomError as exc:

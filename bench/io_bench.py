@@ -1,0 +1,137 @@
+"""Benchmark: index 1,000 DICOM files and read a 512x512x300 series, against baselines.
+
+Run by hand (not a test):  python bench/io_bench.py [--shared ../shared/data] [--repeat 3]
+
+Both data sets are built in a temporary folder from the shared PET/CT
+patient: 1,000 PET slice files (four series of 250, new UIDs and positions)
+and 300 CT slices of 512x512 (the 101 shared slices cycled, new UIDs, a
+regular 2.5 mm stack). Baselines, measured in the same run on the same files:
+
+* indexing — SimpleITK/GDCM's series scan (``GetGDCMSeriesIDs`` then
+  ``GetGDCMSeriesFileNames`` per series), and pydicom full reads;
+* reading — SimpleITK ``ImageSeriesReader``.
+
+The best of ``--repeat`` runs is printed, with the ratio to each baseline
+and the target (index <= 2 s, read <= 3 s).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import pydicom
+import SimpleITK as sitk
+from pydicom.uid import generate_uid
+
+from medfuse.io.dicom.index import scan_folder
+from medfuse.io.dicom.read import read_series
+
+INDEX_FILES = 1000
+READ_SLICES = 300
+INDEX_TARGET_S = 2.0
+READ_TARGET_S = 3.0
+
+
+def _shared_root(arg: str | None) -> Path:
+    if arg:
+        return Path(arg)
+    env = os.environ.get("MEDFUSE_SHARED_DATA")
+    return Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def _templates(folder: Path, modality: str) -> list[pydicom.Dataset]:
+    out = []
+    for path in sorted(folder.iterdir()):
+        ds = pydicom.dcmread(path)
+        if ds.get("Modality") == modality and "PixelData" in ds:
+            out.append(ds)
+    out.sort(key=lambda d: float(d.ImagePositionPatient[2]))
+    return out
+
+
+def _write_stack(templates, out_dir: Path, n_slices: int, spacing: float, series_number: int) -> None:
+    out_dir.mkdir(parents=True)
+    series_uid = generate_uid()
+    for k in range(n_slices):
+        ds = templates[k % len(templates)]
+        ds.SeriesInstanceUID = series_uid
+        ds.SeriesNumber = series_number
+        ds.SOPInstanceUID = generate_uid()
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.InstanceNumber = k + 1
+        x, y, _ = (float(v) for v in ds.ImagePositionPatient)
+        ds.ImagePositionPatient = [x, y, round(k * spacing, 4)]
+        ds.SliceLocation = round(k * spacing, 4)
+        ds.save_as(out_dir / f"IM{k:05d}.dcm")
+
+
+def _best(fn, repeat: int) -> float:
+    best = float("inf")
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def _gdcm_scan(folder: Path) -> None:
+    for sub in sorted(p for p in folder.iterdir() if p.is_dir()):
+        reader = sitk.ImageSeriesReader
+        for uid in reader.GetGDCMSeriesIDs(str(sub)):
+            reader.GetGDCMSeriesFileNames(str(sub), uid)
+
+
+def _pydicom_full(folder: Path) -> None:
+    for path in folder.rglob("*.dcm"):
+        pydicom.dcmread(path)
+
+
+def _sitk_read(folder: Path) -> None:
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(folder)))
+    reader.Execute()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shared", help="shared data root (default ../shared/data)")
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+    pet_ct = _shared_root(args.shared) / "volumes" / "tcia_CCTH-A01_pet_ct"
+    with tempfile.TemporaryDirectory(prefix="medfuse-io-bench-") as tmp:
+        tmp = Path(tmp)
+        pet = _templates(pet_ct / "PET_images", "PT")
+        per_series = INDEX_FILES // 4
+        for s in range(4):
+            _write_stack(pet, tmp / "index" / f"s{s}", per_series, 3.27, 100 + s)
+        ct = _templates(pet_ct / "CT_images", "CT")
+        _write_stack(ct, tmp / "read", READ_SLICES, 2.5, 3)
+
+        index = scan_folder(tmp / "index")
+        assert len(index.series) == 4 and all(s.usable for s in index.series), index.series
+        ours_index = _best(lambda: scan_folder(tmp / "index"), args.repeat)
+        gdcm_index = _best(lambda: _gdcm_scan(tmp / "index"), args.repeat)
+        full_index = _best(lambda: _pydicom_full(tmp / "index"), args.repeat)
+
+        (series,) = scan_folder(tmp / "read").series
+        volume = read_series(series)
+        assert volume.image.GetSize() == (512, 512, READ_SLICES)
+        ours_read = _best(lambda: read_series(scan_folder(tmp / "read").series[0]), args.repeat)
+        ours_read_only = _best(lambda: read_series(series), args.repeat)
+        sitk_read = _best(lambda: _sitk_read(tmp / "read"), args.repeat)
+
+    print(f"machine: {os.cpu_count()} CPUs; best of {args.repeat}")
+    print(f"index {INDEX_FILES} files: medfuse {ours_index:.2f} s (target <= {INDEX_TARGET_S} s) | "
+          f"GDCM scan {gdcm_index:.2f} s (ratio {ours_index / gdcm_index:.2f}) | "
+          f"pydicom full reads {full_index:.2f} s (ratio {ours_index / full_index:.2f})")
+    print(f"read 512x512x{READ_SLICES}: medfuse scan+read {ours_read:.2f} s, read only {ours_read_only:.2f} s "
+          f"(target <= {READ_TARGET_S} s) | SimpleITK {sitk_read:.2f} s "
+          f"(ratio {ours_read / sitk_read:.2f})")
+
+
+if __name__ == "__main__":
+    main()
