@@ -28,7 +28,8 @@ class OverlayConfig:
     tiles : int
         Checkerboard tiles along the longest side of each panel. Default 8.
     percentiles : tuple of float
-        Display window of each image (percentiles of its voxels). Default (1, 99.5).
+        Display window of each image (percentiles of its voxels above the
+        image minimum, i.e. without padding). Default (1, 99.5).
     edge_percentile : float
         Gradient magnitudes above this percentile of the moved slice count as
         edges. Default 90.
@@ -106,7 +107,10 @@ def registration_overlay(
 
 
 def _normalised(array: np.ndarray, percentiles: tuple[float, float]) -> np.ndarray:
-    low, high = np.percentile(array, percentiles)
+    # The window ignores the padding value (CT -3024 outside the reconstruction
+    # circle, zeros around MR), which would otherwise dominate the percentiles.
+    content = array[array > array.min()]
+    low, high = np.percentile(content if content.size else array, percentiles)
     if high <= low:
         return np.zeros(array.shape, dtype=np.float32)
     return np.clip((array.astype(np.float32) - low) / (high - low), 0.0, 1.0)
