@@ -32,12 +32,11 @@ def decompose(images: np.ndarray, method: str = "box", size: int = 45, eps: floa
     """
     radius = size // 2
     if method == "box":
-        base = box_mean(images, radius)
+        base = box_mean(images, radius, dtype=np.float32)
     elif method == "gaussian":
-        base = gaussian_blur(images, sigma=size / 6.0, radius=radius)
+        base = gaussian_blur(images, sigma=size / 6.0, radius=radius).astype(np.float32)
     elif method == "guided":
-        base = guided_filter(images, images, radius, eps)
+        base = guided_filter(images, images, radius, eps, dtype=np.float32)
     else:
         raise ValueError(f"unknown decomposition {method!r}")
-    base = base.astype(np.float32)
     return base, images - base

@@ -88,7 +88,7 @@ def _mean_along_columns(x: np.ndarray, radius: int, out: np.ndarray) -> np.ndarr
     return out
 
 
-def box_mean(images: np.ndarray, radius: int, *, dtype: type = np.float64) -> np.ndarray:
+def box_mean(images: np.ndarray, radius: int, *, dtype: type = np.float64, out: np.ndarray | None = None) -> np.ndarray:
     """Mean over a (2·radius+1)² window, in O(N) time independent of radius.
 
     Parameters
@@ -99,6 +99,8 @@ def box_mean(images: np.ndarray, radius: int, *, dtype: type = np.float64) -> np
         Half the window side. The window may exceed the image (it is cut).
     dtype : {numpy.float64, numpy.float32}
         Result dtype. Sums are float64 either way.
+    out : ndarray, optional
+        Array of the same shape to write the result into (its dtype wins).
 
     Returns
     -------
@@ -112,14 +114,18 @@ def box_mean(images: np.ndarray, radius: int, *, dtype: type = np.float64) -> np
     if int(radius) != radius or radius < 0:
         raise ValueError(f"box radius must be a non-negative integer, got {radius!r}")
     radius = int(radius)
+    if out is None:
+        out = np.empty(images.shape, dtype)
+    elif out.shape != images.shape:
+        raise ValueError(f"out has shape {out.shape}, expected {images.shape}")
     if radius == 0:
-        return images.astype(dtype)
+        out[...] = images
+        return out
     between = _buffer("between", images.shape)
-    out = np.empty(images.shape, dtype)
     return _mean_along_columns(_mean_along_rows(images, radius, between), radius, out)
 
 
-def guided_filter(guide: np.ndarray, src: np.ndarray, radius: int, eps: float) -> np.ndarray:
+def guided_filter(guide: np.ndarray, src: np.ndarray, radius: int, eps: float, *, dtype: type = np.float64) -> np.ndarray:
     """Guided filter of He, Sun & Tang (grey guide), O(N) in the image size.
 
     Implements, with ``mean`` the :func:`box_mean` of ``radius``::
@@ -127,6 +133,8 @@ def guided_filter(guide: np.ndarray, src: np.ndarray, radius: int, eps: float) -
         a = (mean(I·p) − mean(I)·mean(p)) / (mean(I²) − mean(I)² + eps)
         b = mean(p) − a·mean(I)
         q = mean(a)·I + mean(b)
+
+    All intermediate values are float64 whatever ``dtype`` is.
 
     Parameters
     ----------
@@ -139,10 +147,12 @@ def guided_filter(guide: np.ndarray, src: np.ndarray, radius: int, eps: float) -
         Window radius r (window side 2r+1).
     eps : float > 0
         Regularisation ε; larger values smooth more.
+    dtype : {numpy.float64, numpy.float32}
+        Result dtype.
 
     Returns
     -------
-    ndarray, shape (..., H, W), float64
+    ndarray, shape (..., H, W), ``dtype``
         The filtered images q. No clipping: q may leave the range of ``src``.
     """
     guide = np.asarray(guide)
@@ -151,26 +161,25 @@ def guided_filter(guide: np.ndarray, src: np.ndarray, radius: int, eps: float) -
         raise ValueError(f"guide shape {guide.shape} differs from input shape {src.shape}")
     if not eps > 0:
         raise ValueError(f"guided filter eps must be > 0, got {eps!r}")
-    # One box pass over the four stacked statistics instead of four passes.
-    stats = np.empty((4,) + guide.shape, np.float64)
+    # The four statistics share one box pass; both work arrays are reused
+    # scratch buffers, and every step below writes into them in place.
+    stats = _buffer("guided_stats", (4,) + guide.shape)
+    means = _buffer("guided_means", (4,) + guide.shape)
     stats[0] = guide
     stats[1] = src
     np.multiply(stats[0], stats[0], out=stats[2])
     np.multiply(stats[0], stats[1], out=stats[3])
-    mean_i, mean_p, mean_ii, mean_ip = box_mean(stats, radius)
-    # In place: var_i -> mean_ii, cov_ip -> mean_ip, a -> mean_ip, b -> mean_p.
-    mean_ii -= np.square(mean_i, out=stats[0])
-    mean_ii += eps
-    mean_ip -= np.multiply(mean_i, mean_p, out=stats[0])
-    a = np.divide(mean_ip, mean_ii, out=mean_ip)
-    b = np.subtract(mean_p, np.multiply(a, mean_i, out=stats[0]), out=mean_p)
+    mean_i, mean_p, mean_ii, mean_ip = box_mean(stats, radius, out=means)
+    var_i = np.subtract(mean_ii, np.square(mean_i, out=stats[0]), out=mean_ii)
+    var_i += eps
+    cov_ip = np.subtract(mean_ip, np.multiply(mean_i, mean_p, out=stats[0]), out=mean_ip)
     coefficients = stats[:2]
-    coefficients[0] = a
-    coefficients[1] = b
-    mean_a, mean_b = box_mean(coefficients, radius)
-    mean_a *= guide
-    mean_a += mean_b
-    return mean_a
+    a = np.divide(cov_ip, var_i, out=coefficients[0])
+    np.subtract(mean_p, np.multiply(a, mean_i, out=stats[2]), out=coefficients[1])  # b
+    mean_a, mean_b = box_mean(coefficients, radius, out=means[:2])
+    q = np.multiply(mean_a, guide, out=np.empty(guide.shape, dtype))
+    q += mean_b
+    return q
 
 
 def gaussian_blur(images: np.ndarray, sigma: float, radius: int) -> np.ndarray:

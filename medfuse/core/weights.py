@@ -151,5 +151,5 @@ def refine(weights: np.ndarray, guides: np.ndarray, radius: int, eps: float, *, 
         Without ``clip`` the values may leave [0, 1] (the guided filter does
         not preserve range; with small ε it overshoots at edges).
     """
-    filtered = guided_filter(guides, weights, radius, eps).astype(np.float32)
+    filtered = guided_filter(guides, weights, radius, eps, dtype=np.float32)
     return normalise_sum(filtered, clip=clip)
