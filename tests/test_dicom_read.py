@@ -266,3 +266,18 @@ def test_syntax_without_decoder_names_the_package(shared_data, tmp_path):
     assert "no decoder installed (pip install python-gdcm)" in series.reason
     with pytest.raises(SeriesReadError, match="python-gdcm"):
         read_series(series)
+
+
+def test_bits_above_bits_stored_are_ignored(shared_data, tmp_path):
+    # 12 of 16 bits stored: anything in the top 4 bits (old overlay planes)
+    # is not part of the value; pydicom masks it, and so must the fast path.
+    src = shared_data / "dicom/d2n_mr_siemens_anat/001"
+    files = _copy_series(src, tmp_path / "overlay")
+    for path in files:
+        ds = pydicom.dcmread(path)
+        assert (ds.BitsAllocated, ds.BitsStored, ds.PixelRepresentation) == (16, 12, 0)
+        raw = np.frombuffer(ds.PixelData, "<u2") | np.uint16(0xA000)
+        ds.PixelData = raw.tobytes()
+        ds.save_as(path)
+    np.testing.assert_array_equal(sitk.GetArrayViewFromImage(read_series(tmp_path / "overlay").image),
+                                  sitk.GetArrayViewFromImage(read_series(src).image))

@@ -150,6 +150,10 @@ class InstanceHeader:
     has_pixel_data: bool
     gantry_tilt: float | None
     frames: tuple[FrameHeader, ...] = field(default_factory=tuple)
+    bits_stored: int = 0
+    pixel_representation: int = 0
+    #: Byte offset of the Pixel Data element in the file (-1 when unknown).
+    pixel_offset: int = -1
 
     @property
     def is_multiframe(self) -> bool:
@@ -189,7 +193,7 @@ def read_header(path: Path) -> InstanceHeader:
     except (EOFError, OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise NotDicomError(f"unreadable or truncated DICOM ({type(exc).__name__})") from exc
     try:
-        header = header_from_dataset(ds, Path(path))
+        header = header_from_dataset(ds, Path(path), pixel_offset=pixel_offset if pixel_offset < size else -1)
     except (EOFError, OSError, ValueError, KeyError, TypeError, AttributeError, IndexError) as exc:
         raise NotDicomError(f"corrupt or truncated DICOM header ({type(exc).__name__}: {exc})") from exc
     if pixel_offset >= size and not header.sop_instance_uid:
@@ -218,7 +222,7 @@ def _check_pixel_length(header: InstanceHeader, remaining: int) -> None:
         )
 
 
-def header_from_dataset(ds: Dataset, path: Path) -> InstanceHeader:
+def header_from_dataset(ds: Dataset, path: Path, *, pixel_offset: int = -1) -> InstanceHeader:
     """Build an :class:`InstanceHeader` from a (header-only) pydicom dataset."""
     meta = getattr(ds, "file_meta", None)
     sop_class = _raw_text(ds, "SOPClassUID") or (str(meta.get("MediaStorageSOPClassUID", "")) if meta else "")
@@ -257,6 +261,9 @@ def header_from_dataset(ds: Dataset, path: Path) -> InstanceHeader:
         has_pixel_data=has_pixels,
         gantry_tilt=_float(tilt[0], 0.0) if tilt else None,
         frames=frames,
+        bits_stored=int(ds.get("BitsStored", 0) or 0),
+        pixel_representation=int(ds.get("PixelRepresentation", 0) or 0),
+        pixel_offset=pixel_offset,
     )
 
 

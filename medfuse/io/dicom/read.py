@@ -118,8 +118,9 @@ def _decode(refs: tuple[SliceRef, ...], series: SeriesInfo) -> np.ndarray:
     def load(item: tuple[Path, list[tuple[int, SliceRef]]]) -> None:
         path, placed = item
         try:
-            ds = pydicom.dcmread(path)
-            data = ds.pixel_array
+            data = _native_pixels(placed[0][1].instance)
+            if data is None:
+                data = pydicom.dcmread(path).pixel_array
         except (NotImplementedError, RuntimeError) as exc:
             syntax = pydicom.uid.UID(series.transfer_syntax_uid).name
             raise SeriesReadError(
@@ -140,6 +141,49 @@ def _decode(refs: tuple[SliceRef, ...], series: SeriesInfo) -> np.ndarray:
     for item in by_file.items():
         load(item)
     return out
+
+
+_PIXEL_DATA_TAG = b"\xe0\x7f\x10\x00"  # (7FE0,0010) little endian
+_NATIVE_SYNTAXES = {"1.2.840.10008.1.2": True, "1.2.840.10008.1.2.1": False}  # uid -> implicit VR
+
+
+def _native_pixels(instance) -> np.ndarray | None:
+    """Uncompressed little-endian pixels read straight from the file, or None.
+
+    The index already knows where Pixel Data starts, so the header is not
+    parsed a second time: this is what makes a 300-slice read fast. Any case
+    off the simple path (compressed, big endian, colour, odd bit depths,
+    undefined length) returns None and pydicom decodes the file instead.
+    Returns (rows, cols) for a single frame, (frames, rows, cols) otherwise.
+    """
+    implicit = _NATIVE_SYNTAXES.get(instance.transfer_syntax_uid)
+    if (implicit is None or instance.pixel_offset < 0 or instance.samples_per_pixel != 1
+            or instance.bits_allocated not in (8, 16, 32)):
+        return None
+    n_frames = len(instance.frames)
+    count = instance.rows * instance.columns * n_frames
+    itemsize = instance.bits_allocated // 8
+    header = 8 if implicit else 12
+    with open(instance.path, "rb") as handle:
+        handle.seek(instance.pixel_offset)
+        element = handle.read(header)
+        if len(element) != header or element[:4] != _PIXEL_DATA_TAG:
+            return None
+        length = int.from_bytes(element[-4:], "little")
+        if length == 0xFFFFFFFF or length < count * itemsize:
+            return None
+        raw = handle.read(count * itemsize)
+    if len(raw) != count * itemsize:
+        return None
+    kind = "i" if instance.pixel_representation == 1 else "u"
+    data = np.frombuffer(raw, dtype=f"<{kind}{itemsize}")
+    stored = instance.bits_stored or instance.bits_allocated
+    if stored < instance.bits_allocated:
+        # Only the low BitsStored bits are the value; sign-extend signed data.
+        shift = instance.bits_allocated - stored
+        data = (data << shift) >> shift if kind == "i" else data & ((1 << stored) - 1)
+    data = data.reshape(n_frames, instance.rows, instance.columns)
+    return data if instance.is_multiframe else data[0]
 
 
 def _first_line(exc: BaseException) -> str:
