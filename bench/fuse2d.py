@@ -79,15 +79,17 @@ def time_fusion(stack: np.ndarray, config: FusionConfig, extractor, runs: int) -
     return out
 
 
-def time_call(function, runs: int) -> float:
+def time_call(function, runs: int, *, cpu: bool = False) -> float | tuple[float, float]:
+    """Median wall-clock ms of ``function()``; with ``cpu``, also the median process CPU ms."""
     for _ in range(2):
         function()
-    samples = []
+    samples, cpu_samples = [], []
     for _ in range(runs):
-        started = time.perf_counter()
+        started, started_cpu = time.perf_counter(), time.process_time()
         function()
         samples.append(time.perf_counter() - started)
-    return median_ms(samples)
+        cpu_samples.append(time.process_time() - started_cpu)
+    return (median_ms(samples), median_ms(cpu_samples)) if cpu else median_ms(samples)
 
 
 def stage_table(runs: int) -> None:
@@ -137,8 +139,8 @@ def guided_table(runs: int) -> None:
     print(f"\nGuided filter, guide = first source, input = second source; OpenCV {cv2.__version__}, "
           f"{cv2.getNumThreads()} threads by default. Differences are over the interior (>= 2r+1 px from the border), "
           "where the border rules agree; the reference is He's formulas in float64 on scipy's uniform_filter.")
-    print("| size | r, eps | ours ms | OpenCV ms (1 thread) | OpenCV ms (default threads) | ours / OpenCV (1 thread) "
-          "| max |ours − OpenCV| | max |ours − float64 ref| | max |OpenCV − float64 ref| |")
+    print("| size | r, eps | ours ms (CPU ms) | OpenCV 1 thread ms (CPU ms) | OpenCV default threads ms "
+          "| ours / OpenCV, wall (CPU) | max |ours − OpenCV| | max |ours − float64 ref| | max |OpenCV − float64 ref| |")
     print("|---|---|---|---|---|---|---|---|---|")
     default_threads = cv2.getNumThreads()
     for size in PAIRS:
@@ -146,9 +148,9 @@ def guided_table(runs: int) -> None:
         guide = stack[0]
         src = stack[1]  # a second, different image as the filtered input
         for radius, eps in ((45, 0.1), (7, 1e-6)):
-            ours = time_call(lambda: guided_filter(guide, src, radius, eps), runs)
+            ours, ours_cpu = time_call(lambda: guided_filter(guide, src, radius, eps), runs, cpu=True)
             cv2.setNumThreads(1)
-            theirs_1 = time_call(lambda: cv2.ximgproc.guidedFilter(guide, src, radius, eps), runs)
+            theirs_1, theirs_cpu = time_call(lambda: cv2.ximgproc.guidedFilter(guide, src, radius, eps), runs, cpu=True)
             cv2.setNumThreads(default_threads)
             theirs = time_call(lambda: cv2.ximgproc.guidedFilter(guide, src, radius, eps), runs)
             q_ours = guided_filter(guide, src, radius, eps)
@@ -158,7 +160,8 @@ def guided_table(runs: int) -> None:
             diff = np.abs(q_ours - q_cv)[inner, inner].max()
             ours_err = np.abs(q_ours - reference)[inner, inner].max()
             cv_err = np.abs(q_cv - reference)[inner, inner].max()
-            print(f"| {size}² | {radius}, {eps:g} | {ours:.2f} | {theirs_1:.2f} | {theirs:.2f} | {ours / theirs_1:.1f} "
+            print(f"| {size}² | {radius}, {eps:g} | {ours:.2f} ({ours_cpu:.2f}) | {theirs_1:.2f} ({theirs_cpu:.2f}) "
+                  f"| {theirs:.2f} | {ours / theirs_1:.1f} ({ours_cpu / theirs_cpu:.1f}) "
                   f"| {diff:.1e} | {ours_err:.1e} | {cv_err:.1e} |")
 
 
