@@ -66,7 +66,11 @@ retries: {{max_attempts: 2}}
     (delivered,) = (tmp_path / "out" / good).iterdir()
     (nifti,) = delivered.glob("*.nii*")
     assert nib.load(nifti).shape[:3] == (128, 128, 21)  # the fixed T1 grid (x, y, z)
-    assert len(list((delivered / "dicom").iterdir())) == 21
+    dicom_files = sorted((delivered / "dicom").iterdir())
+    assert len(dicom_files) == 21
+    series_uid = pydicom.dcmread(dicom_files[0], stop_before_pixels=True).SeriesInstanceUID
+    assert series_uid == outcomes[good]["output_series_uid"]
+    assert series_uid in (delivered / "provenance.json").read_text()  # provenance cites the delivered UID
     assert not list((tmp_path / "out").rglob(".*partial"))  # no half-written folder
     assert not (tmp_path / "out" / poisoned).exists()
 

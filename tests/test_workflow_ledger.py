@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import time
 import sys
 from pathlib import Path
 
@@ -120,3 +121,39 @@ def test_output_uids_are_derived_from_the_key(repo_root: Path, tmp_path: Path) -
     assert uids[0] == uids[1]
     assert {u[0] for u in uids[0]} == {output_series_uid("key-1")} != {output_series_uid("key-2")}
     assert all(sop == meta for _, sop, meta in uids[0]) and len({u[1] for u in uids[0]}) == 3
+
+
+def test_retries_back_off_then_give_up_with_a_one_line_reason() -> None:
+    from medfuse.errors import PacsError
+    from medfuse.workflow.sources import with_retries
+
+    calls = []
+
+    def flaky():
+        calls.append(time.monotonic())
+        if len(calls) < 3:
+            raise ConnectionError("connection refused")
+        return "ok"
+
+    assert with_retries(flaky, what="QIDO", retries=2, backoff_s=0.05, retry_on=(ConnectionError,)) == "ok"
+    assert calls[1] - calls[0] >= 0.05 and calls[2] - calls[1] >= 0.1  # waits of 0.05 s, then 0.1 s
+    calls.clear()
+    with pytest.raises(PacsError, match="QIDO failed after 2 tries: connection refused"):
+        with_retries(lambda: flaky() and flaky() and flaky(), what="QIDO", retries=1, backoff_s=0.0,
+                     retry_on=(ConnectionError,))
+
+
+def test_unreachable_pacs_is_a_pacs_error_without_the_password() -> None:
+    from medfuse.errors import PacsError
+    from medfuse.workflow.credentials import Credentials
+    from medfuse.workflow.sources import DicomWebSource, DimseSource
+    from orthanc_support import free_port
+
+    port = free_port()  # nothing listens there
+    web = DicomWebSource(f"http://127.0.0.1:{port}/dicom-web", Credentials("medfuse", "pw-do-not-log"),
+                         timeout_s=2, retries=1, backoff_s=0.01)
+    with pytest.raises(PacsError) as info:
+        web.find_studies({})
+    assert "failed after 2 tries" in str(info.value) and "pw-do-not-log" not in str(info.value)
+    with pytest.raises(PacsError, match="C-FIND at ORTHANC failed after 1 tries"):
+        DimseSource("127.0.0.1", port, "ORTHANC", timeout_s=2, retries=0).find_studies({})

@@ -301,3 +301,12 @@ def test_orthanc_lua_trigger_fuses_a_stable_study_once_and_ignores_its_own_outpu
         assert len(fused_series(server, study)) == 1
     finally:
         server.stop()
+
+
+def test_wrong_password_is_reported_at_once_without_leaking_it(orthanc, tmp_path, cli, monkeypatch):
+    wf = workflow_file(tmp_path / "wf", "bad-auth", dicomweb_source(orthanc))
+    monkeypatch.setenv(PASSWORD_ENV, "not-the-password")
+    result = cli("workflow", "run", str(wf))
+    assert result.returncode == 8
+    assert "refused (HTTP 401): check the workflow's auth" in result.stderr
+    assert "not-the-password" not in result.stderr + result.stdout

@@ -201,11 +201,24 @@ class DicomWebSource:
             session.cert = (tls["cert_file"], tls["key_file"]) if tls.get("key_file") else tls["cert_file"]
         self.url = url.rstrip("/")
         self._client = DICOMwebClient(self.url, session=session, timeout=timeout_s)
+        self._client.set_http_retry_params(retry=False)  # retries are ours: bounded, with our backoff
         self._retry = dict(retries=retries, backoff_s=backoff_s,
                            retry_on=(requests.ConnectionError, requests.Timeout, requests.HTTPError))
 
     def _call(self, what: str, call: Callable[[], T]) -> T:
-        return with_retries(call, what=f"DICOMweb {what} at {self.url}", **self._retry)
+        def once() -> T:
+            try:
+                return call()
+            except self._requests.HTTPError as exc:
+                status = exc.response.status_code if exc.response is not None else None
+                if status in (401, 403):
+                    raise PacsError(f"DICOMweb {what} at {self.url} was refused (HTTP {status}): "
+                                    "check the workflow's auth username and secret") from exc
+                if status is not None and 400 <= status < 500 and status not in (408, 429):
+                    raise PacsError(f"DICOMweb {what} at {self.url} failed: HTTP {status}") from exc
+                raise
+
+        return with_retries(once, what=f"DICOMweb {what} at {self.url}", **self._retry)
 
     def find_studies(self, query: dict) -> list[StudyCandidate]:
         filters = {}
