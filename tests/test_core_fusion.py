@@ -159,3 +159,13 @@ def test_bad_stacks_are_refused(stacks):
         fuse_stack((stacks[2] * 255).astype(np.uint8), config)
     with pytest.raises(FusionError, match="extractor"):
         fuse_stack(stacks[2], CONFIGS["paper"], None)
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+@pytest.mark.parametrize("shape", [(1, 1), (2, 3), (9, 70)])
+def test_tiny_and_thin_images_fuse_without_error(extractor, name, shape):
+    rng = np.random.default_rng(7)
+    stack = rng.random((3,) + shape).astype(np.float32)
+    result = fuse_stack(stack, CONFIGS[name], extractor)
+    assert result.fused.shape == shape and np.all(np.isfinite(result.fused))
+    assert stack.min(axis=0).min() <= result.fused.min() and result.fused.max() <= stack.max()
