@@ -106,7 +106,8 @@ def to_unit_float(image: np.ndarray, *, index: int | None = None) -> np.ndarray:
 
     Integer images are scaled by their dtype's range ((x − min) / (max − min)
     of the dtype); float images must already lie in [0, 1]. (H, W, 1) becomes
-    (H, W). Anything else raises InputError naming the image (1-based ``index``).
+    (H, W). Float values within 1e-5 outside [0, 1] (round-off) are clipped.
+    Anything else raises InputError naming the image (1-based ``index``).
     """
     which = f"image {index}" if index is not None else "image"
     array = np.asarray(image)
@@ -129,8 +130,10 @@ def to_unit_float(image: np.ndarray, *, index: int | None = None) -> np.ndarray:
     low, high = float(unit.min()), float(unit.max())
     if not (np.isfinite(low) and np.isfinite(high)):
         raise InputError(f"{which} contains NaN or infinite values")
-    if low < 0.0 or high > 1.0:
+    if low < -1e-5 or high > 1.0 + 1e-5:
         raise InputError(f"{which} is float with values in [{low:.6g}, {high:.6g}]; float images must lie in [0, 1]")
+    if low < 0.0 or high > 1.0:
+        unit = np.clip(unit, 0.0, 1.0)  # float round-off
     return unit
 
 

@@ -169,3 +169,10 @@ def test_tiny_and_thin_images_fuse_without_error(extractor, name, shape):
     result = fuse_stack(stack, CONFIGS[name], extractor)
     assert result.fused.shape == shape and np.all(np.isfinite(result.fused))
     assert stack.min(axis=0).min() <= result.fused.min() and result.fused.max() <= stack.max()
+
+
+def test_round_off_outside_the_unit_range_is_clipped_not_refused(stacks):
+    stack = stacks[2].copy()
+    stack[0, 0, 0], stack[1, 0, 0] = -1e-7, 1.0 + 1e-7
+    result = fuse_stack(stack, CONFIGS["max-abs"])
+    assert 0.0 <= result.fused.min() and result.fused.max() <= 1.0

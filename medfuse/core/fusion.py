@@ -36,6 +36,9 @@ __all__ = ["FusionResult", "fuse_stack", "fuse_slices", "STAGES"]
 
 STAGES = ("decomposition", "base_weights", "cnn", "detail_weights", "reconstruction")
 
+# Values this far outside [0, 1] are float round-off, clipped rather than refused.
+_RANGE_SLACK = 1e-5
+
 
 @dataclass(frozen=True)
 class FusionResult:
@@ -153,8 +156,11 @@ def _checked_stack(array: np.ndarray, *, ndim: int, what: str) -> np.ndarray:
     low, high = float(stack.min()), float(stack.max())
     if not (np.isfinite(low) and np.isfinite(high)):
         raise InputError("sources contain NaN or infinite values")
-    if low < 0.0 or high > 1.0:
+    if low < -_RANGE_SLACK or high > 1.0 + _RANGE_SLACK:
         raise InputError(f"sources must lie in [0, 1], got values in [{low:.6g}, {high:.6g}]")
+    if low < 0.0 or high > 1.0:
+        # Float round-off from an upstream resampling or mapping step.
+        stack = np.clip(stack, 0.0, 1.0)
     return stack
 
 
