@@ -124,13 +124,14 @@ def main() -> None:
         ours_read_only = _best(lambda: read_series(series), args.repeat)
         sitk_read = _best(lambda: _sitk_read(tmp / "read"), args.repeat)
 
-    print(f"machine: {os.cpu_count()} CPUs; best of {args.repeat}")
+    load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
+    print(f"machine: {os.cpu_count()} CPUs, load average {load}; best of {args.repeat}")
     print(f"index {INDEX_FILES} files: medfuse {ours_index:.2f} s (target <= {INDEX_TARGET_S} s) | "
           f"GDCM scan {gdcm_index:.2f} s (ratio {ours_index / gdcm_index:.2f}) | "
           f"pydicom full reads {full_index:.2f} s (ratio {ours_index / full_index:.2f})")
     print(f"read 512x512x{READ_SLICES}: medfuse scan+read {ours_read:.2f} s, read only {ours_read_only:.2f} s "
           f"(target <= {READ_TARGET_S} s) | SimpleITK {sitk_read:.2f} s "
-          f"(ratio {ours_read / sitk_read:.2f})")
+          f"(ratio scan+read {ours_read / sitk_read:.2f}, read only {ours_read_only / sitk_read:.2f})")
 
 
 if __name__ == "__main__":

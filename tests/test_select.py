@@ -93,3 +93,10 @@ def test_two_patients_are_never_paired(shared_data, tmp_path):
         select_series(index, None)
     with pytest.raises(SelectionError, match="different patients"):
         select_series(index, {"fixed": "MR", "moving": "PT"})
+
+
+def test_one_override_picks_the_other_role_among_other_modalities(pet_ct):
+    selection = select_series(pet_ct, None, moving=7)
+    assert selection.fixed.modality == "CT" and selection.moving.modality == "PT"
+    selection = select_series(pet_ct, None, fixed=7)
+    assert selection.moving.modality == "CT"

@@ -189,16 +189,32 @@ def select_series(
         fixed_rule, moving_rule = _default_modalities(usable, fixed_rule, moving_rule)
     chosen: dict[str, SeriesInfo] = {}
     how: dict[str, str] = {}
-    for role, override, rule in (("fixed", fixed, fixed_rule), ("moving", moving, moving_rule)):
+    # Overrides first, so a free role is chosen among the other series of
+    # the given series' patient.
+    for role, override in (("fixed", fixed), ("moving", moving)):
         if override is not None:
             series = find_series(index, override)
             if not series.usable:
                 raise SelectionError(f"{role} series {override!r} is not usable: {series.reason}")
             chosen[role], how[role] = series, f"given by {role}={override}"
-        else:
-            exclude = chosen.get("fixed")
-            chosen[role] = _largest_axial(usable, rule, role, exclude)
-            how[role] = f"largest {'axial ' if chosen[role].orientation == 'axial' else ''}series matching {rule.to_dict() or 'any'}"
+    for role, rule in (("fixed", fixed_rule), ("moving", moving_rule)):
+        if role in chosen:
+            continue
+        pool = [s for s in usable if all(s is not c for c in chosen.values())]
+        if chosen:
+            given = next(iter(chosen.values()))
+            elsewhere = [s for s in pool if s.patient_id != given.patient_id and rule.matches(s)]
+            pool = [s for s in pool if s.patient_id == given.patient_id]
+            if elsewhere and not any(rule.matches(s) for s in pool):
+                raise SelectionError(
+                    f"the only {role} candidates belong to different patients than {given.label} "
+                    f"({mask_identifier(given.patient_id) or '(none)'}): {describe_candidates(elsewhere)}"
+                )
+            if not rule.modality:
+                rule = _modality_beside(pool, given, rule, role)
+        chosen[role] = _largest_axial(pool, rule, role, None)
+        how[role] = (f"largest {'axial ' if chosen[role].orientation == 'axial' else ''}series matching "
+                     f"{rule.to_dict() or 'any'}")
     if chosen["fixed"].series_instance_uid == chosen["moving"].series_instance_uid and \
             chosen["fixed"].split_value == chosen["moving"].split_value:
         raise SelectionError(f"fixed and moving are the same series: {describe_candidates([chosen['fixed']])}")
@@ -209,6 +225,26 @@ def select_series(
             + ", ".join(mask_identifier(p) or "(none)" for p in sorted(patients)) + ")"
         )
     return Selection(chosen["fixed"], chosen["moving"], how)
+
+
+def _modality_beside(pool: list[SeriesInfo], given: SeriesInfo, rule: SeriesRule, role: str) -> SeriesRule:
+    """The free role's modality when the other role was given: another modality if there is one.
+
+    The fixed role takes the first of FIXED_MODALITY_PRIORITY present; the
+    moving role needs exactly one other modality, else the choice is ambiguous.
+    """
+    others = sorted({s.modality for s in pool if rule.matches(s)} - {given.modality},
+                    key=lambda m: (FIXED_MODALITY_PRIORITY.index(m) if m in FIXED_MODALITY_PRIORITY else 99, m))
+    if not others:
+        modality = given.modality
+    elif role == "fixed" or len(others) == 1:
+        modality = others[0]
+    else:
+        raise SelectionError(
+            f"cannot choose the {role} series: {len(others)} other modalities ({', '.join(others)}); "
+            f"give --{role} or a rule. Candidates: {describe_candidates(pool)}"
+        )
+    return SeriesRule(modality, rule.description, rule.orientation)
 
 
 def _default_modalities(usable: list[SeriesInfo], fixed_rule: SeriesRule, moving_rule: SeriesRule):
