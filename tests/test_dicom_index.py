@@ -233,3 +233,16 @@ def test_duplicate_positions_without_temporal_index_are_refused(shared_data, tmp
 def test_missing_folder_is_a_scan_error(tmp_path):
     with pytest.raises(ScanError, match="no such file or folder"):
         scan_folder(tmp_path / "nope")
+
+
+def test_multiframe_without_functional_groups_is_refused(shared_data, tmp_path):
+    # Shaped like a classic NM multi-frame: frames share one top-level plane.
+    ds = pydicom.dcmread(sorted((shared_data / "dicom/d2n_mr_siemens_anat/001").iterdir())[0])
+    ds.NumberOfFrames = 3
+    ds.PixelData = ds.PixelData * 3
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.20"
+    ds.Modality = "NM"
+    ds.save_as(tmp_path / "nm.dcm")
+    (series,) = scan_folder(tmp_path).series
+    assert series.reason == ("multi-frame Nuclear Medicine Image Storage without per-frame functional "
+                             "groups is not supported")

@@ -154,6 +154,8 @@ class InstanceHeader:
     pixel_representation: int = 0
     #: Byte offset of the Pixel Data element in the file (-1 when unknown).
     pixel_offset: int = -1
+    #: True for enhanced multi-frame objects (per-frame functional groups).
+    functional_groups: bool = False
 
     @property
     def is_multiframe(self) -> bool:
@@ -264,6 +266,7 @@ def header_from_dataset(ds: Dataset, path: Path, *, pixel_offset: int = -1) -> I
         bits_stored=int(ds.get("BitsStored", 0) or 0),
         pixel_representation=int(ds.get("PixelRepresentation", 0) or 0),
         pixel_offset=pixel_offset,
+        functional_groups="PerFrameFunctionalGroupsSequence" in ds,
     )
 
 
@@ -272,9 +275,9 @@ def _frames(ds: Dataset) -> tuple[FrameHeader, ...]:
     per_frame = ds.get("PerFrameFunctionalGroupsSequence")
     if per_frame is None:
         if n_frames > 1:
-            # A legacy multi-frame (e.g. NM) without functional groups: one
-            # plane per frame along SliceVector is not modelled here; keep the
-            # frames so the indexer can say why it refuses them.
+            # A multi-frame object without functional groups (e.g. NM): the
+            # frames' planes are not modelled; the frames are kept so the
+            # indexer can say why it refuses the series.
             return tuple(_frame_from(ds, None, i) for i in range(n_frames))
         return (_frame_from(ds, None, None),)
     shared_seq = ds.get("SharedFunctionalGroupsSequence")

@@ -444,6 +444,9 @@ def _build(
         return _info(members, volumes, (*dims_xy, n_slices), (*spacing_xy, spacing_z), orientation,
                      False, reason, **kw, **extra)
 
+    if first_inst.is_multiframe and not first_inst.functional_groups:
+        return refuse(f"multi-frame {first_inst.sop_class_name} without per-frame functional groups "
+                      "is not supported")
     if any(r.frame.position is None or r.frame.orientation is None for r in refs):
         return refuse("no patient geometry (ImagePositionPatient/ImageOrientationPatient missing)")
     orientation = orientation_label(first_frame.orientation)
