@@ -183,9 +183,8 @@ def run_workflow(workflow: Workflow, *, dry_run: bool = False, study_uid: str | 
             if source is None:
                 credentials = resolve_credentials(workflow.source.get("auth"), workflow.path.resolve().parent)
                 source = open_source(workflow.source_kind, workflow.source, credentials)
-            candidates = source.find_studies(workflow.query)
-            if study_uid:
-                candidates = [c for c in candidates if c.study_uid == study_uid]
+            query = {**workflow.query, "study_uid": study_uid} if study_uid else workflow.query
+            candidates = [c for c in source.find_studies(query) if not study_uid or c.study_uid == study_uid]
             summary.candidates = len(candidates)
             plans, summary.not_matching = plan_jobs(workflow, candidates, ledger.output_series_uids())
             for plan in plans:

@@ -62,13 +62,17 @@ class Source(Protocol):
 
     can_store: bool
 
-    def find_studies(self, query: dict) -> list[StudyCandidate]: ...
+    def find_studies(self, query: dict) -> list[StudyCandidate]:
+        """Studies matching *query* (the workflow's ``source.query``, plus ``study_uid`` for one study)."""
 
-    def fetch_series(self, study_uid: str, series_uid: str, dest: Path) -> int: ...
+    def fetch_series(self, study_uid: str, series_uid: str, dest: Path) -> int:
+        """Write the series' instances into *dest* (replaced if present); return how many."""
 
-    def count_instances(self, study_uid: str, series_uid: str) -> int: ...
+    def count_instances(self, study_uid: str, series_uid: str) -> int:
+        """How many instances of the series the source holds (0 when none)."""
 
-    def store(self, study_uid: str, files: list[Path]) -> None: ...
+    def store(self, study_uid: str, files: list[Path]) -> None:
+        """Store DICOM files into the study (PACS sources only)."""
 
 
 def with_retries(call: Callable[[], T], *, what: str, retries: int, backoff_s: float,
@@ -140,7 +144,7 @@ class FolderSource:
         now = time.time()
         out = []
         for study, entry in sorted(studies.items()):
-            if now - newest[study] < self.stable_after_s:
+            if now - newest[study] < self.stable_after_s or query.get("study_uid") not in (None, study):
                 continue
             series = tuple(
                 RemoteSeries(uid, m, d, b, len(self._files[(study, uid)]), o)
@@ -222,6 +226,8 @@ class DicomWebSource:
 
     def find_studies(self, query: dict) -> list[StudyCandidate]:
         filters = {}
+        if query.get("study_uid"):
+            filters["StudyInstanceUID"] = query["study_uid"]
         if query.get("study_description"):
             filters["StudyDescription"] = query["study_description"]
         date_range = _study_date_range(query.get("since_days"))
@@ -366,7 +372,7 @@ class DimseSource:
     def find_studies(self, query: dict) -> list[StudyCandidate]:
         q = pydicom.Dataset()
         q.QueryRetrieveLevel = "STUDY"
-        q.StudyInstanceUID = ""
+        q.StudyInstanceUID = query.get("study_uid", "")
         q.PatientID = ""
         q.PatientName = ""
         q.ModalitiesInStudy = ""
