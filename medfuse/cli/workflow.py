@@ -52,7 +52,7 @@ def run(
                            log=StudyLog(json_lines=json_logs, log_phi=log_phi))
     if summary.failed:
         raise WorkflowError(
-            f"{summary.failed} of {summary.done + summary.failed} studies failed in workflow '{wf.name}' "
+            f"{summary.failed} of {summary.done + summary.failed} studies fused in this pass failed in workflow '{wf.name}' "
             f"(reasons: medfuse workflow status {file})"
         )
 
