@@ -90,3 +90,5 @@ retries: {{max_attempts: 2}}
     assert main(["workflow", "status", str(wf)]) == 0  # the table a person reads
     table = capsys.readouterr().out
     assert "done" in table and "failed" in table and "2/2" in table
+    assert not list((tmp_path / "state" / "work").iterdir())  # no retrieved images left, even for the failure
+    assert (tmp_path / "state").stat().st_mode & 0o077 == 0

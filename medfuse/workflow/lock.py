@@ -33,7 +33,8 @@ def workflow_lock(state_dir: Path, name: str, *, wait_s: float = 0.0):
     WorkflowError
         When another run of the same workflow holds the lock past *wait_s*.
     """
-    state_dir.mkdir(parents=True, exist_ok=True)
+    # Owner-only: the state folder holds retrieved patient images while a job runs.
+    state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     path = state_dir / "run.lock"
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:

@@ -222,9 +222,11 @@ def _run_plan(plan: JobPlan, workflow: Workflow, ledger: Ledger, source: Source,
                   version=__version__, parameters_hash=workflow.parameters_hash)
     job = ledger.start_attempt(plan.key)
     started = time.monotonic()
+    work = workflow.state_dir / "work" / plan.key[:24]
     try:
-        outputs, series_uid = _process(plan, workflow, ledger, source)
+        outputs, series_uid = _process(plan, workflow, ledger, source, work)
     except Exception as exc:  # a poisoned study must not stop the others: record and go on
+        shutil.rmtree(work, ignore_errors=True)  # no patient images left behind
         reason = _one_line(exc) if isinstance(exc, MedfuseError) else f"internal error: {type(exc).__name__}: {_one_line(exc)}"
         duration = time.monotonic() - started
         ledger.fail(plan.key, reason, duration)
@@ -243,9 +245,8 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
-def _process(plan: JobPlan, workflow: Workflow, ledger: Ledger, source: Source) -> tuple[dict, str]:
-    work = workflow.state_dir / "work" / plan.key[:24]
-    shutil.rmtree(work, ignore_errors=True)
+def _process(plan: JobPlan, workflow: Workflow, ledger: Ledger, source: Source, work: Path) -> tuple[dict, str]:
+    shutil.rmtree(work, ignore_errors=True)  # what an interrupted attempt left
     inputs = work / "input"
     for role, series, rule in (("fixed", plan.fixed, workflow.fixed), ("moving", plan.moving, workflow.moving)):
         n = source.fetch_series(plan.candidate.study_uid, series.series_uid, inputs / role)
