@@ -246,3 +246,13 @@ def test_multiframe_without_functional_groups_is_refused(shared_data, tmp_path):
     (series,) = scan_folder(tmp_path).series
     assert series.reason == ("multi-frame Nuclear Medicine Image Storage without per-frame functional "
                              "groups is not supported")
+
+
+@pytest.mark.parametrize("cut", [1, 2, 4096])
+def test_file_cut_short_by_a_few_bytes_is_skipped(shared_data, tmp_path, cut):
+    raw = sorted((shared_data / "dicom/d2n_mr_siemens_anat/001").iterdir())[0].read_bytes()
+    (tmp_path / "cut.dcm").write_bytes(raw[:-cut])
+    index = scan_folder(tmp_path)
+    assert not index.series
+    ((path, reason),) = index.skipped
+    assert reason == f"truncated DICOM: pixel data has {131072 - cut} of 131072 bytes"

@@ -11,6 +11,7 @@ records, never on pydicom datasets, so the rules are written once.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,7 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
+from pydicom.filereader import read_partial
 
 #: SOP Class UIDs of the storage classes this reader turns into volumes.
 IMAGE_SOP_CLASSES = {
@@ -174,6 +176,13 @@ def _uid_name(uid: str) -> str:
 def read_header(path: Path) -> InstanceHeader:
     """Parse one file's header (pixels are not read).
 
+    Fast path: parsing stops after the Image Pixel module (group 0028), and
+    the Pixel Data element is then expected at the very end of the file,
+    where a 12-byte check confirms it (offset, tag, VR and length) and so
+    also proves the file is complete. Enhanced multi-frame objects (their
+    functional groups come later), compressed pixels, and files with
+    anything after Pixel Data take the full header read instead.
+
     Parameters
     ----------
     path : pathlib.Path
@@ -185,24 +194,67 @@ def read_header(path: Path) -> InstanceHeader:
     """
     try:
         with open(path, "rb") as handle:
+            size = os.fstat(handle.fileno()).st_size
+            ds = read_partial(handle, stop_when=_past_image_pixel_module)
+            if "NumberOfFrames" not in ds and "SOPClassUID" in ds:
+                header = _header(ds, path, -1)
+                if not header.has_pixel_data:
+                    return header
+                offset = _pixel_offset_from_end(handle, header, size)
+                if offset is not None:
+                    return dataclasses.replace(header, pixel_offset=offset)
+            handle.seek(0)
             ds = pydicom.dcmread(handle, stop_before_pixels=True)
             # pydicom stops at the start of the Pixel Data element, or at the
             # end of a file that was cut short inside its header.
             pixel_offset = handle.tell()
-            size = os.fstat(handle.fileno()).st_size
     except InvalidDicomError as exc:
         raise NotDicomError("not a DICOM file (no DICM preamble)") from exc
     except (EOFError, OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise NotDicomError(f"unreadable or truncated DICOM ({type(exc).__name__})") from exc
-    try:
-        header = header_from_dataset(ds, Path(path), pixel_offset=pixel_offset if pixel_offset < size else -1)
-    except (EOFError, OSError, ValueError, KeyError, TypeError, AttributeError, IndexError) as exc:
-        raise NotDicomError(f"corrupt or truncated DICOM header ({type(exc).__name__}: {exc})") from exc
+    header = _header(ds, path, pixel_offset if pixel_offset < size else -1)
     if pixel_offset >= size and not header.sop_instance_uid:
         raise NotDicomError("truncated DICOM: the file ends inside its header")
     if header.has_pixel_data:
         _check_pixel_length(header, size - pixel_offset)
     return header
+
+
+def _past_image_pixel_module(tag, vr, length) -> bool:
+    # Everything the index needs from a classic image lies in groups <= 0028.
+    return tag.group > 0x0028
+
+
+def _header(ds: Dataset, path: Path, pixel_offset: int) -> InstanceHeader:
+    try:
+        return header_from_dataset(ds, Path(path), pixel_offset=pixel_offset)
+    except (EOFError, OSError, ValueError, KeyError, TypeError, AttributeError, IndexError) as exc:
+        raise NotDicomError(f"corrupt or truncated DICOM header ({type(exc).__name__}: {exc})") from exc
+
+
+_PIXEL_DATA_TAG = b"\xe0\x7f\x10\x00"  # (7FE0,0010), little endian
+
+
+def _pixel_offset_from_end(handle, header: InstanceHeader, size: int) -> int | None:
+    """Offset of a native Pixel Data element that ends the file, else None."""
+    syntax = header.transfer_syntax_uid
+    if syntax not in ("1.2.840.10008.1.2", "1.2.840.10008.1.2.1"):
+        return None
+    implicit = syntax == "1.2.840.10008.1.2"
+    nbytes = (header.rows * header.columns * max(1, len(header.frames)) * header.samples_per_pixel
+              * max(1, header.bits_allocated) + 7) // 8
+    nbytes += nbytes % 2  # values are padded to even length
+    element = 8 if implicit else 12
+    offset = size - nbytes - element
+    if offset < handle.tell():
+        return None
+    handle.seek(offset)
+    head = handle.read(element)
+    if len(head) != element or head[:4] != _PIXEL_DATA_TAG:
+        return None
+    if not implicit and head[4:6] not in (b"OB", b"OW"):
+        return None
+    return offset if int.from_bytes(head[-4:], "little") == nbytes else None
 
 
 def _check_pixel_length(header: InstanceHeader, remaining: int) -> None:
