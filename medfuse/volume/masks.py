@@ -3,8 +3,8 @@
 A registration metric sampled over air, the CT table or the padding outside a
 scanner's field of view learns to align those instead of the anatomy. The
 mask here keeps the largest bright connected object: threshold (Otsu on
-percentile-clipped intensities, so a few very hot PET voxels or metal do not
-drag the threshold up), a morphological opening that cuts thin bridges such as
+percentile-clipped intensities without the padding value, so a few very hot
+PET voxels, metal, or CT padding do not move the threshold), a morphological opening that cuts thin bridges such as
 the CT table, the largest connected component, hole filling, and a small
 dilation so the body's edge (a strong MI cue) stays inside the mask.
 """
@@ -32,7 +32,8 @@ class MaskConfig:
     opening_radius_mm : float
         Radius of the binary opening that separates the body from thin
         attached objects (table, cables) before the largest component is kept.
-        Default 3 mm.
+        Default 3 mm (cuts thin bridges; a CT table pad thicker than ~6 mm
+        that touches the body stays in the mask).
     dilation_radius_mm : float
         Radius of the final dilation, so the skin/skull edge stays inside.
         Default 4 mm.
@@ -81,19 +82,23 @@ def foreground_mask(image: sitk.Image, config: MaskConfig | None = None) -> sitk
     config = config or MaskConfig()
     work = _coarse_copy(sitk.Cast(image, sitk.sitkFloat32), config.working_spacing_mm)
     values = sitk.GetArrayViewFromImage(work)
-    low, high = np.percentile(values, config.clip_percentiles)
-    if not high > low:
-        low, high = float(values.min()), float(values.max())
-    if not high > low:
+    # Padding (CT -3024 outside the reconstruction circle, zeros around a
+    # resampled MR) is not air: leave the image minimum out of the statistics.
+    content = values[values > values.min()]
+    if content.size == 0:
         raise InputError("cannot compute a foreground mask: the image is constant")
+    low, high = np.percentile(content, config.clip_percentiles)
+    if not high > low:
+        low, high = float(content.min()), float(content.max())
     clipped = sitk.Clamp(work, sitk.sitkFloat32, float(low), float(high))
+    not_padding = sitk.Cast(work > float(values.min()), sitk.sitkUInt8)
     # Otsu labels the bright class 1 with insideValue=0, outsideValue=1.
-    binary = sitk.OtsuThreshold(clipped, 0, 1, 128)
-    binary = _morphology(binary, sitk.BinaryMorphologicalOpening, config.opening_radius_mm)
+    threshold = sitk.OtsuThreshold(clipped, not_padding, 0, 1, 128, False, 1) * not_padding
+    binary = _morphology(threshold, sitk.BinaryMorphologicalOpening, config.opening_radius_mm)
     largest = _largest_component(binary)
     if largest is None:
         # The opening removed everything (a thin object): fall back to the raw threshold.
-        largest = _largest_component(sitk.OtsuThreshold(clipped, 0, 1, 128))
+        largest = _largest_component(threshold)
     if largest is None:
         raise InputError("cannot compute a foreground mask: no bright object found")
     filled = sitk.BinaryFillhole(largest, fullyConnected=False, foregroundValue=1)

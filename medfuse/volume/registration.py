@@ -470,12 +470,32 @@ def resample_onto(
     moving_image = sitk.Cast(moving.image, sitk.sitkFloat32)
     if default_value is None:
         default_value = float(np.min(sitk.GetArrayViewFromImage(moving_image)))
-    moved = sitk.Resample(
-        moving_image, fixed.image, transform, INTERPOLATORS[interpolation], float(default_value), sitk.sitkFloat32
-    )
-    coverage = coverage_mask(fixed.image, moving_image, transform)
+    if _same_grid(fixed.image, moving_image) and _is_identity(transform):
+        # Same grid, no motion (e.g. one Frame of Reference): the voxels as they are,
+        # without the last-bit noise of interpolating at integer positions.
+        moved = sitk.Image(moving_image)
+        moved.CopyInformation(fixed.image)
+        coverage = sitk.Image(fixed.image.GetSize(), sitk.sitkUInt8) + 1
+        coverage.CopyInformation(fixed.image)
+    else:
+        moved = sitk.Resample(
+            moving_image, fixed.image, transform, INTERPOLATORS[interpolation], float(default_value), sitk.sitkFloat32
+        )
+        coverage = coverage_mask(fixed.image, moving_image, transform)
     label = f"{moving.label or 'moving'} on the grid of {fixed.label or 'fixed'}"
     return Volume(image=moved, modality=moving.modality, references=moving.references, source=moving.source, label=label), coverage
+
+
+def _same_grid(a: sitk.Image, b: sitk.Image, tolerance: float = 1e-6) -> bool:
+    return a.GetSize() == b.GetSize() and all(
+        np.allclose(x, y, rtol=0, atol=tolerance)
+        for x, y in ((a.GetSpacing(), b.GetSpacing()), (a.GetOrigin(), b.GetOrigin()), (a.GetDirection(), b.GetDirection()))
+    )
+
+
+def _is_identity(transform: sitk.Transform) -> bool:
+    matrix, offset = affine_parts(transform)
+    return bool(np.array_equal(matrix, np.eye(3)) and not np.any(offset))
 
 
 def coverage_mask(fixed_image: sitk.Image, moving_image: sitk.Image, transform: sitk.Transform) -> sitk.Image:

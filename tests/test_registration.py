@@ -1,0 +1,286 @@
+"""Registration and resampling on real volumes from shared/data (issue 8).
+
+Accuracy is the target registration error (TRE): the distance, averaged over
+the fixed image's foreground voxels, between where the estimated and the known
+transform send each point. The full table (more cases, the textbook baseline,
+timings) is bench/registration.py and docs/registration.md.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from medfuse.errors import InputError, RegistrationError
+from medfuse.volume.masks import foreground_mask
+from medfuse.volume.model import InstanceReference, SeriesReference, Volume
+from medfuse.volume.overlay import registration_overlay
+from medfuse.volume.registration import (
+    RegistrationConfig,
+    compose,
+    evaluate_transform,
+    mask_points_mm,
+    read_transform,
+    register,
+    resample_onto,
+    target_registration_error,
+    transform_geometry,
+    write_transform,
+)
+
+TCGA = "volumes/tcia_TCGA-FG-6692_t1_t1c_t2_flair"
+T1 = f"{TCGA}/T1_AX_OtherEXampleTCIA_TCGA-FG-6692_Si_TCGA-FG-6692_T1_AX_SE_10_se2d1_t1.nii.gz"
+T1C = f"{TCGA}/MRHR_T1_AX_POST_GAD_OtherEXampleTCIA_TCGA-FG-6692_Si_TCGA-FG-6692_MRHR_T1_AX_POST_GAD_SE_13_se2d1r_t1c.nii.gz"
+CT_PITCH = "volumes/niivue_CT_pitch/CT_pitch.nii.gz"
+MR_GD = "volumes/niivue_MR_Gd/MR_Gd.nii.gz"
+TRE_LIMIT_MM = 1.0
+
+
+def _read(shared_data, relative: str) -> sitk.Image:
+    return sitk.Cast(sitk.ReadImage(str(shared_data / relative)), sitk.sitkFloat32)
+
+
+def _rigid(image: sitk.Image, rotation_deg, translation_mm) -> sitk.Euler3DTransform:
+    """A rigid transform about the image centre."""
+    transform = sitk.Euler3DTransform()
+    transform.SetCenter(image.TransformContinuousIndexToPhysicalPoint([(n - 1) / 2 for n in image.GetSize()]))
+    transform.SetRotation(*np.radians(rotation_deg))
+    transform.SetTranslation(list(translation_mm))
+    return transform
+
+
+def _inverted_contrast(image: sitk.Image, seed: int = 0) -> sitk.Image:
+    """A different intensity mapping: inverted, squared, with independent noise."""
+    values = sitk.GetArrayFromImage(image)
+    unit = np.clip(values / np.percentile(values, 99.5), 0.0, 1.0)
+    noise = np.random.default_rng(seed).normal(0.0, 0.01, unit.shape)
+    out = sitk.GetImageFromArray(((1.0 - unit) ** 2 + noise).astype(np.float32) * 1000)
+    out.CopyInformation(image)
+    return out
+
+
+def _resampled_moving(image: sitk.Image, known: sitk.Transform) -> sitk.Image:
+    """Image data resampled so that registering it back must give *known* (interpolated, field of view cut)."""
+    grid = transform_geometry(image, known)
+    background = float(sitk.GetArrayViewFromImage(image).min())
+    return sitk.Resample(image, grid, known.GetInverse(), sitk.sitkLinear, background, sitk.sitkFloat32)
+
+
+def _mean_tre(result, known, fixed_image: sitk.Image) -> float:
+    points = mask_points_mm(foreground_mask(fixed_image), step=2)
+    return float(target_registration_error(result.transform, known, points).mean())
+
+
+@pytest.fixture(scope="module")
+def t1_pair(shared_data):
+    return _read(shared_data, T1), _read(shared_data, T1C)
+
+
+@pytest.fixture(scope="module")
+def small_mr(shared_data):
+    """MR_Gd block-averaged 2x: 88x94x72 voxels of ~2 mm, fast enough for several registrations."""
+    return sitk.BinShrink(_read(shared_data, MR_GD), [2, 2, 2])
+
+
+@pytest.mark.slow
+def test_ct_with_other_intensity_mapping_recovers_known_transform(shared_data):
+    fixed = _read(shared_data, CT_PITCH)
+    known = _rigid(fixed, (5.0, -10.0, 8.0), (8.0, -12.0, 18.0))
+    moving = _resampled_moving(_inverted_contrast(fixed), known)
+
+    result = register(Volume(fixed), Volume(moving))
+
+    assert result.optimised and result.iterations > 0
+    assert _mean_tre(result, known, fixed) <= TRE_LIMIT_MM
+    assert result.metric_after < result.metric_before
+    assert abs(result.summary.rotation_angle_deg - known_angle(known)) < 0.5
+    assert [level.shrink_factor for level in result.levels] == [4, 2, 1]
+    assert result.warnings == ()
+
+
+def known_angle(transform) -> float:
+    matrix = np.asarray(transform.GetMatrix()).reshape(3, 3)
+    return float(np.degrees(np.arccos(np.clip((np.trace(matrix) - 1) / 2, -1, 1))))
+
+
+@pytest.mark.slow
+def test_second_contrast_t1c_known_transform_is_consistent(t1_pair):
+    # T1 and T1c share a grid but the head moved between them (about 9 degrees,
+    # visible in the images), so the truth for "T1c moved by S" is S after the
+    # T1c -> T1 registration B: the test measures whether a known rigid motion
+    # of a real second contrast is recovered on top of B.
+    t1, t1c = t1_pair
+    baseline = register(Volume(t1), Volume(t1c))
+    known = _rigid(t1, (8.0, -5.0, 10.0), (12.0, -15.0, 20.0))
+
+    moved = register(Volume(t1), Volume(transform_geometry(t1c, known)))
+
+    assert _mean_tre(moved, compose(known, baseline.transform), t1) <= TRE_LIMIT_MM
+    assert 5.0 < baseline.summary.rotation_angle_deg < 15.0
+
+
+def test_registration_is_bit_reproducible(small_mr):
+    known = _rigid(small_mr, (4.0, 6.0, -3.0), (-6.0, 9.0, 4.0))
+    moving = Volume(transform_geometry(_inverted_contrast(small_mr), known))
+    first = register(Volume(small_mr), moving)
+    second = register(Volume(small_mr), moving)
+    assert first.transform.GetParameters() == second.transform.GetParameters()
+    assert first.metric_after == second.metric_after
+    assert _mean_tre(first, known, small_mr) <= TRE_LIMIT_MM
+
+
+def test_affine_stage_recovers_known_rigid_transform(small_mr):
+    known = _rigid(small_mr, (-7.0, 3.0, 5.0), (10.0, 4.0, -8.0))
+    moving = Volume(transform_geometry(_inverted_contrast(small_mr, seed=1), known))
+    result = register(Volume(small_mr), moving, RegistrationConfig(affine=True))
+    assert result.transform.GetName() == "AffineTransform"
+    assert {level.stage for level in result.levels} == {"rigid", "affine"}
+    assert _mean_tre(result, known, small_mr) <= TRE_LIMIT_MM
+    assert np.allclose(result.summary.scales, 1.0, atol=0.02)
+
+
+def _reference(frame_of_reference_uid: str) -> SeriesReference:
+    return SeriesReference(
+        study_instance_uid="1.2.3",
+        series_instance_uid=f"1.2.3.{len(frame_of_reference_uid)}",
+        frame_of_reference_uid=frame_of_reference_uid,
+        modality="MR",
+        sop_class_uid="1.2.840.10008.5.1.4.1.1.4",
+        instances=(InstanceReference("1.2.840.10008.5.1.4.1.1.4", "1.2.3.4.5"),),
+    )
+
+
+def test_same_frame_of_reference_resamples_without_optimising(t1_pair):
+    t1, t1c = t1_pair
+    fixed = Volume(t1, modality="MR", references=_reference("1.2.826.0.1.99"))
+    moving = Volume(t1c, modality="MR", references=_reference("1.2.826.0.1.99"))
+    result = register(fixed, moving)
+    assert not result.optimised
+    assert "FrameOfReferenceUID" in result.reason
+    assert result.iterations == 0 and result.levels == ()
+    assert result.summary.rotation_angle_deg == 0.0 and result.summary.translation_norm_mm == 0.0
+    moved, coverage = resample_onto(fixed, moving, result.transform)
+    # Same grid and identity: resampling returns the moving voxels unchanged.
+    np.testing.assert_array_equal(sitk.GetArrayViewFromImage(moved.image), sitk.GetArrayViewFromImage(t1c))
+    assert np.all(sitk.GetArrayViewFromImage(coverage) == 1)
+
+
+def test_empty_frame_of_reference_does_not_skip(small_mr):
+    known = _rigid(small_mr, (0.0, 0.0, 3.0), (2.0, 0.0, 0.0))
+    fixed = Volume(small_mr, references=_reference(""))
+    moving = Volume(transform_geometry(small_mr, known), references=_reference(""))
+    assert register(fixed, moving).optimised
+
+
+def test_resample_onto_grid_coverage_and_default_value(small_mr):
+    slice_axis = np.asarray(small_mr.GetDirection()).reshape(3, 3)[:, 2]
+    shift = _rigid(small_mr, (0.0, 0.0, 0.0), 40.0 * slice_axis)
+    fixed, moving = Volume(small_mr, label="fixed"), Volume(small_mr, modality="MR", label="moving")
+    moved, coverage = resample_onto(fixed, moving, shift)
+    assert moved.image.GetSize() == small_mr.GetSize()
+    assert moved.image.GetOrigin() == small_mr.GetOrigin()
+    assert moved.image.GetDirection() == small_mr.GetDirection()
+    assert moved.modality == "MR"
+    cover = sitk.GetArrayViewFromImage(coverage)
+    values = sitk.GetArrayViewFromImage(moved.image)
+    # A 40 mm shift along the slice axis leaves the last 40 mm of the fixed grid without moving data.
+    slices_without = int(np.round(40.0 / small_mr.GetSpacing()[2]))
+    assert not cover[-slices_without + 1 :].any() and cover[: -slices_without - 1].all()
+    minimum = float(sitk.GetArrayViewFromImage(small_mr).min())
+    assert np.all(values[cover == 0] == minimum)
+    filled = resample_onto(fixed, moving, shift, default_value=-5.0)[0]
+    assert np.all(sitk.GetArrayViewFromImage(filled.image)[cover == 0] == -5.0)
+
+
+def test_nearest_interpolation_keeps_label_values(small_mr):
+    labels = sitk.Cast(foreground_mask(small_mr), sitk.sitkFloat32) * 3.0
+    turn = _rigid(small_mr, (0.0, 0.0, 7.0), (1.3, -0.7, 0.0))
+    nearest = resample_onto(Volume(small_mr), Volume(labels), turn, interpolation="nearest")[0]
+    linear = resample_onto(Volume(small_mr), Volume(labels), turn, interpolation="linear")[0]
+    assert set(np.unique(sitk.GetArrayViewFromImage(nearest.image))) == {0.0, 3.0}
+    assert len(np.unique(sitk.GetArrayViewFromImage(linear.image))) > 2
+    bspline = resample_onto(Volume(small_mr), Volume(small_mr), turn, interpolation="bspline")[0]
+    assert bspline.image.GetSize() == small_mr.GetSize()
+    with pytest.raises(InputError, match="interpolation"):
+        resample_onto(Volume(small_mr), Volume(small_mr), turn, interpolation="cubic")
+
+
+def test_constant_volume_is_refused(small_mr):
+    constant = sitk.Image(small_mr.GetSize(), sitk.sitkFloat32) + 7.0
+    constant.CopyInformation(small_mr)
+    with pytest.raises(InputError, match="moving volume is constant"):
+        register(Volume(small_mr), Volume(constant))
+
+
+def test_two_dimensional_image_is_refused(small_mr):
+    one_slice = small_mr[:, :, 30:31]
+    with pytest.raises(InputError, match="not a 3-D volume"):
+        register(Volume(one_slice), Volume(small_mr))
+    with pytest.raises(InputError, match="2-D"):
+        register(Volume(small_mr), Volume(small_mr[:, :, 30]))
+
+
+def test_no_overlap_after_initialisation_is_a_registration_error(small_mr):
+    far = sitk.Image(small_mr)
+    far.SetOrigin([c + 1000.0 for c in small_mr.GetOrigin()])
+    with pytest.raises(RegistrationError, match="no overlap"):
+        register(Volume(small_mr), Volume(far), RegistrationConfig(initialization="none"))
+    # Centring the images brings them together again.
+    assert register(Volume(small_mr), Volume(far), RegistrationConfig(initialization="geometry")).optimised
+
+
+def test_suspicious_transform_is_flagged(small_mr):
+    turned = _rigid(small_mr, (0.0, 0.0, 40.0), (0.0, 120.0, 0.0))
+    result = evaluate_transform(Volume(small_mr), Volume(small_mr), turned)
+    assert not result.optimised and result.reason == "transform given"
+    assert any("rotation of 40.0 degrees" in w for w in result.warnings)
+    assert any("translation of 120.0 mm" in w for w in result.warnings)
+
+
+def test_transform_file_round_trip(tmp_path, small_mr):
+    known = _rigid(small_mr, (3.0, -2.0, 1.0), (5.0, 6.0, -7.0))
+    path = write_transform(known, tmp_path / "t.tfm")
+    back = read_transform(path)
+    assert back.GetName() == "Euler3DTransform"
+    np.testing.assert_allclose(back.GetParameters(), known.GetParameters(), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(back.GetFixedParameters(), known.GetFixedParameters(), rtol=0, atol=1e-9)
+    assert [p.name for p in tmp_path.iterdir()] == ["t.tfm"]
+    (tmp_path / "bad.tfm").write_text("not a transform\n")
+    with pytest.raises(InputError, match="cannot read transform"):
+        read_transform(tmp_path / "bad.tfm")
+    with pytest.raises(InputError, match="not found"):
+        read_transform(tmp_path / "missing.tfm")
+
+
+def test_config_refuses_bad_values():
+    with pytest.raises(InputError, match="one entry per level"):
+        RegistrationConfig(shrink_factors=(4, 2), smoothing_sigmas_mm=(2.0, 1.0, 0.0))
+    with pytest.raises(InputError, match="initialization"):
+        RegistrationConfig(initialization="centre")
+    with pytest.raises(InputError, match="sampling_percentages"):
+        RegistrationConfig(sampling_percentages=(0.5, 0.1, 0.0))
+    assert RegistrationConfig().replace(affine=True).affine
+
+
+def test_foreground_mask_excludes_air_around_the_head(t1_pair):
+    t1 = t1_pair[0]
+    mask = sitk.GetArrayViewFromImage(foreground_mask(t1)).astype(bool)
+    values = sitk.GetArrayViewFromImage(t1)
+    z, y, x = mask.shape
+    assert 0.2 < mask.mean() < 0.8
+    assert mask[z // 2, y // 2, x // 2]
+    assert not any(mask[a, b, c] for a in (0, z - 1) for b in (0, y - 1) for c in (0, x - 1))
+    # Air outside the head is dark: the masked voxels are far brighter than the rest.
+    assert np.median(values[mask]) > 10 * max(np.median(values[~mask]), 1.0)
+
+
+def test_overlay_shows_fixed_and_moved(small_mr):
+    shift = _rigid(small_mr, (0.0, 0.0, 0.0), (0.0, 0.0, 30.0))
+    moved, coverage = resample_onto(Volume(small_mr), Volume(_inverted_contrast(small_mr)), shift)
+    picture = registration_overlay(small_mr, moved.image, coverage)
+    assert picture.dtype == np.uint8 and picture.ndim == 3 and picture.shape[2] == 3
+    edge_colour = np.all(picture == (255, 0, 255), axis=2)
+    assert edge_colour.any()
+    grey = picture[..., 0] == picture[..., 1]
+    assert grey.mean() > 0.5
