@@ -281,3 +281,28 @@ def test_bits_above_bits_stored_are_ignored(shared_data, tmp_path):
         ds.save_as(path)
     np.testing.assert_array_equal(sitk.GetArrayViewFromImage(read_series(tmp_path / "overlay").image),
                                   sitk.GetArrayViewFromImage(read_series(src).image))
+
+
+def test_bare_datasets_without_file_meta_are_read(shared_data, tmp_path):
+    # Older exports store the dataset alone: no preamble, no "DICM", no file
+    # meta; the encoding (here implicit VR little endian) must be inferred.
+    from pydicom.filebase import DicomFileLike
+    from pydicom.filewriter import write_dataset
+
+    src = shared_data / "dicom/d2n_mr_siemens_anat/001"
+    (tmp_path / "bare").mkdir()
+    for path in sorted(src.iterdir()):
+        ds = pydicom.dcmread(path)
+        del ds.file_meta
+        with open(tmp_path / "bare" / path.name, "wb") as handle:
+            out = DicomFileLike(handle)
+            out.is_little_endian, out.is_implicit_VR = True, True
+            write_dataset(out, ds)
+    with pytest.raises(pydicom.errors.InvalidDicomError):
+        pydicom.dcmread(next((tmp_path / "bare").iterdir()))
+    series = _image_series(tmp_path / "bare")
+    assert series.usable and series.transfer_syntax_uid == "1.2.840.10008.1.2"
+    bare, plain = read_series(series), read_series(src)
+    np.testing.assert_array_equal(sitk.GetArrayViewFromImage(bare.image), sitk.GetArrayViewFromImage(plain.image))
+    assert bare.image.GetOrigin() == plain.image.GetOrigin()
+    assert bare.references.series_instance_uid == plain.references.series_instance_uid

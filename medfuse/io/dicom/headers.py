@@ -208,11 +208,43 @@ def read_header(path: Path) -> InstanceHeader:
             # pydicom stops at the start of the Pixel Data element, or at the
             # end of a file that was cut short inside its header.
             pixel_offset = handle.tell()
-    except InvalidDicomError as exc:
-        raise NotDicomError("not a DICOM file (no DICM preamble)") from exc
+    except InvalidDicomError:
+        return _read_without_file_meta(path)
     except (EOFError, OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise NotDicomError(f"unreadable or truncated DICOM ({type(exc).__name__})") from exc
-    header = _header(ds, path, pixel_offset if pixel_offset < size else -1)
+    return _checked(ds, path, pixel_offset, size)
+
+
+#: Transfer syntax of a dataset stored without file meta, by (implicit VR, little endian).
+_ENCODING_SYNTAX = {
+    (True, True): "1.2.840.10008.1.2",
+    (False, True): "1.2.840.10008.1.2.1",
+    (False, False): "1.2.840.10008.1.2.2",
+}
+
+
+def _read_without_file_meta(path: Path) -> InstanceHeader:
+    """A bare dataset without preamble and file meta (older exports), or NotDicomError.
+
+    Accepted only when forced parsing yields SOP Class, SOP Instance and
+    Series Instance UIDs; the transfer syntax is the encoding pydicom found.
+    """
+    refusal = "not a DICOM file (no DICM preamble)"
+    try:
+        with open(path, "rb") as handle:
+            size = os.fstat(handle.fileno()).st_size
+            ds = pydicom.dcmread(handle, stop_before_pixels=True, force=True)
+            pixel_offset = handle.tell()
+    except Exception as exc:  # forced parsing of arbitrary bytes can fail in any way
+        raise NotDicomError(refusal) from exc
+    if not all(k in ds for k in ("SOPClassUID", "SOPInstanceUID", "SeriesInstanceUID")):
+        raise NotDicomError(refusal)
+    syntax = _ENCODING_SYNTAX.get(tuple(getattr(ds, "original_encoding", (None, None))), "")
+    return _checked(ds, path, pixel_offset, size, transfer_syntax_uid=syntax)
+
+
+def _checked(ds: Dataset, path: Path, pixel_offset: int, size: int, **kw) -> InstanceHeader:
+    header = _header(ds, path, pixel_offset if pixel_offset < size else -1, **kw)
     if pixel_offset >= size and not header.sop_instance_uid:
         raise NotDicomError("truncated DICOM: the file ends inside its header")
     if header.has_pixel_data:
@@ -225,9 +257,9 @@ def _past_image_pixel_module(tag, vr, length) -> bool:
     return tag.group > 0x0028
 
 
-def _header(ds: Dataset, path: Path, pixel_offset: int) -> InstanceHeader:
+def _header(ds: Dataset, path: Path, pixel_offset: int, **kw) -> InstanceHeader:
     try:
-        return header_from_dataset(ds, Path(path), pixel_offset=pixel_offset)
+        return header_from_dataset(ds, Path(path), pixel_offset=pixel_offset, **kw)
     except (EOFError, OSError, ValueError, KeyError, TypeError, AttributeError, IndexError) as exc:
         raise NotDicomError(f"corrupt or truncated DICOM header ({type(exc).__name__}: {exc})") from exc
 
@@ -276,8 +308,13 @@ def _check_pixel_length(header: InstanceHeader, remaining: int) -> None:
         )
 
 
-def header_from_dataset(ds: Dataset, path: Path, *, pixel_offset: int = -1) -> InstanceHeader:
-    """Build an :class:`InstanceHeader` from a (header-only) pydicom dataset."""
+def header_from_dataset(
+    ds: Dataset, path: Path, *, pixel_offset: int = -1, transfer_syntax_uid: str | None = None
+) -> InstanceHeader:
+    """Build an :class:`InstanceHeader` from a (header-only) pydicom dataset.
+
+    *transfer_syntax_uid* overrides the file meta's (for datasets stored without one).
+    """
     meta = getattr(ds, "file_meta", None)
     sop_class = _raw_text(ds, "SOPClassUID") or (str(meta.get("MediaStorageSOPClassUID", "")) if meta else "")
     if sop_class == MEDIA_STORAGE_DIRECTORY or "DirectoryRecordSequence" in ds:
@@ -298,7 +335,8 @@ def header_from_dataset(ds: Dataset, path: Path, *, pixel_offset: int = -1) -> I
         study_instance_uid=_raw_text(ds, "StudyInstanceUID"),
         series_instance_uid=_raw_text(ds, "SeriesInstanceUID"),
         frame_of_reference_uid=_raw_text(ds, "FrameOfReferenceUID"),
-        transfer_syntax_uid=str(meta.get("TransferSyntaxUID", "")) if meta else "",
+        transfer_syntax_uid=transfer_syntax_uid if transfer_syntax_uid is not None else (
+            str(meta.get("TransferSyntaxUID", "")) if meta else ""),
         modality=_raw_text(ds, "Modality"),
         patient_id=_raw_text(ds, "PatientID"),
         patient_name=str(ds.get("PatientName", "")),

@@ -120,7 +120,7 @@ def _decode(refs: tuple[SliceRef, ...], series: SeriesInfo) -> np.ndarray:
         try:
             data = _native_pixels(placed[0][1].instance)
             if data is None:
-                data = pydicom.dcmread(path).pixel_array
+                data = _pydicom_pixels(placed[0][1].instance)
         except (NotImplementedError, RuntimeError) as exc:
             syntax = pydicom.uid.UID(series.transfer_syntax_uid).name
             raise SeriesReadError(
@@ -141,6 +141,15 @@ def _decode(refs: tuple[SliceRef, ...], series: SeriesInfo) -> np.ndarray:
     for item in by_file.items():
         load(item)
     return out
+
+
+def _pydicom_pixels(instance) -> np.ndarray:
+    """Decode with pydicom's plugins (compressed, big endian, unusual layouts)."""
+    # force: the index accepted this file, including bare datasets without file meta.
+    ds = pydicom.dcmread(instance.path, force=True)
+    if "TransferSyntaxUID" not in ds.file_meta and instance.transfer_syntax_uid:
+        ds.file_meta.TransferSyntaxUID = instance.transfer_syntax_uid
+    return ds.pixel_array
 
 
 _PIXEL_DATA_TAG = b"\xe0\x7f\x10\x00"  # (7FE0,0010) little endian
@@ -192,7 +201,7 @@ def _first_line(exc: BaseException) -> str:
 
 
 def _series_reference(series: SeriesInfo, refs: tuple[SliceRef, ...]) -> SeriesReference:
-    head = pydicom.dcmread(refs[0].instance.path, stop_before_pixels=True)
+    head = pydicom.dcmread(refs[0].instance.path, stop_before_pixels=True, force=True)
     patient_study, equipment, extra = reference_dicts(head)
     seen: dict[str, InstanceReference] = {}
     for ref in refs:
