@@ -108,6 +108,8 @@ class SeriesInfo:
     split_value: str = ""
     notes: tuple[str, ...] = ()
     tilt_deg: float = 0.0
+    #: A 4-D series that is otherwise readable: read_series needs volume_index.
+    needs_volume_index: bool = False
 
     @property
     def n_instances(self) -> int:
@@ -151,6 +153,7 @@ class SeriesInfo:
             "orientation": self.orientation,
             "usable": self.usable,
             "reason": self.reason,
+            "needs_volume_index": self.needs_volume_index,
             "split_rule": self.split_rule,
             "split_value": self.split_value,
             "notes": list(self.notes),
@@ -506,6 +509,7 @@ def _build(
         return refuse(
             f"4-D series: {len(volumes)} volumes by {split_4d}; choose one with volume_index "
             "(--volume-index)",
+            needs_volume_index=True,
             **common,
         )
     return _info(members, tuple(volumes), (*dims_xy, n_slices), (*spacing_xy, stack.spacing), orientation,

@@ -88,8 +88,7 @@ def _resolve(series_info_or_dir) -> SeriesInfo:
 
 
 def _choose_volume(series: SeriesInfo, volume_index: int | None) -> tuple[SliceRef, ...]:
-    four_d = series.n_volumes > 1
-    if not series.usable and not (four_d and volume_index is not None and _only_4d_problem(series)):
+    if not series.usable and not (series.needs_volume_index and volume_index is not None):
         raise SeriesReadError(f"{series.label}: {series.reason}")
     if volume_index is None:
         return series.volumes[0]
@@ -98,10 +97,6 @@ def _choose_volume(series: SeriesInfo, volume_index: int | None) -> tuple[SliceR
             f"{series.label}: volume index {volume_index} out of range (series has {series.n_volumes})"
         )
     return series.volumes[volume_index]
-
-
-def _only_4d_problem(series: SeriesInfo) -> bool:
-    return series.reason.startswith("4-D series")
 
 
 def _decode(refs: tuple[SliceRef, ...], series: SeriesInfo) -> np.ndarray:
