@@ -95,3 +95,9 @@ def test_constant_volume_is_refused():
 def test_mapping_validates_its_range():
     with pytest.raises(InputError):
         IntensityMapping("MR", "percentile", 5.0, 5.0)
+
+
+def test_output_stays_in_unit_range_with_non_finite_input():
+    values = np.array([np.nan, np.inf, -np.inf, 0.0, 1000.0], dtype=np.float32)
+    unit, _ = map_to_unit(values, "MR", window=(500, 1000))
+    np.testing.assert_array_equal(unit, [0.0, 1.0, 0.0, 0.0, 1.0])

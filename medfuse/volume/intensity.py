@@ -15,7 +15,8 @@ a clinical choice, so it is explicit and recorded:
   ``suv_range`` (default 0–10) → [0, 1]; otherwise the percentiles, and the
   recorded mapping says why SUV was not used.
 
-Values outside the range are clipped. :meth:`IntensityMapping.inverse`
+Values outside the range are clipped; NaN maps to 0 so the output is
+always inside [0, 1]. :meth:`IntensityMapping.inverse`
 maps [0, 1] back to scanner units (clipped values stay at the range ends).
 """
 
@@ -71,9 +72,10 @@ class IntensityMapping:
             raise InputError(f"empty intensity range [{self.low:g}, {self.high:g}] (constant volume?)")
 
     def apply(self, values: np.ndarray) -> np.ndarray:
-        """Scanner values (any shape) → float32 in [0, 1]."""
+        """Scanner values (any shape) → float32 in [0, 1]; NaN → 0, ±Inf → the range ends."""
         scale = np.float32(1.0 / (self.high - self.low))
         out = (np.asarray(values, dtype=np.float32) - np.float32(self.low)) * scale
+        np.nan_to_num(out, copy=False, nan=0.0, posinf=1.0, neginf=0.0)
         return np.clip(out, 0.0, 1.0, out=out)
 
     def inverse(self, unit_array: np.ndarray) -> np.ndarray:
