@@ -58,7 +58,8 @@ from medfuse.volume.registration import (  # noqa: E402
     transform_geometry,
 )
 
-DATA = Path(os.environ.get("MEDFUSE_SHARED_DATA", REPO.parent / "shared" / "data")) / "volumes"
+SHARED = Path(os.environ.get("MEDFUSE_SHARED_DATA", REPO.parent / "shared" / "data"))
+DATA = SHARED / "volumes"
 TCGA = DATA / "tcia_TCGA-FG-6692_t1_t1c_t2_flair"
 T1 = TCGA / "T1_AX_OtherEXampleTCIA_TCGA-FG-6692_Si_TCGA-FG-6692_T1_AX_SE_10_se2d1_t1.nii.gz"
 T1C = TCGA / "MRHR_T1_AX_POST_GAD_OtherEXampleTCIA_TCGA-FG-6692_Si_TCGA-FG-6692_MRHR_T1_AX_POST_GAD_SE_13_se2d1r_t1c.nii.gz"
@@ -68,6 +69,8 @@ PET_CT = DATA / "tcia_CCTH-A01_pet_ct"
 
 # name: (fixed, moving or None for a synthetic contrast, how the motion is applied, rotation deg, translation mm)
 CASES = {
+    "ge_mprage": (SHARED / "dicom/ge_mr_t1_mprage/05_3D_Ax_T1_MP_RAGE_R22", None, "header",
+                  (-5.0, 8.0, 10.0), (12.0, -8.0, 15.0)),
     "chris_t1": (DATA / "niivue_chris_t1/chris_t1.nii.gz", None, "header", (10.0, 5.0, -7.0), (-10.0, 15.0, 8.0)),
     "mr_gd": (DATA / "niivue_MR_Gd/MR_Gd.nii.gz", None, "resample", (-6.0, 9.0, 4.0), (15.0, 5.0, -12.0)),
     "ct_pitch": (DATA / "niivue_CT_pitch/CT_pitch.nii.gz", None, "resample", (5.0, -10.0, 8.0), (8.0, -12.0, 18.0)),
@@ -81,6 +84,10 @@ REFERENCE_CONFIG = RegistrationConfig(sampling_percentages=(1.0, 0.5, 0.2), iter
 
 
 def read(path: Path) -> sitk.Image:
+    if path.is_dir():
+        from medfuse.io.volumes import load_volume
+
+        return load_volume(path).image
     return sitk.Cast(sitk.ReadImage(str(path)), sitk.sitkFloat32)
 
 
