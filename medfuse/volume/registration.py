@@ -81,6 +81,11 @@ class RegistrationConfig:
         fraction is cheap and keeps the metric smooth where the transform
         travels furthest; the full-resolution level only refines, and 1 % of
         a 256x256x150 volume is ~1e5 points (fewer inside the mask).
+    max_samples_per_level : int
+        Upper bound on the points sampled at one level: the fractions above
+        are lowered for large volumes (a 512x512 CT's coarse level would
+        otherwise draw ~1.6e5 points where 6e4 estimate 6 parameters as
+        well). Default 60000.
     seed : int
         Seed of the random sampling; fixed so a run is reproducible.
     shrink_factors : tuple of int
@@ -88,9 +93,10 @@ class RegistrationConfig:
     smoothing_sigmas_mm : tuple of float
         Gaussian smoothing per level, in mm. Default (2.0, 1.0, 0.0).
     resolution_ratio : float
-        Neither image is registered on voxels finer than this times the other
-        image's finest spacing (block averaging), since detail the other image
-        cannot show only costs time. Default 0.5.
+        Neither image is registered on voxels finer than about this times the
+        other image's finest spacing (block averaging), since detail the other
+        image cannot show only costs time. Default 1.0 (no effect between
+        images of similar resolution).
     step_mm : tuple of float
         Initial step of the regular-step gradient descent at each level, in
         mm of physical shift (the optimizer scales are estimated from the
@@ -151,10 +157,11 @@ class RegistrationConfig:
     histogram_bins: int = 50
     sampling: str = "random"
     sampling_percentages: tuple[float, ...] = (0.5, 0.1, 0.01)
+    max_samples_per_level: int = 60_000
     seed: int = 20260101
     shrink_factors: tuple[int, ...] = (4, 2, 1)
     smoothing_sigmas_mm: tuple[float, ...] = (2.0, 1.0, 0.0)
-    resolution_ratio: float = 0.5
+    resolution_ratio: float = 1.0
     step_mm: tuple[float, ...] = (4.0, 1.0, 0.5)
     min_step: float = 0.01
     relaxation: float = 0.5
@@ -199,7 +206,7 @@ class RegistrationConfig:
             raise InputError(f"sampling_percentages must be in (0, 1], got {self.sampling_percentages}")
         if not 1 <= self.affine_levels <= levels:
             raise InputError(f"affine_levels must be between 1 and {levels}, got {self.affine_levels}")
-        positive = ("histogram_bins", "resolution_ratio", "min_step", "iterations", "affine_iterations", "min_voxels_per_axis")
+        positive = ("histogram_bins", "max_samples_per_level", "resolution_ratio", "min_step", "iterations", "affine_iterations", "min_voxels_per_axis")
         for name in positive:
             if getattr(self, name) <= 0:
                 raise InputError(f"{name} must be > 0, got {getattr(self, name)}")
@@ -863,12 +870,40 @@ def _metric_value(
     moving_mask: sitk.Image | None,
     config: RegistrationConfig,
 ) -> float:
-    """Mattes MI at full resolution with the finest level's sampling (comparable before/after)."""
+    """Mattes MI on the finest pyramid level's images and sampling (comparable before/after)."""
+    fixed_floor, moving_floor = _resolution_floors(fixed_image, moving_image, config)
+    sigma = config.smoothing_sigmas_mm[-1]
+    level_fixed = _pyramid_level(fixed_image, 1, sigma, fixed_floor)
+    level_moving = _pyramid_level(moving_image, 1, sigma, moving_floor)
     method = _metric_method(
-        config, fixed_mask, moving_mask, sampling=config.sampling,
+        config, _mask_on(fixed_mask, level_fixed), _mask_on(moving_mask, level_moving), sampling=config.sampling,
         percentage=config.sampling_percentages[-1], gradient_images=False,
     )
-    return _evaluate(method, fixed_image, moving_image, transform)
+    return _evaluate(method, level_fixed, level_moving, transform)
+
+
+def _capped_percentage(
+    percentage: float, image: sitk.Image, mask: sitk.Image | None, config: RegistrationConfig
+) -> float:
+    """The level's sampling fraction, lowered so that at most max_samples_per_level points are drawn."""
+    if mask is not None:
+        candidates = int(np.count_nonzero(sitk.GetArrayViewFromImage(mask)))
+    else:
+        candidates = int(np.prod(image.GetSize()))
+    if candidates * percentage <= config.max_samples_per_level:
+        return percentage
+    return config.max_samples_per_level / candidates
+
+
+def _resolution_floors(
+    fixed_image: sitk.Image, moving_image: sitk.Image, config: RegistrationConfig
+) -> tuple[float, float]:
+    # Neither image needs voxels much finer than the other's: a 0.9 mm CT
+    # against a PET of 5.5 x 5.5 x 3.3 mm is registered on ~2.8 mm CT voxels.
+    return (
+        config.resolution_ratio * min(moving_image.GetSpacing()),
+        config.resolution_ratio * min(fixed_image.GetSpacing()),
+    )
 
 
 def _optimise(
@@ -885,10 +920,7 @@ def _optimise(
     """Run the pyramid one level at a time (own images, step length and timing per level)."""
     transform = type(initial)(initial)
     stop = ""
-    # Neither image needs voxels much finer than the other's: a 0.9 mm CT
-    # against a 5.5 mm PET is registered on ~2.7 mm CT voxels at full resolution.
-    fixed_floor = config.resolution_ratio * min(moving_image.GetSpacing())
-    moving_floor = config.resolution_ratio * min(fixed_image.GetSpacing())
+    fixed_floor, moving_floor = _resolution_floors(fixed_image, moving_image, config)
     for level, (factor, sigma) in enumerate(zip(config.shrink_factors, config.smoothing_sigmas_mm)):
         started = time.perf_counter()
         level_fixed = _pyramid_level(fixed_image, factor, sigma, fixed_floor)
@@ -896,12 +928,13 @@ def _optimise(
         # Whole-volume gradient images pay off on the small coarse levels, where
         # many points are sampled; at full resolution central differences at
         # the few sampled points are cheaper.
+        level_mask = _mask_on(fixed_mask, level_fixed)
         method = _metric_method(
             config,
-            _mask_on(fixed_mask, level_fixed),
+            level_mask,
             _mask_on(moving_mask, level_moving),
             sampling=config.sampling,
-            percentage=config.sampling_percentages[level],
+            percentage=_capped_percentage(config.sampling_percentages[level], level_fixed, level_mask, config),
             gradient_images=factor > 1,
         )
         method.SetOptimizerAsRegularStepGradientDescent(
