@@ -1,7 +1,7 @@
 """Regenerate the metric tables of docs/metrics.md (run by hand, not in CI).
 
     python bench/evaluate_tables.py main -o /tmp/medfuse-tables        # all tasks, ours vs baselines
-    python bench/evaluate_tables.py variants -o /tmp/medfuse-variants  # config study, medical tasks
+    python bench/evaluate_tables.py variants -o /tmp/medfuse-variants --tasks ct-mri  # config study
 
 ``main`` fuses every pair under ../shared/data/pairs2d with the paper preset,
 medfuse's default and the four baselines; ``variants`` runs the
@@ -27,9 +27,18 @@ VARIANTS = (
     "ours:paper:decomposition_size=15",
     "ours:paper:decomposition_size=7",
     "ours:paper:saliency_normalisation=none",
-    "ours:paper:base_rule=average",
     "ours:paper:detail_rule=max-abs",
+    "ours:paper:base_rule=average",
     "ours:paper:eps_d=0.01",
+    "ours:paper:eps_b=0.001",
+    "ours:paper:r_b=7,eps_b=0.001",
+    "ours:paper:decomposition_size=7,eps_b=0.001",
+    "ours:paper:decomposition_size=15,r_b=7,eps_b=0.001",
+    "ours:paper:decomposition_size=11,r_b=7,eps_b=0.001",
+    "ours:paper:decomposition_size=7,r_b=7,eps_b=0.001",
+    "ours:paper:decomposition_size=7,r_b=3,eps_b=0.0001",
+    "ours:paper:decomposition_size=5,r_b=5,eps_b=0.001",
+    "ours:paper:decomposition=guided",
     "ours",
     "average",
     "max",
