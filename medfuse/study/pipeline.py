@@ -301,6 +301,7 @@ class _Run:
                 on_grid.append(moved)
                 masks.append(sitk.GetArrayFromImage(coverage).astype(bool))
                 advance(1, len(movings))
+            del moving, moved, coverage  # on_grid and masks hold what is still needed
         with self.stage("map"):
             arrays, mappings = [], []
             while on_grid:  # release each resampled volume once mapped: bounded memory
@@ -309,6 +310,10 @@ class _Run:
                 arrays.append(unit)
                 mappings.append(mapping)
             del volume
+        # Only the volumes' geometry is needed from here on: drop their pixels.
+        for index, volume in enumerate(volumes):
+            volumes[index] = dataclasses.replace(volume, image=_geometry_only(volume.image))
+        del fixed, movings
         z = arrays[0].shape[0]
         with self.stage("fuse", total=z) as advance:
             fused = fuse_volume(arrays, masks, options.fusion, workers=options.workers, scheduler=options.scheduler,
@@ -448,6 +453,13 @@ def slice_sources(grid: sitk.Image, volumes: Sequence[Volume],
             else:
                 cited[z].append((index, 0))
     return cited
+
+
+def _geometry_only(image: sitk.Image) -> sitk.Image:
+    """A uint8 image with *image*'s size, origin, spacing and direction (a quarter of float32's memory)."""
+    geometry = sitk.Image(image.GetSize(), sitk.sitkUInt8)
+    geometry.CopyInformation(image)
+    return geometry
 
 
 def _make_readable(folder: Path) -> None:
