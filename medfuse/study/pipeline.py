@@ -318,6 +318,9 @@ class _Run:
         with self.stage("fuse", total=z) as advance:
             fused = fuse_volume(arrays, masks, options.fusion, workers=options.workers, scheduler=options.scheduler,
                                 saliency_scope=options.saliency_scope, progress=advance)
+        if not options.report:  # only the report needs the sources from here on
+            arrays.clear()
+            masks.clear()
         with self.stage("write"):
             result = self._write(volumes, arrays, masks, fused, registrations, mappings, inputs)
         return dataclasses.replace(result, timings=dict(self.timings))
