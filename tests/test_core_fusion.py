@@ -8,6 +8,7 @@ import pytest
 from medfuse.api import to_unit_float
 from medfuse.core.colour import rgb_to_ycbcr
 from medfuse.core.config import FusionConfig
+from medfuse.core.decomposition import decompose
 from medfuse.core.fusion import STAGES, fuse_slices, fuse_stack
 from medfuse.core.saliency import level_histogram
 from medfuse.errors import FusionError, InputError
@@ -113,6 +114,7 @@ class CountingExtractor:
     """Test-local extractor: activity = 2x2 mean of |image − 0.5|, stride 2; counts calls."""
 
     name = "counting@1"
+    stride = 2
 
     def __init__(self):
         self.calls = []
@@ -133,6 +135,50 @@ def test_fuse_slices_batches_all_slices_through_the_extractor_once(stacks):
     for z in range(3):
         single = fuse_stack(volumes[:, z], CONFIGS["paper"], CountingExtractor()).fused
         assert np.max(np.abs(fused[z] - single)) < 1e-6
+
+
+class CellIndexExtractor:
+    """Test-local extractor of stride 8 whose activity is its cell's index (source 0) or 0."""
+
+    name = "cell-index@1"
+    stride = 8
+
+    def activity(self, images):
+        n, h, w = images.shape
+        cells = np.arange(-(-h // 8) * -(-w // 8), dtype=np.float32).reshape(-(-h // 8), -(-w // 8)) / 4
+        return np.stack([cells] + [np.zeros_like(cells)] * (n - 1))
+
+
+def _pixel_cells(shape, stride):
+    rows, columns = np.mgrid[0 : shape[0], 0 : shape[1]]
+    return rows // stride, columns // stride
+
+
+def test_odd_sized_images_take_the_activity_of_the_cell_containing_each_pixel(stacks):
+    # features_on='detail' skips the detail guided filter, so the detail weights
+    # are exactly the upsampled softmax of the activity.
+    config = CONFIGS["features-on-detail"]
+    stack = np.ascontiguousarray(stacks[2][:, 50:70, 60:97])  # 20 x 37: not a multiple of 8
+    extractor = CellIndexExtractor()
+    weights = fuse_stack(stack, config, extractor).detail_weights
+    cells = extractor.activity(stack)[0]
+    expected = 1 / (1 + np.exp(-cells.astype(np.float64)))  # softmax of (a, 0)
+    rows, columns = _pixel_cells((20, 37), 8)
+    np.testing.assert_allclose(weights[0], expected[rows, columns], rtol=1e-6)
+    assert weights[0, 7, 0] != weights[0, 8, 0] and weights[0, 15, 0] == weights[0, 8, 0]
+
+
+def test_odd_sized_images_follow_the_shipped_extractors_cells(stacks, extractor):
+    config = CONFIGS["features-on-detail"]
+    stack = np.ascontiguousarray(stacks[2][:, 50:70, 60:97])
+    weights = fuse_stack(stack, config, extractor).detail_weights
+    _, detail = decompose(stack, config.decomposition, config.decomposition_size)
+    activity = extractor.activity(np.clip(detail + np.float32(0.5), 0, 1)).astype(np.float64)
+    assert activity.shape == (2, 3, 5)
+    soft = np.exp(activity - activity.max(axis=0))
+    soft /= soft.sum(axis=0)
+    rows, columns = _pixel_cells((20, 37), extractor.stride)
+    np.testing.assert_allclose(weights, soft[:, rows, columns], atol=1e-5)
 
 
 def test_fuse_slices_uses_volume_wide_saliency_histograms(stacks):

@@ -38,6 +38,22 @@ def test_upsample_nearest_maps_each_cell_to_its_stride_block():
     assert out[0, 3, 3] == 0 and out[0, 4, 3] == 3 and out[0, 6, 9] == 5 and out[0, 0, 8] == 2
 
 
+def test_upsample_nearest_with_a_stride_puts_each_pixel_in_the_cell_containing_it():
+    # 20 x 37 at stride 8: 3 x 5 cells; inferring ceil(20 / 3) = 7 would shift rows 7..15.
+    maps = np.arange(2 * 3 * 5, dtype=np.float32).reshape(2, 3, 5)
+    out = upsample_nearest(maps, (20, 37), stride=8)
+    rows, columns = np.mgrid[0:20, 0:37]
+    assert out.shape == (2, 20, 37)
+    for k in range(2):
+        assert np.array_equal(out[k], maps[k][rows // 8, columns // 8])
+    assert out[0, 7, 0] == maps[0, 0, 0] and out[0, 16, 0] == maps[0, 2, 0]
+
+
+def test_upsample_nearest_refuses_a_stride_that_does_not_match_the_cells():
+    with pytest.raises(ValueError, match="stride"):
+        upsample_nearest(np.zeros((1, 3, 5)), (20, 37), stride=4)
+
+
 def test_upsample_nearest_refuses_maps_that_cannot_tile_the_image():
     with pytest.raises(ValueError):
         upsample_nearest(np.zeros((1, 5, 5)), (4, 4))

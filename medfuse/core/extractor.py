@@ -22,9 +22,17 @@ class ActivityExtractor(Protocol):
     ----------
     name : str
         Model name and depth, recorded in provenance.
+    stride : int
+        Output stride s of the network at the chosen depth: the extractor pads
+        an (H, W) image bottom/right to a multiple of s and returns one
+        activity cell per s×s block, ``ceil(H / s) × ceil(W / s)`` cells. The
+        core maps cell (i, j) back onto pixels [i·s, (i+1)·s) × [j·s, (j+1)·s).
+        (An extractor without it is still accepted; the core then infers
+        ``ceil(H / h)``, which is wrong for some sizes, e.g. H = 20, s = 8.)
     """
 
     name: str
+    stride: int
 
     def activity(self, images: np.ndarray) -> np.ndarray:
         """Channel-wise L1 norm of the ReLU feature maps at the chosen depth.
@@ -39,6 +47,7 @@ class ActivityExtractor(Protocol):
         -------
         ndarray, shape (N, h, w), float32, >= 0
             ``h, w = ceil(H / stride), ceil(W / stride)`` for the network's
-            stride at that depth. The core upsamples it (nearest) to (H, W).
+            ``stride`` at that depth. The core upsamples it (nearest, by
+            ``stride``) to (H, W).
         """
         ...

@@ -205,7 +205,9 @@ def _fuse(
         activity = _activity(extractor, cnn_input.reshape(k * n, h, w))
         t3 = clock()
         timings["cnn"] = t3 - t2
-        detail_w = upsample_nearest(softmax_weights(activity.reshape((k, n) + activity.shape[-2:])), (h, w))
+        detail_w = upsample_nearest(
+            softmax_weights(activity.reshape((k, n) + activity.shape[-2:])), (h, w), getattr(extractor, "stride", None)
+        )
         if config.features_on == "source":
             detail_w = refine(detail_w, stack, config.r_d, config.eps_d, clip=config.clip_detail_weights)
         else:
@@ -232,8 +234,15 @@ def _activity(extractor: ActivityExtractor, images: np.ndarray) -> np.ndarray:
     activity = np.asarray(extractor.activity(np.ascontiguousarray(images, dtype=np.float32)))
     name = getattr(extractor, "name", type(extractor).__name__)
     n, h, w = images.shape
-    if activity.ndim != 3 or activity.shape[0] != n or not (1 <= activity.shape[1] <= h and 1 <= activity.shape[2] <= w):
-        raise FusionError(f"extractor {name} returned activity of shape {activity.shape} for input {images.shape}")
+    stride = getattr(extractor, "stride", None)
+    if stride is None:
+        cells_ok = activity.ndim == 3 and 1 <= activity.shape[1] <= h and 1 <= activity.shape[2] <= w
+    else:
+        cells_ok = activity.shape[1:] == (-(-h // stride), -(-w // stride))
+    if activity.ndim != 3 or activity.shape[0] != n or not cells_ok:
+        raise FusionError(
+            f"extractor {name} (stride {stride}) returned activity of shape {activity.shape} for input {images.shape}"
+        )
     if not np.all(np.isfinite(activity)):
         raise FusionError(f"extractor {name} returned NaN or infinite activity")
     return activity

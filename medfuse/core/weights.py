@@ -97,22 +97,46 @@ def softmax_weights(activity: np.ndarray) -> np.ndarray:
     return shifted
 
 
-def upsample_nearest(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Nearest-neighbour upsampling of (..., h, w) maps to (..., H, W).
+def upsample_nearest(maps: np.ndarray, size: tuple[int, int], stride: int | None = None) -> np.ndarray:
+    """Nearest-neighbour upsampling of (..., h, w) cell maps to (..., H, W).
 
-    A feature map of stride s covers ``h = ceil(H / s)`` cells; the stride is
-    recovered as ``ceil(H / h)`` and cell j covers pixels [j·s, (j+1)·s),
-    cropped at the image edge (so the alignment does not drift along the image).
+    An extractor of stride s pads the image bottom/right to a multiple of s
+    and returns ``h, w = ceil(H / s), ceil(W / s)`` cells; cell (i, j) covers
+    pixels [i·s, (i+1)·s) × [j·s, (j+1)·s), cropped at the image edge. Every
+    output pixel (y, x) takes the value of cell (y // s, x // s).
+
+    Parameters
+    ----------
+    maps : ndarray, shape (..., h, w)
+    size : (H, W)
+        Output image size.
+    stride : int, optional
+        The extractor's stride (``ActivityExtractor.stride``). Without it the
+        stride is inferred as ``ceil(H / h)`` (and ``ceil(W / w)``), which is
+        only right when that is the true stride: e.g. H = 20 at stride 8 gives
+        h = 3 cells and an inferred stride of 7. Pass the stride when known.
+
+    Returns
+    -------
+    ndarray, shape (..., H, W), maps' dtype
     """
     h, w = maps.shape[-2:]
     big_h, big_w = size
     if h > big_h or w > big_w or h < 1 or w < 1:
         raise ValueError(f"cannot upsample maps of size {(h, w)} to {(big_h, big_w)}")
-    stride_h, stride_w = -(-big_h // h), -(-big_w // w)
-    if (big_h + stride_h - 1) // stride_h != h or (big_w + stride_w - 1) // stride_w != w:
-        raise ValueError(f"maps of size {(h, w)} do not tile an image of size {(big_h, big_w)} with an integer stride")
-    out = np.repeat(np.repeat(maps, stride_h, axis=-2), stride_w, axis=-1)
-    return out[..., :big_h, :big_w]
+    if stride is None:
+        stride_h, stride_w = -(-big_h // h), -(-big_w // w)
+    else:
+        if isinstance(stride, bool) or int(stride) != stride or stride < 1:
+            raise ValueError(f"stride must be a positive integer, got {stride!r}")
+        stride_h = stride_w = int(stride)
+    if -(-big_h // stride_h) != h or -(-big_w // stride_w) != w:
+        raise ValueError(
+            f"maps of size {(h, w)} do not tile an image of size {(big_h, big_w)} with stride {(stride_h, stride_w)}"
+        )
+    rows = np.arange(big_h) // stride_h
+    columns = np.arange(big_w) // stride_w
+    return maps[..., rows[:, None], columns[None, :]]
 
 
 def max_abs_weights(details: np.ndarray) -> np.ndarray:
