@@ -9,14 +9,30 @@ from pathlib import Path
 
 import typer
 
+from medfuse.core.config import FusionConfig
 from medfuse.errors import InputError, WriteError
+
+
+def _describe(config: FusionConfig) -> str:
+    """The parameters that differ between the presets, as 'box 7, r_b 7, ...' (for --help)."""
+    clipped = "clipped" if config.clip_detail_weights else "unclipped"
+    return (
+        f"{config.decomposition} {config.decomposition_size}, r_b {config.r_b}, eps_b {config.eps_b:g}, "
+        f"r_d {config.r_d}, eps_d {config.eps_d:g}, {clipped} detail weights"
+    )
+
+
+_PRESET_HELP = (
+    f"Starting configuration: 'default' (medfuse's: {_describe(FusionConfig())}; chosen in docs/metrics.md) "
+    f"or 'paper' (the paper's exactly: {_describe(FusionConfig.paper())})."
+)
 
 
 def fuse_images(
     inputs: list[Path] = typer.Argument(..., metavar="A B [C ...]", help="Two or more pre-registered images (PNG, TIFF, JPEG; 8/16-bit) of the same size."),
     output: Path = typer.Option(..., "--output", "-o", help="Fused image to write (.png, .tif, .jpg)."),
     save_weights: Path = typer.Option(None, "--save-weights", help="Folder for the base/detail weight maps (16-bit PNG previews + exact weights.npz)."),
-    preset: str = typer.Option("default", "--preset", help="Starting configuration: 'default' (medfuse's) or 'paper' (the paper's exactly)."),
+    preset: str = typer.Option("default", "--preset", help=_PRESET_HELP),
     model: str = typer.Option(None, "--model", help="Feature extractor model name (medfuse models list); default: the shipped model."),
     depth: int = typer.Option(None, "--depth", min=1, help="Network depth of the features; default: the model's default."),
     base_rule: str = typer.Option(None, "--base-rule", help="Base weights: saliency | average."),
@@ -31,7 +47,6 @@ def fuse_images(
     when any input is colour, and 16-bit when a grey output has a 16-bit input.
     """
     from medfuse.api import fuse
-    from medfuse.core.config import FusionConfig
     from medfuse.io.images import image_format, read_image, write_image
 
     started = time.perf_counter()
