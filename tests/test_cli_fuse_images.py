@@ -71,6 +71,7 @@ def test_options_reach_the_fusion(pairs, tmp_path, capsys):
         "paper": ["--preset", "paper"],
         "max-abs": ["--detail-rule", "max-abs", "--base-rule", "average"],
         "detail": ["--features-on", "detail"],
+        "detail-warm": ["--features-on", "detail", "--detail-temperature", "1e9", "--save-weights", tmp_path / "warm"],
     }.items():
         outputs[name] = tmp_path / f"{name}.png"
         code, stdout, stderr = run(["fuse-images", folder / "a.png", folder / "b.png", "-o", outputs[name], *options], capsys)
@@ -78,6 +79,9 @@ def test_options_reach_the_fusion(pairs, tmp_path, capsys):
     images = {name: read_image(path) for name, path in outputs.items()}
     assert not np.array_equal(images["paper"], images["max-abs"])
     assert not np.array_equal(images["paper"], images["detail"])
+    assert not np.array_equal(images["detail"], images["detail-warm"])
+    with np.load(tmp_path / "warm" / "weights.npz") as data:
+        np.testing.assert_allclose(data["detail"], 0.5, atol=1e-6)  # T -> infinity: equal detail weights
 
 
 def test_16_bit_grey_inputs_give_a_16_bit_output(pairs, tmp_path, capsys):
@@ -108,6 +112,7 @@ def test_errors_are_one_line_with_exit_codes_and_write_nothing(pairs, tmp_path, 
         (["fuse-images", ct, mr, "-o", blocker / "f.png"], 6, "does not exist"),
         (["fuse-images", ct, mr, "-o", tmp_path / "out" / "f.bmp"], 2, "must end in"),
         (["fuse-images", ct, mr, "-o", out, "--base-rule", "max"], 2, "base_rule"),
+        (["fuse-images", ct, mr, "-o", out, "--detail-temperature", "0"], 2, "detail_temperature"),
         (["fuse-images", ct, mr, "-o", out, "--model", "no-such-model"], 7, "unknown model"),
         (["fuse-images", ct, mr, "-o", ct], 2, "also an input"),
     ]

@@ -14,6 +14,7 @@ def test_paper_configuration_holds_the_papers_parameters():
     assert (paper.r_b, paper.eps_b, paper.r_d, paper.eps_d) == (45, 0.1, 7, 1e-6)
     assert paper.saliency_levels == 256
     assert paper.clip_detail_weights is False
+    assert paper.detail_temperature == 1.0  # eq. 11 is a plain softmax
     # Box side from the authors' public code (not stated in the paper).
     assert paper.decomposition_size == 45
 
@@ -43,6 +44,11 @@ def test_config_is_frozen_and_replace_returns_a_validated_copy():
         {"depth": 0},
         {"model": ""},
         {"clip_detail_weights": "yes"},
+        {"detail_temperature": 0},
+        {"detail_temperature": -2.0},
+        {"detail_temperature": float("nan")},
+        {"detail_temperature": float("inf")},
+        {"detail_temperature": True},
         {"no_such_parameter": 1},
     ],
 )

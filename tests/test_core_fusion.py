@@ -181,6 +181,15 @@ def test_odd_sized_images_follow_the_shipped_extractors_cells(stacks, extractor)
     np.testing.assert_allclose(weights, soft[:, rows, columns], atol=1e-5)
 
 
+def test_a_huge_detail_temperature_gives_equal_detail_weights(stacks, extractor):
+    config = CONFIGS["features-on-detail"]
+    hot = fuse_stack(stacks[2], config.replace(detail_temperature=1e9), extractor)
+    np.testing.assert_allclose(hot.detail_weights, 0.5, atol=1e-6)
+    plain = fuse_stack(stacks[2], config, extractor)
+    # The shipped model's activities saturate the plain softmax on most pixels.
+    assert np.mean(plain.detail_weights.max(axis=0) > 0.99) > 0.5
+
+
 def test_fuse_slices_uses_volume_wide_saliency_histograms(stacks):
     volumes = np.stack([stacks[2][:, :100, :100], stacks[2][:, 100:, 100:]], axis=1)
     config = CONFIGS["max-abs"]

@@ -31,6 +31,17 @@ def test_softmax_is_stable_for_huge_activities():
     assert out[:, 0, 0] == pytest.approx([1 / (1 + np.exp(-1)), np.exp(-1) / (1 + np.exp(-1))], rel=1e-5)
 
 
+def test_softmax_temperature_one_is_eq_11_and_a_large_one_gives_equal_weights():
+    rng = np.random.default_rng(3)
+    activity = (rng.random((3, 4, 5)) * 200).astype(np.float32)  # the shipped model's scale
+    exact = np.exp(activity.astype(np.float64))
+    exact /= exact.sum(axis=0)
+    np.testing.assert_allclose(softmax_weights(activity, 1.0), exact, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(softmax_weights(activity, 1e9), np.full((3, 4, 5), 1 / 3), atol=1e-6)
+    # In between it softens the choice: the largest weight falls as T grows.
+    assert softmax_weights(activity, 50.0).max(axis=0).mean() < softmax_weights(activity, 1.0).max(axis=0).mean()
+
+
 def test_upsample_nearest_maps_each_cell_to_its_stride_block():
     maps = np.arange(6, dtype=np.float32).reshape(1, 2, 3)
     out = upsample_nearest(maps, (7, 10))  # stride 4: ceil(7/4)=2, ceil(10/4)=3

@@ -40,6 +40,7 @@ def fuse_images(
     features_on: str = typer.Option(None, "--features-on", help="CNN input: source (paper) | detail (authors' code: detail layers, no detail guided filter)."),
     decomposition: str = typer.Option(None, "--decomposition", help="Base/detail split: box | gaussian | guided."),
     clip_detail_weights: bool = typer.Option(None, "--clip-detail-weights/--no-clip-detail-weights", help="Clip refined detail weights to [0, 1] before renormalising."),
+    detail_temperature: float = typer.Option(None, "--detail-temperature", help="Divide the CNN activity by T before the softmax (1 = the paper; large T -> equal detail weights)."),
 ) -> None:
     """Fuse two or more pre-registered 2-D images with the zero-learning two-scale method.
 
@@ -68,6 +69,7 @@ def fuse_images(
         "features_on": features_on,
         "decomposition": decomposition,
         "clip_detail_weights": clip_detail_weights,
+        "detail_temperature": detail_temperature,
     }
     config = config.replace(**{k: v for k, v in overrides.items() if v is not None})
 

@@ -46,6 +46,8 @@ _PAPER: dict[str, Any] = {
     "depth": None,
     "saliency_levels": 256,
     "saliency_normalisation": "minmax",
+    # Eq. 11 is a plain softmax of the activity: temperature 1.
+    "detail_temperature": 1.0,
 }
 
 
@@ -87,6 +89,11 @@ class FusionConfig:
     saliency_normalisation : {'minmax', 'none'}
         'minmax': each saliency map is scaled to [0, 1] (paper III-B).
         'none': raw mean absolute grey-level difference (authors' code).
+    detail_temperature : float > 0
+        The CNN activity is divided by it before the softmax over sources
+        (paper eq. 11 is temperature 1). The shipped model's activities are
+        around 100, so at 1 the softmax is nearly a hard choose-max; larger
+        values soften it, and as it grows the detail weights tend to 1/K.
     """
 
     decomposition: str = _PAPER["decomposition"]
@@ -110,6 +117,7 @@ class FusionConfig:
     depth: int | None = _PAPER["depth"]
     saliency_levels: int = _PAPER["saliency_levels"]
     saliency_normalisation: str = _PAPER["saliency_normalisation"]
+    detail_temperature: float = _PAPER["detail_temperature"]
 
     def __post_init__(self) -> None:
         _choice("decomposition", self.decomposition, DECOMPOSITIONS)
@@ -125,9 +133,9 @@ class FusionConfig:
         _integer("saliency_levels", self.saliency_levels, minimum=2)
         if self.saliency_levels > 65536:
             raise InputError(f"saliency_levels must be at most 65536, got {self.saliency_levels}")
-        for name in ("eps_b", "eps_d", "decomposition_eps"):
+        for name in ("eps_b", "eps_d", "decomposition_eps", "detail_temperature"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value > 0:
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 < value < float("inf"):
                 raise InputError(f"{name} must be a positive number, got {value!r}")
         if not isinstance(self.clip_detail_weights, bool):
             raise InputError(f"clip_detail_weights must be true or false, got {self.clip_detail_weights!r}")

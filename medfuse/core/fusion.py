@@ -5,7 +5,7 @@ Pipeline (Lahoud & Süsstrunk, section III), for sources I_k in [0, 1]:
 1. decomposition   B_k = M(I_k), D_k = I_k − B_k
 2. base weights    W_b,k = guided(S_k / Σ S_j, I_k; r_b, ε_b), renormalised
 3. CNN             activity F̂_k = ||ReLU features of I_k||₁ over channels
-4. detail weights  W_d,k = guided(upsample(softmax_k F̂_k), I_k; r_d, ε_d), renormalised
+4. detail weights  W_d,k = guided(upsample(softmax_k F̂_k / T), I_k; r_d, ε_d), renormalised
 5. reconstruction  F = Σ W_b,k B_k + Σ W_d,k D_k, clipped to the sources' range
 
 All K sources (and, for volumes, all Z slices) go through every stage as one
@@ -206,7 +206,9 @@ def _fuse(
         t3 = clock()
         timings["cnn"] = t3 - t2
         detail_w = upsample_nearest(
-            softmax_weights(activity.reshape((k, n) + activity.shape[-2:])), (h, w), getattr(extractor, "stride", None)
+            softmax_weights(activity.reshape((k, n) + activity.shape[-2:]), config.detail_temperature),
+            (h, w),
+            getattr(extractor, "stride", None),
         )
         if config.features_on == "source":
             detail_w = refine(detail_w, stack, config.r_d, config.eps_d, clip=config.clip_detail_weights)

@@ -79,19 +79,24 @@ def average_weights(shape: tuple[int, ...]) -> np.ndarray:
     return np.full(shape, 1.0 / shape[0], dtype=np.float32)
 
 
-def softmax_weights(activity: np.ndarray) -> np.ndarray:
+def softmax_weights(activity: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     """Softmax across sources (axis 0) of CNN activity (paper eq. 11).
 
     Parameters
     ----------
     activity : ndarray, shape (K, ...), float, >= 0
+    temperature : float > 0
+        The activity is divided by it first (the paper: 1). Large values
+        give weights near 1/K; small ones approach a hard choose-max.
 
     Returns
     -------
     ndarray, shape (K, ...), float32, in [0, 1], summing to 1 over K
-        Computed as exp(a − max_k a) / Σ exp(...) so large activities do not overflow.
+        Computed as exp((a − max_k a) / T) / Σ exp(...) so large activities do not overflow.
     """
     shifted = activity.astype(np.float32) - activity.max(axis=0, keepdims=True)
+    if temperature != 1.0:
+        shifted /= np.float32(temperature)
     np.exp(shifted, out=shifted)
     shifted /= shifted.sum(axis=0, keepdims=True)
     return shifted
