@@ -841,7 +841,7 @@ def _mask_on(mask: sitk.Image | None, grid: sitk.Image) -> sitk.Image | None:
 def _overlap_fraction(
     fixed_image: sitk.Image, fixed_mask: sitk.Image | None, moving_image: sitk.Image, transform: sitk.Transform
 ) -> float:
-    covered = sitk.GetArrayViewFromImage(coverage_mask(fixed_image, moving_image, transform)) > 0
+    covered = sitk.GetArrayFromImage(coverage_mask(fixed_image, moving_image, transform)) > 0
     region = sitk.GetArrayViewFromImage(fixed_mask) > 0 if fixed_mask is not None else np.ones_like(covered)
     total = int(region.sum())
     return float((covered & region).sum()) / total if total else 0.0
