@@ -47,7 +47,7 @@ sys.path.insert(0, str(REPO))
 
 from medfuse.volume.masks import foreground_mask  # noqa: E402
 from medfuse.volume.model import Volume  # noqa: E402
-from medfuse.volume.overlay import registration_overlay  # noqa: E402
+from medfuse.volume.overlay import OverlayConfig, registration_overlay  # noqa: E402
 from medfuse.volume.registration import (  # noqa: E402
     RegistrationConfig,
     compose,
@@ -191,7 +191,8 @@ def real_pairs(out_dir: Path, config: RegistrationConfig) -> list[dict]:
         fixed, moving = load_volume(fixed_path), load_volume(moving_path)
         result, wall, cpu = timed(register, fixed, moving, config)
         on_grid, coverage = resample_onto(fixed, moving, result.transform)
-        picture = registration_overlay(fixed.image, on_grid.image, coverage)
+        # 1.5 mm display pixels keep the PNGs in docs/ small.
+        picture = registration_overlay(fixed.image, on_grid.image, coverage, OverlayConfig(pixel_mm=1.5))
         Image.fromarray(picture).save(out_dir / f"registration-{name}.png", optimize=True)
         summary = result.summary
         rows.append({

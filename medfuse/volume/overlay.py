@@ -1,7 +1,8 @@
 """Visual check of a registration: checkerboard and edge overlays.
 
 Three orthogonal mid-slices of the fixed grid (axial, coronal, sagittal in
-the fixed image's index space), each stretched to its physical aspect ratio.
+the fixed image's index space), each at its physical aspect ratio and zoomed
+to a common height.
 Top row: a checkerboard alternating fixed and moved tiles, so a misalignment
 shows as broken edges at tile borders. Bottom row: the fixed image in grey
 with the moved image's edges in magenta. The caller writes the array (PNG)
@@ -93,13 +94,21 @@ def registration_overlay(
     pixel_mm = config.pixel_mm or float(spacing_zyx.min())
     # Superior up in coronal and sagittal views when the slice axis points superior (LPS +z).
     flip_vertical = float(fixed.GetDirection()[8]) >= 0
-    checker_row, edge_row = [], []
+    planes = []
     for axis in range(3):
         slices = [_mid_slice(a, axis) for a in (fixed_array, moved_array, covered)]
         plane_spacing = np.delete(spacing_zyx, axis)
         slices = [_to_aspect(s, plane_spacing, pixel_mm, order=0 if s.dtype == bool else 1) for s in slices]
         if axis > 0 and flip_vertical:
             slices = [s[::-1] for s in slices]
+        planes.append(slices)
+    # One height for the three panels (uniform zoom keeps each aspect ratio).
+    height = max(plane[0].shape[0] for plane in planes)
+    checker_row, edge_row = [], []
+    for slices in planes:
+        zoom = height / slices[0].shape[0]
+        if zoom != 1.0:
+            slices = [ndimage.zoom(s, zoom, order=0 if s.dtype == bool else 1, mode="nearest") for s in slices]
         fixed_slice, moved_slice, covered_slice = slices
         checker_row.append(_checkerboard(fixed_slice, moved_slice, covered_slice, config.tiles))
         edge_row.append(_edges(fixed_slice, moved_slice, covered_slice, config))
