@@ -11,13 +11,17 @@ Method (every number is a :class:`RegistrationConfig` field):
    optimisation, the identity is used and the result says so.
 2. Initialisation: the world coordinates as they are, the centres of the two
    images' extents ("geometry") or their centres of mass ("moments"). "auto"
-   evaluates the metric for the three on a coarse grid and keeps the best.
+   keeps world coordinates when they already overlap well, otherwise it
+   evaluates the metric for the three on the coarsest level and keeps the best.
 3. Rigid (Euler3D) registration maximising Mattes mutual information, on a
-   pyramid (shrink 4/2/1, Gaussian smoothing in mm), random sampling with a
-   fixed seed (deterministic results), regular-step gradient descent with
+   pyramid run level by level (block averaging 4/2/1 toward isotropic voxels,
+   Gaussian smoothing in mm), random sampling with a fixed seed and one ITK
+   thread (bit-reproducible results), regular-step gradient descent with
    parameter scales from the physical shift, sampling restricted to an
-   automatic foreground mask of the fixed image (no air, no CT table).
+   automatic foreground mask of the fixed image (no air around the body).
 4. Optionally an affine stage initialised with the rigid result.
+5. The metric over every masked voxel of the finest level, before and after;
+   a result that scores worse than its start is replaced by the start.
 
 Transforms follow ITK's convention: they map points of the *fixed* image's
 physical space to the *moving* image's space (``moving(T(x))`` is the moving
