@@ -13,7 +13,7 @@ border. This is the rule of He et al.'s reference guided-filter code
 and ``cv2.ximgproc.guidedFilter`` use mirrored borders instead, so results
 differ from them within ``radius`` pixels of the edge.
 
-Precision: window sums are running (cumulative) sums, computed in float64.
+Precision: window sums are running sums, computed in float64.
 The guided filter subtracts products of window means (``var = E[I²] − E[I]²``);
 with ε = 1e-6 a float32 running sum over a 512-pixel row loses ~1e-5 and
 would swamp ε, so the guided filter works in float64 throughout.
@@ -21,18 +21,33 @@ would swamp ε, so the guided filter works in float64 throughout.
 
 from __future__ import annotations
 
+import functools
+import math
 import threading
 
 import numpy as np
-from scipy.ndimage import correlate1d
+from scipy.ndimage import correlate1d, uniform_filter1d
 
-__all__ = ["box_mean", "guided_filter", "gaussian_blur"]
+__all__ = ["box_mean", "guided_filter", "GuideWindows", "gaussian_blur"]
 
 
 def _window_counts(n: int, radius: int) -> np.ndarray:
     """Number of pixels of a (2·radius+1) window centred at 0..n-1 that lie inside [0, n)."""
     j = np.arange(n)
     return (np.minimum(j + radius + 1, n) - np.maximum(j - radius, 0)).astype(np.float64)
+
+
+@functools.lru_cache(maxsize=16)
+def _border_factors(n_rows: int, n_cols: int, radius: int) -> np.ndarray:
+    """(H, W) factor turning (row window sum) / (2r+1, zero-padded columns) into the inside mean.
+
+    The vertical pass gives window sums over the rows inside the image; the
+    horizontal pass (zero padding) divides by the full side 2r+1. Multiplying
+    by (2r+1) / (count_rows · count_cols) gives the mean over the inside part.
+    """
+    factors = (2 * radius + 1) / np.multiply.outer(_window_counts(n_rows, radius), _window_counts(n_cols, radius))
+    factors.setflags(write=False)
+    return factors
 
 
 # Scratch buffers for the running sums, reused between calls (per thread, so
@@ -44,48 +59,16 @@ _SCRATCH_CAP_BYTES = 64 * 1024 * 1024
 
 
 def _buffer(slot: str, shape: tuple[int, ...]) -> np.ndarray:
-    size = int(np.prod(shape)) * 8
-    if size > _SCRATCH_CAP_BYTES:
+    count = math.prod(shape)
+    if count * 8 > _SCRATCH_CAP_BYTES:
         return np.empty(shape, np.float64)
     pool = getattr(_scratch, "pool", None)
     if pool is None:
         pool = _scratch.pool = {}
     flat = pool.get(slot)
-    if flat is None or flat.size * 8 < size:
-        flat = pool[slot] = np.empty(size // 8, np.float64)
-    return flat[: size // 8].reshape(shape)
-
-
-def _mean_along_rows(x: np.ndarray, radius: int, out: np.ndarray) -> np.ndarray:
-    """Window mean along axis -2 (down the columns) into ``out``.
-
-    The running sum is built one image row at a time: each step is a
-    vectorised float64 add over all leading images and all columns, which on
-    NumPy is faster than ``cumsum(axis=-2)`` (a strided accumulate).
-    """
-    n = x.shape[-2]
-    # Extended cumulative sum: ext[t] = sum of rows [0, clip(t - radius, 0, n)),
-    # so the window sum of row i is ext[i + 2r + 1] - ext[i].
-    ext = _buffer("rows", x.shape[:-2] + (n + 2 * radius + 1, x.shape[-1]))
-    ext[..., : radius + 1, :] = 0.0
-    for i in range(n):
-        np.add(ext[..., radius + i, :], x[..., i, :], out=ext[..., radius + 1 + i, :])
-    ext[..., radius + 1 + n :, :] = ext[..., radius + n : radius + n + 1, :]
-    np.subtract(ext[..., 2 * radius + 1 :, :], ext[..., :n, :], out=out)
-    out *= (1.0 / _window_counts(n, radius))[:, None]
-    return out
-
-
-def _mean_along_columns(x: np.ndarray, radius: int, out: np.ndarray) -> np.ndarray:
-    """Window mean along axis -1 (along each row) into ``out``."""
-    n = x.shape[-1]
-    ext = _buffer("columns", x.shape[:-1] + (n + 2 * radius + 1,))
-    ext[..., : radius + 1] = 0.0
-    np.cumsum(x, axis=-1, dtype=np.float64, out=ext[..., radius + 1 : radius + 1 + n])
-    ext[..., radius + 1 + n :] = ext[..., radius + n : radius + n + 1]
-    np.subtract(ext[..., 2 * radius + 1 :], ext[..., :n], out=out)
-    out *= 1.0 / _window_counts(n, radius)
-    return out
+    if flat is None or flat.size < count:
+        flat = pool[slot] = np.empty(count, np.float64)
+    return flat[:count].reshape(shape)
 
 
 def box_mean(images: np.ndarray, radius: int, *, dtype: type = np.float64, out: np.ndarray | None = None) -> np.ndarray:
@@ -101,12 +84,23 @@ def box_mean(images: np.ndarray, radius: int, *, dtype: type = np.float64, out: 
         Result dtype. Sums are float64 either way.
     out : ndarray, optional
         Array of the same shape to write the result into (its dtype wins).
+        It may be ``images`` itself.
 
     Returns
     -------
     ndarray, shape (..., H, W), ``dtype``
         At pixel (i, j), the mean of ``images[..., i-r:i+r+1, j-r:j+r+1]``
         over the part of the window inside the image (see module docstring).
+
+    Notes
+    -----
+    Two separable passes, both float64 running sums: along each row SciPy's
+    ``uniform_filter1d`` (C, zero padding outside the image); down the
+    columns a cumulative sum built one image row at a time (each step one
+    vectorised add over all images and columns, faster than a strided
+    ``cumsum`` or a column-wise ``uniform_filter1d``), differenced. One
+    final multiplication by a cached (H, W) factor turns the zero-padded
+    sums into means over the inside part of each window.
     """
     images = np.asarray(images)
     if images.ndim < 2:
@@ -121,8 +115,90 @@ def box_mean(images: np.ndarray, radius: int, *, dtype: type = np.float64, out: 
     if radius == 0:
         out[...] = images
         return out
-    between = _buffer("between", images.shape)
-    return _mean_along_columns(_mean_along_rows(images, radius, between), radius, out)
+    n_rows, n_cols = images.shape[-2:]
+    side = 2 * radius + 1
+    along_rows = _buffer("along_rows", images.shape)
+    uniform_filter1d(images, side, axis=-1, output=along_rows, mode="constant", cval=0.0)
+    # Extended cumulative sum down the columns: ext[t] = sum of rows
+    # [0, clip(t - radius, 0, n_rows)), so the window sum of row i is
+    # ext[i + 2r + 1] - ext[i].
+    ext = _buffer("columns", images.shape[:-2] + (n_rows + side, n_cols))
+    ext[..., : radius + 1, :] = 0.0
+    for i in range(n_rows):
+        np.add(ext[..., radius + i, :], along_rows[..., i, :], out=ext[..., radius + 1 + i, :])
+    ext[..., radius + 1 + n_rows :, :] = ext[..., radius + n_rows : radius + n_rows + 1, :]
+    np.subtract(ext[..., side:, :], ext[..., :n_rows, :], out=out)
+    out *= _border_factors(n_rows, n_cols, radius)
+    return out
+
+
+class GuideWindows:
+    """A guide image with its window means and variances, cached per radius.
+
+    Filtering several inputs with the same guide and radius (the fusion's base
+    and detail weights when r_b = r_d) then computes mean(I) and var(I) once.
+
+    Parameters
+    ----------
+    guide : ndarray, shape (..., H, W), real
+        Grey guide image(s) I, one per leading index.
+    """
+
+    def __init__(self, guide: np.ndarray) -> None:
+        self.guide = np.asarray(guide)
+        if self.guide.ndim < 2:
+            raise ValueError(f"a guide needs (..., H, W) images, got shape {self.guide.shape}")
+        self._statistics: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+    def statistics(self, radius: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(mean(I), mean(I²) − mean(I)²)`` over the windows of ``radius``, float64, shape of the guide."""
+        if radius not in self._statistics:
+            stats = np.empty((2,) + self.guide.shape)
+            stats[0] = self.guide
+            np.square(stats[0], out=stats[1])
+            self._store(radius, box_mean(stats, radius, out=stats))
+        return self._statistics[radius]
+
+    def _store(self, radius: int, means: np.ndarray) -> None:
+        """Cache mean(I) and var(I) from ``means = [mean(I), mean(I²)]`` (turned into var in place)."""
+        mean_i, var_i = means
+        var_i -= np.square(mean_i)
+        self._statistics[radius] = (mean_i, var_i)
+
+    def filter(self, src: np.ndarray, radius: int, eps: float, *, dtype: type = np.float64) -> np.ndarray:
+        """The guided filter of ``src`` by this guide; see :func:`guided_filter`."""
+        src = np.asarray(src)
+        if src.shape != self.guide.shape:
+            raise ValueError(f"guide shape {self.guide.shape} differs from input shape {src.shape}")
+        if not eps > 0:
+            raise ValueError(f"guided filter eps must be > 0, got {eps!r}")
+        # stats[0:2] = p, I·p (and, the first time at this radius, stats[2:4] =
+        # I, I², so all four share one box pass). Work arrays are reused
+        # scratch buffers; every step writes in place.
+        first = radius not in self._statistics
+        stats = _buffer("guided_stats", (4 if first else 2,) + src.shape)
+        work = _buffer("guided_work", src.shape)
+        stats[0] = src
+        np.multiply(self.guide, stats[0], out=stats[1])
+        if first:
+            guide_means = np.empty((2,) + src.shape)
+            stats[2] = self.guide
+            np.square(stats[2], out=stats[3])
+            box_mean(stats, radius, out=stats)
+            guide_means[...] = stats[2:]
+            self._store(radius, guide_means)
+        else:
+            box_mean(stats, radius, out=stats)
+        mean_p, mean_ip = stats[0], stats[1]
+        mean_i, var_i = self._statistics[radius]
+        cov_ip = np.subtract(mean_ip, np.multiply(mean_i, mean_p, out=work), out=mean_ip)
+        np.add(var_i, eps, out=work)
+        a = np.divide(cov_ip, work, out=stats[1])
+        np.subtract(mean_p, np.multiply(a, mean_i, out=work), out=stats[0])  # b, over mean_p
+        mean_b, mean_a = box_mean(stats[:2], radius, out=stats[:2])
+        q = np.multiply(mean_a, self.guide, out=np.empty(src.shape, dtype))
+        q += mean_b
+        return q
 
 
 def guided_filter(guide: np.ndarray, src: np.ndarray, radius: int, eps: float, *, dtype: type = np.float64) -> np.ndarray:
@@ -134,7 +210,9 @@ def guided_filter(guide: np.ndarray, src: np.ndarray, radius: int, eps: float, *
         b = mean(p) − a·mean(I)
         q = mean(a)·I + mean(b)
 
-    All intermediate values are float64 whatever ``dtype`` is.
+    All intermediate values are float64 whatever ``dtype`` is. To filter
+    several inputs by one guide, use :class:`GuideWindows` (shares mean(I)
+    and var(I)).
 
     Parameters
     ----------
@@ -161,25 +239,7 @@ def guided_filter(guide: np.ndarray, src: np.ndarray, radius: int, eps: float, *
         raise ValueError(f"guide shape {guide.shape} differs from input shape {src.shape}")
     if not eps > 0:
         raise ValueError(f"guided filter eps must be > 0, got {eps!r}")
-    # The four statistics share one box pass; both work arrays are reused
-    # scratch buffers, and every step below writes into them in place.
-    stats = _buffer("guided_stats", (4,) + guide.shape)
-    means = _buffer("guided_means", (4,) + guide.shape)
-    stats[0] = guide
-    stats[1] = src
-    np.multiply(stats[0], stats[0], out=stats[2])
-    np.multiply(stats[0], stats[1], out=stats[3])
-    mean_i, mean_p, mean_ii, mean_ip = box_mean(stats, radius, out=means)
-    var_i = np.subtract(mean_ii, np.square(mean_i, out=stats[0]), out=mean_ii)
-    var_i += eps
-    cov_ip = np.subtract(mean_ip, np.multiply(mean_i, mean_p, out=stats[0]), out=mean_ip)
-    coefficients = stats[:2]
-    a = np.divide(cov_ip, var_i, out=coefficients[0])
-    np.subtract(mean_p, np.multiply(a, mean_i, out=stats[2]), out=coefficients[1])  # b
-    mean_a, mean_b = box_mean(coefficients, radius, out=means[:2])
-    q = np.multiply(mean_a, guide, out=np.empty(guide.shape, dtype))
-    q += mean_b
-    return q
+    return GuideWindows(guide).filter(src, radius, eps, dtype=dtype)
 
 
 def gaussian_blur(images: np.ndarray, sigma: float, radius: int) -> np.ndarray:

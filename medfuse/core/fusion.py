@@ -22,6 +22,7 @@ import numpy as np
 from medfuse.core.config import FusionConfig
 from medfuse.core.decomposition import decompose
 from medfuse.core.extractor import ActivityExtractor
+from medfuse.core.filters import GuideWindows
 from medfuse.core.weights import (
     average_weights,
     max_abs_weights,
@@ -186,9 +187,12 @@ def _fuse(
     t1 = clock()
     timings["decomposition"] = t1 - t0
 
+    # Both weight refinements are guided by the sources: their window
+    # statistics are computed once per radius (once in all when r_b == r_d).
+    guides = GuideWindows(stack)
     if config.base_rule == "saliency":
         base_w = saliency_weights(stack, config.saliency_levels, config.saliency_normalisation, saliency_histograms)
-        base_w = refine(base_w, stack, config.r_b, config.eps_b)
+        base_w = refine(base_w, guides, config.r_b, config.eps_b)
     else:
         # Refining constant 1/K weights by a guided filter returns them unchanged.
         base_w = average_weights(stack.shape)
@@ -211,13 +215,13 @@ def _fuse(
             getattr(extractor, "stride", None),
         )
         if config.features_on == "source":
-            detail_w = refine(detail_w, stack, config.r_d, config.eps_d, clip=config.clip_detail_weights)
+            detail_w = refine(detail_w, guides, config.r_d, config.eps_d, clip=config.clip_detail_weights)
         else:
             # The authors' code: no detail guided filter; softmax already sums to 1.
             detail_w = np.ascontiguousarray(detail_w)
     else:
         t3 = clock()
-        detail_w = refine(max_abs_weights(detail), stack, config.r_d, config.eps_d, clip=config.clip_detail_weights)
+        detail_w = refine(max_abs_weights(detail), guides, config.r_d, config.eps_d, clip=config.clip_detail_weights)
     t4 = clock()
     timings["detail_weights"] = t4 - t3
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from medfuse.core.filters import guided_filter
+from medfuse.core.filters import GuideWindows
 from medfuse.core.saliency import saliency_maps
 
 __all__ = [
@@ -161,14 +161,17 @@ def max_abs_weights(details: np.ndarray) -> np.ndarray:
     return (np.arange(details.shape[0]).reshape((-1,) + (1,) * winner.ndim) == winner).astype(np.float32)
 
 
-def refine(weights: np.ndarray, guides: np.ndarray, radius: int, eps: float, *, clip: bool = False) -> np.ndarray:
+def refine(
+    weights: np.ndarray, guides: np.ndarray | GuideWindows, radius: int, eps: float, *, clip: bool = False
+) -> np.ndarray:
     """Guided-filter each weight map by its source, then renormalise (paper eqs. 6–7, 12).
 
     Parameters
     ----------
     weights : ndarray, shape (K, N, H, W)
-    guides : ndarray, shape (K, N, H, W)
-        The source images I_k.
+    guides : ndarray, shape (K, N, H, W), or GuideWindows of such an array
+        The source images I_k. Passing the same :class:`GuideWindows` to
+        several refinements with equal radius computes mean(I_k), var(I_k) once.
     radius, eps : int, float
         Guided-filter parameters.
     clip : bool
@@ -180,5 +183,7 @@ def refine(weights: np.ndarray, guides: np.ndarray, radius: int, eps: float, *, 
         Without ``clip`` the values may leave [0, 1] (the guided filter does
         not preserve range; with small ε it overshoots at edges).
     """
-    filtered = guided_filter(guides, weights, radius, eps, dtype=np.float32)
+    if not isinstance(guides, GuideWindows):
+        guides = GuideWindows(guides)
+    filtered = guides.filter(weights, radius, eps, dtype=np.float32)
     return normalise_sum(filtered, clip=clip)
