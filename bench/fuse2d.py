@@ -6,7 +6,8 @@ Prints markdown tables:
 
 1. per-stage median wall-clock time (ms) of ``fuse_stack`` on a real 256x256
    CT/MR pair and a real 512x512 IR/visible pair: the core without the CNN
-   (detail rule max-abs), the paper configuration with the shipped CNN, and a
+   (detail rule max-abs) in the paper's and in the default configuration,
+   both with the shipped CNN, and a
    naive baseline (pixel-wise average) measured in the same run, with the
    ratios to it;
 2. our NumPy guided filter against ``cv2.ximgproc.guidedFilter`` (needs
@@ -101,10 +102,14 @@ def stage_table(runs: int) -> None:
         stack = load_pair(size)
         baseline = time_call(lambda: stack.mean(axis=0), runs)
         core = time_fusion(stack, FusionConfig.paper().replace(detail_rule="max-abs"), None, runs)
+        core_default = time_fusion(stack, FusionConfig().replace(detail_rule="max-abs"), None, runs)
         paper = time_fusion(stack, FusionConfig.paper(), extractor, runs)
+        default = time_fusion(stack, FusionConfig(), extractor, runs)
         authors = time_fusion(stack, FusionConfig.paper().replace(features_on="detail"), extractor, runs)
-        rows.append((size, "core without CNN (max-abs)", core, baseline))
+        rows.append((size, "core without CNN (paper, max-abs)", core, baseline))
+        rows.append((size, "core without CNN (default, max-abs)", core_default, baseline))
         rows.append((size, f"paper, CNN {extractor.name}", paper, baseline))
+        rows.append((size, f"default, CNN {extractor.name}", default, baseline))
         rows.append((size, f"features on detail, CNN {extractor.name}", authors, baseline))
         rows.append((size, "baseline: plain average", {"total": baseline}, baseline))
     print("Median wall-clock ms per stage; 'CPU ms' is this process's CPU time (all threads) for the whole call.")

@@ -37,17 +37,25 @@ def _window_counts(n: int, radius: int) -> np.ndarray:
     return (np.minimum(j + radius + 1, n) - np.maximum(j - radius, 0)).astype(np.float64)
 
 
-@functools.lru_cache(maxsize=16)
-def _border_factors(n_rows: int, n_cols: int, radius: int) -> np.ndarray:
-    """(H, W) factor turning (row window sum) / (2r+1, zero-padded columns) into the inside mean.
+@functools.lru_cache(maxsize=64)
+def _border_factors(n_rows: int, n_cols: int, radius: int) -> tuple[np.ndarray, np.ndarray]:
+    """Factors turning zero-padded window sums into means over the inside part.
 
-    The vertical pass gives window sums over the rows inside the image; the
-    horizontal pass (zero padding) divides by the full side 2r+1. Multiplying
-    by (2r+1) / (count_rows · count_cols) gives the mean over the inside part.
+    The vertical pass gives window sums over the rows inside the image
+    (divide by the row count); the horizontal pass (zero padding) already
+    divides by the full side 2r+1, which is right except within r columns of
+    the left/right edge (multiply by (2r+1) / column count there).
+
+    Returns
+    -------
+    rows : ndarray, shape (H,), 1 / row count
+    columns : ndarray, shape (W,), (2r+1) / column count, exactly 1 away from the edges
     """
-    factors = (2 * radius + 1) / np.multiply.outer(_window_counts(n_rows, radius), _window_counts(n_cols, radius))
-    factors.setflags(write=False)
-    return factors
+    rows = 1.0 / _window_counts(n_rows, radius)
+    columns = (2 * radius + 1) / _window_counts(n_cols, radius)
+    rows.setflags(write=False)
+    columns.setflags(write=False)
+    return rows, columns
 
 
 # Scratch buffers for the running sums, reused between calls (per thread, so
@@ -96,10 +104,12 @@ def box_mean(images: np.ndarray, radius: int, *, dtype: type = np.float64, out: 
     -----
     Two separable passes, both float64 running sums: along each row SciPy's
     ``uniform_filter1d`` (C, zero padding outside the image); down the
-    columns a cumulative sum built one image row at a time (each step one
-    vectorised add over all images and columns, faster than a strided
-    ``cumsum`` or a column-wise ``uniform_filter1d``), differenced. One
-    final multiplication by a cached (H, W) factor turns the zero-padded
+    columns a cumulative sum built one image row at a time, differenced.
+    The intermediate arrays are laid out row-major outermost, (H, images, W),
+    so each step of that sum is one contiguous vectorised add over all
+    images (faster than a strided ``cumsum`` or a column-wise
+    ``uniform_filter1d``). A final scaling by the row counts, and by the
+    column counts within r of the left/right edges, turns the zero-padded
     sums into means over the inside part of each window.
     """
     images = np.asarray(images)
@@ -116,19 +126,32 @@ def box_mean(images: np.ndarray, radius: int, *, dtype: type = np.float64, out: 
         out[...] = images
         return out
     n_rows, n_cols = images.shape[-2:]
+    count = math.prod(images.shape[:-2])
     side = 2 * radius + 1
-    along_rows = _buffer("along_rows", images.shape)
-    uniform_filter1d(images, side, axis=-1, output=along_rows, mode="constant", cval=0.0)
+    along_rows = _buffer("along_rows", (n_rows, count, n_cols))
+    uniform_filter1d(
+        images.reshape(count, n_rows, n_cols), side, axis=-1, output=along_rows.transpose(1, 0, 2), mode="constant"
+    )
     # Extended cumulative sum down the columns: ext[t] = sum of rows
     # [0, clip(t - radius, 0, n_rows)), so the window sum of row i is
     # ext[i + 2r + 1] - ext[i].
-    ext = _buffer("columns", images.shape[:-2] + (n_rows + side, n_cols))
-    ext[..., : radius + 1, :] = 0.0
+    ext = _buffer("columns", (n_rows + side, count, n_cols))
+    ext[: radius + 1] = 0.0
+    add = np.add
     for i in range(n_rows):
-        np.add(ext[..., radius + i, :], along_rows[..., i, :], out=ext[..., radius + 1 + i, :])
-    ext[..., radius + 1 + n_rows :, :] = ext[..., radius + n_rows : radius + n_rows + 1, :]
-    np.subtract(ext[..., side:, :], ext[..., :n_rows, :], out=out)
-    out *= _border_factors(n_rows, n_cols, radius)
+        add(ext[radius + i], along_rows[i], out=ext[radius + 1 + i])
+    ext[radius + 1 + n_rows :] = ext[radius + n_rows]
+    target = out if out.flags.c_contiguous else np.empty(out.shape, out.dtype)
+    result = target.reshape(count, n_rows, n_cols).transpose(1, 0, 2)
+    np.subtract(ext[side:], ext[:n_rows], out=result)
+    rows, columns = _border_factors(n_rows, n_cols, radius)
+    result *= rows[:, None, None]
+    left = min(radius, n_cols)
+    right = max(n_cols - radius, left)
+    result[..., :left] *= columns[:left]
+    result[..., right:] *= columns[right:]
+    if target is not out:
+        out[...] = target
     return out
 
 
