@@ -117,8 +117,7 @@ def saliency_maps(
     k, n, h, w = images.shape
     q = quantise(images, levels).reshape(k * n, h * w)
     if histograms is None:
-        offsets = (np.arange(k * n, dtype=np.int64) * levels)[:, None]
-        hist = np.bincount((q + offsets).ravel(), minlength=k * n * levels).reshape(k * n, levels)
+        hist = np.stack([np.bincount(levels_of_one, minlength=levels) for levels_of_one in q])
         table = saliency_table(hist, normalisation)
     else:
         hist = np.asarray(histograms)
@@ -127,5 +126,9 @@ def saliency_maps(
         if np.any(hist < 0) or not np.all(np.isfinite(hist)):
             raise ValueError("saliency histograms must be finite, non-negative counts")
         table = np.repeat(saliency_table(hist, normalisation), n, axis=0)
-    maps = np.take_along_axis(table.astype(np.float32), q.astype(np.intp), axis=1)
+    table = table.astype(np.float32)
+    maps = np.empty((k * n, h * w), np.float32)
+    # One lookup per image (a loop over K·N): no (K·N, H·W) integer index array.
+    for i in range(k * n):
+        np.take(table[i], q[i], out=maps[i])
     return maps.reshape(k, n, h, w)
