@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import stat
+
 import nibabel as nib
 import numpy as np
 import pydicom
@@ -132,3 +135,35 @@ def test_non_finite_voxels_are_replaced_by_the_documented_rule(tmp_path):
     assert out[0, 0, 0] == finite.min() and out[2, 2, 2] == finite.min() and out[1, 1, 1] == finite.max()
     assert np.isfinite(out).all()
     assert fixed.image.GetOrigin() == volume.image.GetOrigin()
+
+
+@pytest.mark.parametrize("suffix", [".nii", ".nii.gz"])
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_written_file_gets_the_permissions_open_would_give(tmp_path, suffix, umask):
+    image = sitk.GetImageFromArray(np.zeros((2, 3, 4), np.float32))
+    previous = os.umask(umask)
+    try:
+        written = write_nifti(image, tmp_path / f"fused{suffix}")
+        plain = tmp_path / "plain.txt"
+        with open(plain, "w"):
+            pass
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(written.stat().st_mode) == stat.S_IMODE(plain.stat().st_mode) == 0o666 & ~umask
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([written.name, "plain.txt"])  # no temporary left
+
+
+def test_failed_write_leaves_neither_output_nor_temporary(tmp_path, monkeypatch):
+    image = sitk.GetImageFromArray(np.ones((2, 3, 4), np.float32))
+    target = write_nifti(image, tmp_path / "fused.nii.gz")
+    before = target.read_bytes()
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(nib.Nifti1Image, "to_bytes", disk_full)
+    monkeypatch.setattr(nib.Nifti1Image, "to_file_map", disk_full)
+    with pytest.raises(WriteError, match="No space left"):
+        write_nifti(sitk.GetImageFromArray(np.zeros((2, 3, 4), np.float32)), target)
+    assert target.read_bytes() == before  # the earlier output is untouched
+    assert [p.name for p in tmp_path.iterdir()] == ["fused.nii.gz"]

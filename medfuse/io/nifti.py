@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import gzip
 import os
-import tempfile
+import secrets
 from pathlib import Path
 
 import nibabel as nib
@@ -131,8 +131,9 @@ def write_nifti(volume_or_image: Volume | sitk.Image, path: str | os.PathLike) -
 
     The array keeps the image's pixel type (float32 for a Volume). The file
     is written to a temporary name next to *path* and renamed, so a failed
-    write never leaves a partial file. Gzip output carries no timestamp, so
-    the same volume gives the same bytes.
+    write never leaves a partial file; it is created like a plain ``open()``
+    would (mode 0666 minus the umask). Gzip output carries no timestamp,
+    so the same volume gives the same bytes.
 
     Returns
     -------
@@ -156,26 +157,38 @@ def write_nifti(volume_or_image: Volume | sitk.Image, path: str | os.PathLike) -
     nifti.set_sform(affine, code=1)
     nifti.set_qform(affine, code=1)
     nifti.header.set_xyzt_units(xyz="mm")
-    suffix = ".nii.gz" if str(path).lower().endswith(".gz") else ".nii"
+    compressed = str(path).lower().endswith(".gz")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=path.parent)
-        os.close(fd)
+        handle, tmp = _create_temporary(path)
         try:
-            if suffix == ".nii.gz":
-                _write_gzip_without_timestamp(nifti, Path(tmp))
-            else:
-                nib.save(nifti, tmp)
+            with handle:
+                raw = nifti.to_bytes()
+                if compressed:
+                    with gzip.GzipFile(fileobj=handle, mode="wb", mtime=0, filename="",
+                                       compresslevel=GZIP_LEVEL) as stream:
+                        stream.write(raw)
+                else:
+                    handle.write(raw)
             os.replace(tmp, path)
         finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+            if tmp.exists():
+                tmp.unlink()
     except OSError as exc:
         raise WriteError(f"{path}: cannot write ({exc.strerror or exc})") from exc
     return path
 
 
-def _write_gzip_without_timestamp(nifti: nib.Nifti1Image, target: Path) -> None:
-    raw = nifti.to_bytes()
-    with open(target, "wb") as handle, gzip.GzipFile(fileobj=handle, mode="wb", mtime=0, filename="", compresslevel=GZIP_LEVEL) as gz:
-        gz.write(raw)
+def _create_temporary(path: Path):
+    """A new hidden file next to *path*, opened for binary writing, created with mode 0666 & ~umask.
+
+    (``tempfile.mkstemp`` would create it 0600, and the rename would keep that.)
+    """
+    while True:
+        tmp = path.parent / f".tmp-{secrets.token_hex(8)}-{path.name}"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+        except FileExistsError:
+            continue
+        return os.fdopen(fd, "wb"), tmp
+
