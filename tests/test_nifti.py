@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import stat
+import tracemalloc
 
 import nibabel as nib
 import numpy as np
@@ -167,3 +168,19 @@ def test_failed_write_leaves_neither_output_nor_temporary(tmp_path, monkeypatch)
         write_nifti(sitk.GetImageFromArray(np.zeros((2, 3, 4), np.float32)), target)
     assert target.read_bytes() == before  # the earlier output is untouched
     assert [p.name for p in tmp_path.iterdir()] == ["fused.nii.gz"]
+
+
+@pytest.mark.parametrize("suffix", [".nii", ".nii.gz"])
+def test_write_streams_without_a_full_size_copy(tmp_path, suffix):
+    # 64 x 128 x 128 float32 = 4 MiB; one slice is 64 KiB. numpy and bytes
+    # allocations are traced, so a transposed copy or an in-memory file would show.
+    data = np.random.default_rng(3).standard_normal((64, 128, 128), dtype=np.float32)
+    image = sitk.GetImageFromArray(data)
+    tracemalloc.start()
+    try:
+        written = write_nifti(image, tmp_path / f"big{suffix}")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < data.nbytes / 8
+    np.testing.assert_array_equal(nib.load(written).get_fdata(dtype=np.float32), data.transpose(2, 1, 0))

@@ -132,8 +132,10 @@ def write_nifti(volume_or_image: Volume | sitk.Image, path: str | os.PathLike) -
     The array keeps the image's pixel type (float32 for a Volume). The file
     is written to a temporary name next to *path* and renamed, so a failed
     write never leaves a partial file; it is created like a plain ``open()``
-    would (mode 0666 minus the umask). Gzip output carries no timestamp,
-    so the same volume gives the same bytes.
+    would (mode 0666 minus the umask). Voxels are streamed slice by slice
+    (through gzip for ``.nii.gz``) straight from the image's buffer, so
+    writing needs memory for one slice, not a copy of the volume. Gzip
+    output carries no timestamp, so the same volume gives the same bytes.
 
     Returns
     -------
@@ -151,9 +153,11 @@ def write_nifti(volume_or_image: Volume | sitk.Image, path: str | os.PathLike) -
         raise WriteError(f"{path}: NIfTI output must end in .nii or .nii.gz")
     if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
         raise WriteError(f"{path}: only 3-D scalar images can be written as NIfTI")
+    # SimpleITK's (z, y, x) C-ordered buffer is the (i, j, k) array in Fortran
+    # order, which is NIfTI's on-disk order: nibabel writes it without a copy.
     data = np.transpose(sitk.GetArrayViewFromImage(image), (2, 1, 0))
     affine = ras_affine(image)
-    nifti = nib.Nifti1Image(np.ascontiguousarray(data), affine)
+    nifti = nib.Nifti1Image(data, affine)
     nifti.set_sform(affine, code=1)
     nifti.set_qform(affine, code=1)
     nifti.header.set_xyzt_units(xyz="mm")
@@ -163,13 +167,12 @@ def write_nifti(volume_or_image: Volume | sitk.Image, path: str | os.PathLike) -
         handle, tmp = _create_temporary(path)
         try:
             with handle:
-                raw = nifti.to_bytes()
                 if compressed:
                     with gzip.GzipFile(fileobj=handle, mode="wb", mtime=0, filename="",
                                        compresslevel=GZIP_LEVEL) as stream:
-                        stream.write(raw)
+                        _write_single_file(nifti, stream)
                 else:
-                    handle.write(raw)
+                    _write_single_file(nifti, handle)
             os.replace(tmp, path)
         finally:
             if tmp.exists():
@@ -192,3 +195,7 @@ def _create_temporary(path: Path):
             continue
         return os.fdopen(fd, "wb"), tmp
 
+
+def _write_single_file(nifti: nib.Nifti1Image, stream) -> None:
+    """Header, extension flag and voxels (slab by slab) of a single-file NIfTI into an open stream."""
+    nifti.to_file_map({"image": nib.FileHolder(fileobj=stream)})
