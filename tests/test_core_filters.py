@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from medfuse.core.filters import box_mean, gaussian_blur, guided_filter
+from medfuse.core.filters import GuideWindows, box_mean, gaussian_blur, guided_filter
 
 
 def brute_box_mean(image: np.ndarray, radius: int) -> np.ndarray:
@@ -81,6 +81,16 @@ def test_box_mean_is_accurate_on_a_large_float32_image():
     assert abs(out[3, j] - image[0:7, j - 3 : j + 4].astype(np.float64).mean()) < 1e-12
 
 
+def test_box_mean_reads_and_writes_strided_arrays():
+    rng = np.random.default_rng(4)
+    stack = rng.random((2, 14, 10))
+    source = stack[:, ::2, ::-1]  # non-contiguous input
+    out = np.zeros((2, 7, 10))[:, :, ::-1]  # non-contiguous output of the right shape
+    box_mean(source, 2, out=out)
+    for k in range(2):
+        assert np.max(np.abs(out[k] - brute_box_mean(source[k], 2))) < 1e-12
+
+
 def test_box_mean_rejects_a_negative_radius():
     with pytest.raises(ValueError):
         box_mean(np.zeros((4, 4)), -1)
@@ -107,6 +117,20 @@ def test_guided_filter_keeps_precision_with_tiny_eps_on_a_wide_image():
     expected = direct_guided_filter(guide[:, 580:600], src[:, 580:600], 2, 1e-6)[:, 10:]
     # The reference sees the same windows except at its own left border (cols 580-581), which is excluded.
     assert np.max(np.abs(ours[:, cols] - expected)) < 1e-6
+
+
+def test_guide_windows_share_statistics_without_changing_results():
+    rng = np.random.default_rng(5)
+    guide = rng.random((2, 1, 30, 41)).astype(np.float32)
+    inputs = [rng.random(guide.shape).astype(np.float32) for _ in range(3)]
+    shared = GuideWindows(guide)
+    # Radii in an order that fills the cache at 4, reuses it, then adds 2.
+    for src, radius, eps in ((inputs[0], 4, 0.1), (inputs[1], 4, 1e-6), (inputs[2], 2, 1e-3), (inputs[0], 4, 0.1)):
+        alone = guided_filter(guide, src, radius, eps)
+        assert np.array_equal(shared.filter(src, radius, eps), alone)
+    assert sorted(shared._statistics) == [2, 4]
+    expected = direct_guided_filter(guide[1, 0], inputs[1][1, 0], 4, 1e-6)
+    assert np.max(np.abs(shared.filter(inputs[1], 4, 1e-6)[1, 0] - expected)) < 1e-9
 
 
 def test_guided_filter_with_the_guide_as_input_and_large_eps_smooths():
