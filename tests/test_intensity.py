@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import tracemalloc
+
 import numpy as np
 import pydicom
 import pytest
@@ -11,6 +13,7 @@ from medfuse.errors import InputError
 from medfuse.io.dicom.index import scan_folder
 from medfuse.io.dicom.read import read_series
 from medfuse.io.volumes import load_volume
+from medfuse.volume import intensity
 from medfuse.volume.intensity import CT_WINDOWS, IntensityMapping, map_to_unit, parse_window
 
 PET_DIR = "volumes/tcia_CCTH-A01_pet_ct/PET_images"
@@ -101,3 +104,39 @@ def test_output_stays_in_unit_range_with_non_finite_input():
     values = np.array([np.nan, np.inf, -np.inf, 0.0, 1000.0], dtype=np.float32)
     unit, _ = map_to_unit(values, "MR", window=(500, 1000))
     np.testing.assert_array_equal(unit, [0.0, 1.0, 0.0, 0.0, 1.0])
+
+
+def test_percentiles_are_exact_over_the_finite_voxels_across_slabs(shared_data):
+    # The MR volume spans several 1 Mi-voxel slabs; sprinkle non-finite voxels over it.
+    volume = load_volume(shared_data / "volumes/niivue_MR_Gd/MR_Gd.nii.gz")
+    values = sitk.GetArrayFromImage(volume.image)
+    assert values.size > 2 * intensity.SLAB_VOXELS
+    values.flat[::101] = np.nan
+    values.flat[50::997] = np.inf
+    values.flat[70::1009] = -np.inf
+    before = values.copy()
+    unit, mapping = map_to_unit(values, "MR", percentiles=(2.0, 98.0))
+    finite = before[np.isfinite(before)]
+    assert (mapping.low, mapping.high) == tuple(np.percentile(finite, [2.0, 98.0]))
+    np.testing.assert_array_equal(values, before)  # the caller's array is not touched
+    expected = np.clip((before - np.float32(mapping.low)) * np.float32(1 / (mapping.high - mapping.low)), 0, 1)
+    expected[np.isnan(before)] = 0.0
+    expected[before == np.inf] = 1.0
+    expected[before == -np.inf] = 0.0
+    np.testing.assert_array_equal(unit, expected)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.int16, np.float64])
+def test_mapping_needs_about_the_output_size_in_memory(dtype):
+    # numpy allocations are traced: a float64 or masked full-size copy would show
+    # (the earlier code needed output + mask + finite copy, about 2.25x the output).
+    values = (np.random.default_rng(5).standard_normal((96, 256, 256)) * 300).astype(dtype)
+    output_bytes = values.size * 4
+    tracemalloc.start()
+    try:
+        unit, mapping = map_to_unit(values, "MR")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert mapping.method == "percentile" and unit.dtype == np.float32
+    assert peak < output_bytes * 1.5

@@ -18,6 +18,13 @@ a clinical choice, so it is explicit and recorded:
 Values outside the range are clipped; NaN maps to 0 so the output is
 always inside [0, 1]. :meth:`IntensityMapping.inverse`
 maps [0, 1] back to scanner units (clipped values stay at the range ends).
+
+Memory: :func:`map_to_unit` allocates the float32 output once and uses it
+first as the scratch buffer for the exact percentiles (the finite voxels
+are copied into it and partitioned in place), then fills it with the
+mapped values. Everything else works on slabs of :data:`SLAB_VOXELS`
+voxels, so the extra memory is the output plus a few slabs, whatever the
+input's dtype.
 """
 
 from __future__ import annotations
@@ -40,6 +47,9 @@ CT_WINDOWS: dict[str, tuple[float, float]] = {
 DEFAULT_CT_WINDOW = "soft-tissue"
 DEFAULT_PERCENTILES = (0.5, 99.5)
 DEFAULT_SUV_RANGE = (0.0, 10.0)
+
+#: Voxels per slab for the slab-wise passes (4 MiB of float32).
+SLAB_VOXELS = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -71,12 +81,28 @@ class IntensityMapping:
         if self.high <= self.low:
             raise InputError(f"empty intensity range [{self.low:g}, {self.high:g}] (constant volume?)")
 
-    def apply(self, values: np.ndarray) -> np.ndarray:
-        """Scanner values (any shape) → float32 in [0, 1]; NaN → 0, ±Inf → the range ends."""
-        scale = np.float32(1.0 / (self.high - self.low))
-        out = (np.asarray(values, dtype=np.float32) - np.float32(self.low)) * scale
-        np.nan_to_num(out, copy=False, nan=0.0, posinf=1.0, neginf=0.0)
-        return np.clip(out, 0.0, 1.0, out=out)
+    def apply(self, values: np.ndarray, *, out: np.ndarray | None = None) -> np.ndarray:
+        """Scanner values (any shape) → float32 in [0, 1]; NaN → 0, ±Inf → the range ends.
+
+        Values are cast to float32 before ``(value - low) / (high - low)``.
+        *out*, if given, is a C-contiguous float32 array of the same shape
+        that receives the result (it may not be *values* itself); the work
+        is done slab by slab, so no full-size temporary is made.
+        """
+        values = np.asarray(values)
+        if out is None:
+            out = np.empty(values.shape, dtype=np.float32)
+        elif out.shape != values.shape or out.dtype != np.float32 or not out.flags.c_contiguous:
+            raise ValueError("out must be a C-contiguous float32 array of the values' shape")
+        low, scale = np.float32(self.low), np.float32(1.0 / (self.high - self.low))
+        flat_in, flat_out = values.reshape(-1), out.reshape(-1)
+        for start in range(0, flat_in.size, SLAB_VOXELS):
+            slab = flat_out[start:start + SLAB_VOXELS]
+            np.subtract(flat_in[start:start + SLAB_VOXELS].astype(np.float32, copy=False), low, out=slab)
+            slab *= scale
+            np.nan_to_num(slab, copy=False, nan=0.0, posinf=1.0, neginf=0.0)
+            np.clip(slab, 0.0, 1.0, out=slab)
+        return out
 
     def inverse(self, unit_array: np.ndarray) -> np.ndarray:
         """[0, 1] values (any shape) → float32 scanner units."""
@@ -147,6 +173,12 @@ def map_to_unit(
     -------
     unit : ndarray float32, same shape as the input array, in [0, 1]
     mapping : IntensityMapping
+
+    Notes
+    -----
+    Percentiles are exact (NumPy's linear interpolation over all finite
+    voxels, as float32). The output array doubles as their scratch buffer,
+    so the peak extra memory is about the output's size (4 bytes/voxel).
     """
     if isinstance(volume_or_array, Volume):
         values = sitk.GetArrayViewFromImage(volume_or_array.image)
@@ -156,11 +188,12 @@ def map_to_unit(
         values = np.asarray(volume_or_array)
         extra = None
     modality = (modality or "").upper()
-    mapping = _choose_mapping(values, modality, window, percentiles, suv_range, extra)
-    return mapping.apply(values), mapping
+    out = np.empty(values.shape, dtype=np.float32)
+    mapping = _choose_mapping(values, modality, window, percentiles, suv_range, extra, out)
+    return mapping.apply(values, out=out), mapping
 
 
-def _choose_mapping(values, modality, window, percentiles, suv_range, extra) -> IntensityMapping:
+def _choose_mapping(values, modality, window, percentiles, suv_range, extra, scratch) -> IntensityMapping:
     if modality == "CT" and window is None:
         window = DEFAULT_CT_WINDOW
     if window is not None:
@@ -177,25 +210,37 @@ def _choose_mapping(values, modality, window, percentiles, suv_range, extra) -> 
                 modality, "suv", lo / factor, hi / factor,
                 {"suv_range": [lo, hi], "suv_factor": factor, "suv_type": "SUVbw"},
             )
-        mapping = _percentile_mapping(values, modality, percentiles)
+        mapping = _percentile_mapping(values, modality, percentiles, scratch)
         return IntensityMapping(mapping.modality, mapping.method, mapping.low, mapping.high,
                                 {**mapping.details, "suv_not_used": why_not})
-    return _percentile_mapping(values, modality, percentiles)
+    return _percentile_mapping(values, modality, percentiles, scratch)
 
 
-def _percentile_mapping(values, modality, percentiles) -> IntensityMapping:
+def _percentile_mapping(values, modality, percentiles, scratch) -> IntensityMapping:
+    """Exact percentiles of the finite voxels (as float32), partitioned in *scratch* (float32, values' size)."""
     p_lo, p_hi = (float(p) for p in percentiles)
     if not 0.0 <= p_lo < p_hi <= 100.0:
         raise InputError(f"percentiles {percentiles}: need 0 <= low < high <= 100")
-    finite = np.asarray(values, dtype=np.float32)
-    finite = finite[np.isfinite(finite)]
+    finite = _gather_finite(np.asarray(values), scratch.reshape(-1))
     if finite.size == 0:
         raise InputError("volume has no finite voxel")
-    low, high = (float(v) for v in np.percentile(finite, [p_lo, p_hi]))
+    low, high = (float(v) for v in np.percentile(finite, [p_lo, p_hi], overwrite_input=True))
     if high <= low:
         # A mostly constant volume (e.g. large zero background): widen to the full range.
         low, high = float(finite.min()), float(finite.max())
     return IntensityMapping(modality, "percentile", low, high, {"percentiles": [p_lo, p_hi]})
+
+
+def _gather_finite(values: np.ndarray, scratch: np.ndarray) -> np.ndarray:
+    """The finite float32 values of *values*, copied slab by slab to the start of 1-D *scratch*; returns that prefix."""
+    flat, count = values.reshape(-1), 0
+    for start in range(0, flat.size, SLAB_VOXELS):
+        slab = flat[start:start + SLAB_VOXELS].astype(np.float32, copy=False)
+        finite = np.isfinite(slab)
+        kept = int(np.count_nonzero(finite))
+        scratch[count:count + kept] = slab if kept == slab.size else slab[finite]
+        count += kept
+    return scratch[:count]
 
 
 def suv_factor(extra: dict | None) -> tuple[float | None, str]:
