@@ -45,7 +45,7 @@ def diagnose(luma: np.ndarray, config: FusionConfig) -> dict[str, float]:
     outside = ((dw < -0.01) | (dw > 1.01)).any(axis=0) & head
     extractor = default_extractor(config.model, config.depth)
     activity = extractor.activity(luma.astype(np.float32))
-    soft = upsample_nearest(softmax_weights(activity), luma.shape[1:])
+    soft = upsample_nearest(softmax_weights(activity), luma.shape[1:], extractor.stride)
     saturated = (soft.max(axis=0) > 0.99) & head
     _, detail = decompose(luma.astype(np.float32), config.decomposition, config.decomposition_size, config.decomposition_eps)
     detail_share = np.mean([detail[k][head].var() / max(luma[k][head].var(), 1e-12) for k in range(len(luma))])

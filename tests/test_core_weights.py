@@ -44,7 +44,7 @@ def test_softmax_temperature_one_is_eq_11_and_a_large_one_gives_equal_weights():
 
 def test_upsample_nearest_maps_each_cell_to_its_stride_block():
     maps = np.arange(6, dtype=np.float32).reshape(1, 2, 3)
-    out = upsample_nearest(maps, (7, 10))  # stride 4: ceil(7/4)=2, ceil(10/4)=3
+    out = upsample_nearest(maps, (7, 10), stride=4)  # ceil(7/4)=2, ceil(10/4)=3
     assert out.shape == (1, 7, 10)
     assert out[0, 3, 3] == 0 and out[0, 4, 3] == 3 and out[0, 6, 9] == 5 and out[0, 0, 8] == 2
 
@@ -67,7 +67,7 @@ def test_upsample_nearest_refuses_a_stride_that_does_not_match_the_cells():
 
 def test_upsample_nearest_refuses_maps_that_cannot_tile_the_image():
     with pytest.raises(ValueError):
-        upsample_nearest(np.zeros((1, 5, 5)), (4, 4))
+        upsample_nearest(np.zeros((1, 5, 5)), (4, 4), stride=1)
 
 
 def test_max_abs_picks_the_largest_magnitude_and_breaks_ties_to_the_first():

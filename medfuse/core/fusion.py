@@ -212,7 +212,7 @@ def _fuse(
         detail_w = upsample_nearest(
             softmax_weights(activity.reshape((k, n) + activity.shape[-2:]), config.detail_temperature),
             (h, w),
-            getattr(extractor, "stride", None),
+            extractor.stride,
         )
         if config.features_on == "source":
             detail_w = refine(detail_w, guides, config.r_d, config.eps_d, clip=config.clip_detail_weights)

@@ -102,7 +102,7 @@ def softmax_weights(activity: np.ndarray, temperature: float = 1.0) -> np.ndarra
     return shifted
 
 
-def upsample_nearest(maps: np.ndarray, size: tuple[int, int], stride: int | None = None) -> np.ndarray:
+def upsample_nearest(maps: np.ndarray, size: tuple[int, int], stride: int) -> np.ndarray:
     """Nearest-neighbour upsampling of (..., h, w) cell maps to (..., H, W).
 
     An extractor of stride s pads the image bottom/right to a multiple of s
@@ -115,11 +115,10 @@ def upsample_nearest(maps: np.ndarray, size: tuple[int, int], stride: int | None
     maps : ndarray, shape (..., h, w)
     size : (H, W)
         Output image size.
-    stride : int, optional
-        The extractor's stride (``ActivityExtractor.stride``). Without it the
-        stride is inferred as ``ceil(H / h)`` (and ``ceil(W / w)``), which is
-        only right when that is the true stride: e.g. H = 20 at stride 8 gives
-        h = 3 cells and an inferred stride of 7. Pass the stride when known.
+    stride : int
+        The extractor's stride (``ActivityExtractor.stride``). It cannot be
+        inferred from the sizes: H = 20 at stride 8 gives h = 3 cells, which
+        ceil(H / h) would read as stride 7.
 
     Returns
     -------
@@ -129,12 +128,9 @@ def upsample_nearest(maps: np.ndarray, size: tuple[int, int], stride: int | None
     big_h, big_w = size
     if h > big_h or w > big_w or h < 1 or w < 1:
         raise ValueError(f"cannot upsample maps of size {(h, w)} to {(big_h, big_w)}")
-    if stride is None:
-        stride_h, stride_w = -(-big_h // h), -(-big_w // w)
-    else:
-        if isinstance(stride, bool) or int(stride) != stride or stride < 1:
-            raise ValueError(f"stride must be a positive integer, got {stride!r}")
-        stride_h = stride_w = int(stride)
+    if isinstance(stride, bool) or int(stride) != stride or stride < 1:
+        raise ValueError(f"stride must be a positive integer, got {stride!r}")
+    stride_h = stride_w = int(stride)
     if -(-big_h // stride_h) != h or -(-big_w // stride_w) != w:
         raise ValueError(
             f"maps of size {(h, w)} do not tile an image of size {(big_h, big_w)} with stride {(stride_h, stride_w)}"
