@@ -39,3 +39,4 @@ def test_layer_imports_only_downwards(layer):
         for imported in _imported_layers(path) - allowed:
             bad.append(f"{path.relative_to(PACKAGE.parent)} imports medfuse.{imported}")
     assert not bad, "\n".join(bad)
+

@@ -7,6 +7,7 @@ line on stderr and the error's exit code; nothing prints a traceback.
 
 from __future__ import annotations
 
+import os
 import sys
 
 import typer
@@ -65,6 +66,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         typer.echo("medfuse: interrupted", err=True)
         code = 130
+    except Exception as exc:
+        # A bug or an unforeseen system error: still one line, never a
+        # traceback for the user; MEDFUSE_DEBUG=1 shows it to a developer.
+        if os.environ.get("MEDFUSE_DEBUG"):
+            raise
+        typer.echo(f"medfuse: internal error: {type(exc).__name__}: {_one_line(exc)} (set MEDFUSE_DEBUG=1 for details)", err=True)
+        code = 70
     if argv is None:
         sys.exit(code)
     return code

@@ -149,7 +149,10 @@ def write_image(path: str | os.PathLike, array: np.ndarray, *, bit_depth: int | 
     samples = _samples(array, bit_depth, path)
     image = Image.fromarray(samples)
     _check_folder(path)
-    handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    try:
+        handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    except OSError as exc:
+        raise WriteError(f"cannot write {path}: {exc.strerror or exc}") from None
     try:
         with os.fdopen(handle, "wb") as stream:
             image.save(stream, format=fmt)
