@@ -22,6 +22,9 @@ _WORKERS = typer.Option(None, "--workers", min=1, help="Local Dask worker proces
 _SCHEDULER = typer.Option(None, "--scheduler", help="Existing dask.distributed scheduler, e.g. tcp://host:8786.")
 _FORMAT = typer.Option("dicom,nifti", "--format", help="Outputs, comma-separated: dicom, nifti.")
 _REPORT = typer.Option(False, "--report", help="Also write the QC report report.html.")
+_COLOUR = typer.Option(False, "--colour", "--color",
+                       help="Also write an RGB Secondary Capture series: CT/MR fused with PET/SPECT in the "
+                            "HOT_IRON palette (dicom_colour/).")
 _SCOPE = typer.Option("volume", "--saliency-scope", help="Saliency histograms per whole volume or per slice.")
 _DETERMINISTIC = typer.Option(False, "--deterministic-uids",
                               help="Derive output UIDs from inputs, options and version (idempotent re-runs).")
@@ -39,6 +42,7 @@ def fuse_study_command(
     scheduler: str = _SCHEDULER,
     formats: str = _FORMAT,
     report: bool = _REPORT,
+    colour: bool = _COLOUR,
     saliency_scope: str = _SCOPE,
     deterministic_uids: bool = _DETERMINISTIC,
     quiet: bool = _QUIET,
@@ -48,7 +52,7 @@ def fuse_study_command(
     from medfuse.study.pipeline import fuse_study
 
     options = _options(fixed=fixed, moving=tuple(moving or ()), window=window, workers=workers, scheduler=scheduler,
-                       formats=formats, report=report, saliency_scope=saliency_scope,
+                       formats=formats, report=report, colour=colour, saliency_scope=saliency_scope,
                        deterministic_uids=deterministic_uids, quiet=quiet, json_log=json_log)
     _print_result(fuse_study(patient_dir, out, options), json_log)
 
@@ -61,6 +65,7 @@ def fuse_volumes_command(
     scheduler: str = _SCHEDULER,
     formats: str = _FORMAT,
     report: bool = _REPORT,
+    colour: bool = _COLOUR,
     saliency_scope: str = _SCOPE,
     deterministic_uids: bool = _DETERMINISTIC,
     quiet: bool = _QUIET,
@@ -70,7 +75,7 @@ def fuse_volumes_command(
     from medfuse.study.pipeline import fuse_volumes
 
     options = _options(window=window, workers=workers, scheduler=scheduler, formats=formats, report=report,
-                       saliency_scope=saliency_scope, deterministic_uids=deterministic_uids, quiet=quiet,
+                       colour=colour, saliency_scope=saliency_scope, deterministic_uids=deterministic_uids, quiet=quiet,
                        json_log=json_log)
     _print_result(fuse_volumes(volumes, out, options), json_log)
 
@@ -88,7 +93,7 @@ def _options(*, formats: str, quiet: bool, json_log: bool, **kw):
 def _print_result(result, json_log: bool) -> None:
     outputs = {
         "out_dir": result.out_dir, "dicom": result.dicom_dir, "nifti": result.nifti_path,
-        "provenance": result.provenance_path, "report": result.report_path,
+        "provenance": result.provenance_path, "report": result.report_path, "colour": result.colour_dir,
         "series_instance_uid": result.series_instance_uid,
     }
     if json_log:
@@ -96,6 +101,6 @@ def _print_result(result, json_log: bool) -> None:
                               | {"timings_s": result.timings}, sort_keys=True))
         return
     typer.echo(f"fused outputs in {result.out_dir}/")
-    for name in ("dicom", "nifti", "provenance", "report"):
+    for name in ("dicom", "colour", "nifti", "provenance", "report"):
         if outputs[name] is not None:
             typer.echo(f"  {name:<10} {outputs[name]}")

@@ -11,6 +11,8 @@ Stages, each timed and reported, each failing with its own exit code
    keeping its coverage mask;
 5. **map** (2) -- map every volume to [0, 1] (:func:`medfuse.volume.intensity.map_to_unit`);
 6. **fuse** (5) -- slice-wise fusion on Dask (:func:`medfuse.volume.dispatch.fuse_volume`);
+   with ``colour``, a second fusion on the functional volume's palette luma
+   (stage **colour**, :mod:`medfuse.study.colour`);
 7. **write** (6) -- the DICOM series and/or NIfTI file, the provenance sidecar
    ``provenance.json``, the registration transforms and, with ``report``, the
    QC page ``report.html``.
@@ -24,6 +26,7 @@ an empty folder.
 Output layout::
 
     OUT_DIR/dicom/IM00001.dcm ...   fused series (format "dicom")
+    OUT_DIR/dicom_colour/IM00001.dcm ...  RGB Secondary Capture series (option ``colour``)
     OUT_DIR/fused.nii.gz            fused volume, fixed grid affine (format "nifti")
     OUT_DIR/provenance.json         everything needed to reproduce and audit the run
     OUT_DIR/transforms/*.tfm        registration transforms (ITK text format)
@@ -62,10 +65,11 @@ from medfuse.errors import (
 )
 from medfuse.io.dicom.index import FolderIndex, SeriesInfo, scan_folder
 from medfuse.io.dicom.read import read_series
-from medfuse.io.dicom.write import write_fused_series
+from medfuse.io.dicom.write import write_colour_series, write_fused_series
 from medfuse.io.nifti import write_nifti
 from medfuse.io.select import describe_candidates, find_series, select_series
 from medfuse.io.volumes import load_volume
+from medfuse.study.colour import Palette, functional_source, rgb_slices
 from medfuse.study.progress import Progress
 from medfuse.volume.dispatch import SALIENCY_SCOPES, fuse_volume
 from medfuse.volume.intensity import map_to_unit
@@ -101,6 +105,10 @@ class StudyOptions:
         Outputs among :data:`FORMATS`. Default ("dicom", "nifti").
     report : bool
         Write the QC report ``report.html``.
+    colour : bool
+        Also write ``dicom_colour/``: an RGB Secondary Capture series of the
+        anatomy fused with the PET/SPECT volume through the HOT_IRON palette
+        (:mod:`medfuse.study.colour`). Needs one PT/NM and a CT/MR input.
     saliency_scope : {'volume', 'slice'}
         See :mod:`medfuse.volume.dispatch`.
     fusion : FusionConfig
@@ -120,6 +128,7 @@ class StudyOptions:
     scheduler: str | None = None
     formats: tuple[str, ...] = ("dicom", "nifti")
     report: bool = False
+    colour: bool = False
     saliency_scope: str = "volume"
     fusion: FusionConfig = field(default_factory=FusionConfig)
     registration: RegistrationConfig | None = None
@@ -150,7 +159,7 @@ class StudyResult:
     Attributes
     ----------
     out_dir : Path
-    dicom_dir, nifti_path, report_path : Path or None
+    dicom_dir, nifti_path, report_path, colour_dir : Path or None
         None when that output was not requested.
     provenance_path : Path
     series_instance_uid, study_instance_uid : str or None
@@ -167,11 +176,12 @@ class StudyResult:
     series_instance_uid: str | None
     study_instance_uid: str | None
     timings: dict = field(default_factory=dict)
+    colour_dir: Path | None = None
 
 
 _STAGE_ERRORS = {
     "scan": ScanError, "select": ScanError, "read": ScanError, "register": RegistrationError,
-    "map": InputError, "fuse": FusionError, "write": WriteError,
+    "map": InputError, "fuse": FusionError, "colour": FusionError, "write": WriteError,
 }
 
 
@@ -292,6 +302,7 @@ class _Run:
     def finish(self, volumes: list[Volume], inputs: dict) -> StudyResult:
         options = self.options
         fixed, movings = volumes[0], volumes[1:]
+        functional = functional_source([v.modality for v in volumes]) if options.colour else None
         registrations, on_grid, masks = [], [fixed], [None]
         with self.stage("register", total=len(movings)) as advance:
             for moving in movings:
@@ -318,14 +329,26 @@ class _Run:
         with self.stage("fuse", total=z) as advance:
             fused = fuse_volume(arrays, masks, options.fusion, workers=options.workers, scheduler=options.scheduler,
                                 saliency_scope=options.saliency_scope, progress=advance)
+        colour = None
+        if functional is not None:
+            with self.stage("colour", total=z) as advance:
+                palette = Palette.hot_iron()
+                indices = palette.indices(arrays[functional])
+                lumas = list(arrays)
+                lumas[functional] = palette.luma(indices)
+                fused_luma = fuse_volume(lumas, masks, options.fusion, workers=options.workers,
+                                         scheduler=options.scheduler, saliency_scope=options.saliency_scope,
+                                         progress=advance)
+                del lumas
+                colour = (fused_luma, indices, palette, functional)
         if not options.report:  # only the report needs the sources from here on
             arrays.clear()
             masks.clear()
         with self.stage("write"):
-            result = self._write(volumes, arrays, masks, fused, registrations, mappings, inputs)
+            result = self._write(volumes, arrays, masks, fused, registrations, mappings, inputs, colour)
         return dataclasses.replace(result, timings=dict(self.timings))
 
-    def _write(self, volumes, arrays, masks, fused, registrations, mappings, inputs) -> StudyResult:
+    def _write(self, volumes, arrays, masks, fused, registrations, mappings, inputs, colour) -> StudyResult:
         options, out_dir = self.options, self.out_dir
         fixed = volumes[0]
         out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -335,18 +358,20 @@ class _Run:
             (staging / "transforms").mkdir()
             for number, result in enumerate(registrations, start=1):
                 write_transform(result.transform, staging / "transforms" / f"moving{number}_to_fixed.tfm")
-            written = None
+            written = written_colour = None
+            entropy = None
+            if options.deterministic_uids:
+                entropy = hashlib.sha256(json.dumps(
+                    [provenance["inputs"], provenance["fusion"], provenance["dispatch"]["saliency_scope"],
+                     __version__], sort_keys=True).encode()).hexdigest()
+            cited = None
+            if "dicom" in options.formats or colour is not None:
+                cited = slice_sources(fixed.image, volumes, [None] + [r.transform for r in registrations])
             if "dicom" in options.formats:
-                entropy = None
-                if options.deterministic_uids:
-                    entropy = hashlib.sha256(json.dumps(
-                        [provenance["inputs"], provenance["fusion"], provenance["dispatch"]["saliency_scope"],
-                         __version__], sort_keys=True).encode()).hexdigest()
                 written = write_fused_series(
                     fused, fixed.image, [v.references for v in volumes], staging / "dicom",
                     modalities=[v.modality for v in volumes], provenance_comment=_condensed(provenance),
-                    content_datetime=self.started.astimezone(), uid_entropy=entropy,
-                    slice_sources=slice_sources(fixed.image, volumes, [None] + [r.transform for r in registrations]),
+                    content_datetime=self.started.astimezone(), uid_entropy=entropy, slice_sources=cited,
                 )
                 provenance["outputs"]["dicom"] = {
                     "folder": "dicom", "series_instance_uid": written.series_instance_uid,
@@ -355,6 +380,23 @@ class _Run:
                     "window_center_width": list(written.window), "instances": len(written.sop_instance_uids),
                     "uids": "derived from inputs, options and version" if entropy else "random (pydicom generate_uid)",
                     "stored_value": "round(4095 * fused), fused in [0, 1]",
+                }
+            if colour is not None:
+                fused_luma, indices, palette, functional = colour
+                written_colour = write_colour_series(
+                    rgb_slices(fused_luma, indices, palette), fixed.image, [v.references for v in volumes],
+                    staging / "dicom_colour", modalities=[v.modality for v in volumes],
+                    provenance_comment=_condensed(provenance), content_datetime=self.started.astimezone(),
+                    uid_entropy=entropy, slice_sources=cited,
+                )
+                provenance["outputs"]["dicom_colour"] = {
+                    "folder": "dicom_colour", "series_instance_uid": written_colour.series_instance_uid,
+                    "sop_class_uid": written_colour.sop_class_uid, "series_number": written_colour.series_number,
+                    "series_description": written_colour.series_description,
+                    "instances": len(written_colour.sop_instance_uids),
+                    "palette": {"name": palette.name, "uid": palette.uid, "source_index": functional},
+                    "colour_rule": "functional source through the palette; its BT.601 luma fused with the other "
+                                   "sources; fused luma + the functional source's chroma -> RGB 8 bit",
                 }
             if "nifti" in options.formats:
                 image = sitk.GetImageFromArray(fused)
@@ -386,6 +428,7 @@ class _Run:
             nifti_path=out_dir / "fused.nii.gz" if "nifti" in options.formats else None,
             provenance_path=out_dir / "provenance.json",
             report_path=report_path,
+            colour_dir=out_dir / "dicom_colour" if written_colour else None,
             series_instance_uid=written.series_instance_uid if written else None,
             study_instance_uid=written.study_instance_uid if written else None,
             timings=dict(self.timings),

@@ -34,6 +34,9 @@ The series follows the derived-series checklist of
   Equipment") and each source's acquisition equipment (109101, DCM,
   "Acquisition Equipment"); SoftwareVersions; a condensed provenance text in
   ImageComments (the full record is the JSON sidecar written by the pipeline).
+* **Colour** (:func:`write_colour_series`): an RGB Secondary Capture series with
+  the same patient, study, references, UID rules and the Image Plane and Frame
+  of Reference modules of the grey series (see its docstring).
 * **Atomic**: files are written into a hidden temporary folder beside
   ``out_dir`` and renamed to ``out_dir`` only when every instance is written.
 """
@@ -43,7 +46,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -58,6 +61,7 @@ from pydicom.uid import (
     CTImageStorage,
     ExplicitVRLittleEndian,
     MRImageStorage,
+    SecondaryCaptureImageStorage,
     generate_uid,
 )
 from pydicom.valuerep import format_number_as_ds
@@ -72,6 +76,8 @@ UID_ROOT = PYDICOM_ROOT_UID
 STORED_MAX = 4095
 #: Fused series number = this offset + the anatomical reference's series number.
 SERIES_NUMBER_OFFSET = 1000
+#: Colour series number = this offset + the anatomical reference's series number.
+COLOUR_SERIES_NUMBER_OFFSET = 2000
 #: Longest ImageComments value (LT).
 MAX_COMMENT_CHARS = 10240
 
@@ -102,8 +108,8 @@ class WrittenSeries:
         In slice order.
     series_number : int
     series_description : str
-    window : tuple of float
-        (WindowCenter, WindowWidth) in stored values.
+    window : tuple of float or None
+        (WindowCenter, WindowWidth) in stored values; None for a colour series.
     """
 
     directory: Path
@@ -114,7 +120,7 @@ class WrittenSeries:
     sop_instance_uids: tuple[str, ...]
     series_number: int
     series_description: str
-    window: tuple[float, float]
+    window: tuple[float, float] | None
 
 
 def anatomical_reference(sources: Sequence[SeriesReference | None]) -> SeriesReference:
@@ -132,10 +138,26 @@ def anatomical_reference(sources: Sequence[SeriesReference | None]) -> SeriesRef
                      "SOP class from; none of the inputs is one (write --format nifti instead)")
 
 
-def series_description(modalities: Sequence[str]) -> str:
-    """``FUSED CT+MR (medfuse 0.1.0)`` from the source modalities, in input order."""
+def series_description(modalities: Sequence[str], *, colour: bool = False) -> str:
+    """``FUSED CT+MR (medfuse 0.1.0)`` (``FUSED COLOUR CT+PT ...``) from the source modalities, in input order."""
     names = "+".join(m or "NIFTI" for m in modalities)
-    return f"FUSED {names} (medfuse {__version__})"[:64]
+    return f"FUSED {'COLOUR ' if colour else ''}{names} (medfuse {__version__})"[:64]
+
+
+def patient_orientation(geometry: sitk.Image) -> list[str]:
+    """PatientOrientation (row, column directions) from the grid's direction, e.g. ``["L", "P"]`` for axial LPS.
+
+    Each value lists the letters of the direction's non-negligible components,
+    largest first (PS3.3 C.7.6.1.1.1): L/R for x, P/A for y, H/F for z.
+    """
+    direction = np.array(geometry.GetDirection()).reshape(3, 3)
+    letters = (("L", "R"), ("P", "A"), ("H", "F"))
+    values = []
+    for column in (0, 1):
+        cosines = direction[:, column]
+        order = [axis for axis in np.argsort(-np.abs(cosines), kind="stable") if abs(cosines[axis]) > 1e-3]
+        values.append("".join(letters[axis][0 if cosines[axis] > 0 else 1] for axis in order))
+    return values
 
 
 def display_window(stored: np.ndarray) -> tuple[float, float]:
@@ -218,51 +240,28 @@ def write_fused_series(
     if fused.ndim != 3 or fused.shape != (size_xyz[2], size_xyz[1], size_xyz[0]):
         raise WriteError(f"fused array shape {fused.shape} does not match the fixed grid (z, y, x) = "
                          f"{(size_xyz[2], size_xyz[1], size_xyz[0])}")
-    if len(derivation_description) > 1024:
-        raise WriteError("DerivationDescription longer than 1024 characters")
-    if len(provenance_comment) > MAX_COMMENT_CHARS:
-        raise WriteError(f"provenance comment longer than {MAX_COMMENT_CHARS} characters")
-    if out_dir.exists():
-        raise WriteError(f"output folder {out_dir} already exists; refusing to overwrite it")
-    if slice_sources is not None and len(slice_sources) != fused.shape[0]:
-        raise WriteError(f"slice_sources has {len(slice_sources)} entries for {fused.shape[0]} slices")
+    _check_common(out_dir, fused.shape[0], derivation_description, provenance_comment, slice_sources)
     reference = anatomical_reference(sources)
     modalities = list(modalities) if modalities is not None else [s.modality if s else "" for s in sources]
     when = content_datetime or datetime.now()
-
-    def uid(*parts: str) -> str:
-        if uid_entropy is None:
-            return generate_uid(UID_ROOT)
-        return generate_uid(UID_ROOT, entropy_srcs=["|".join((uid_entropy, *parts))])
-
+    uid = _uid_maker(uid_entropy)
     series_uid = uid("series")
     stride = max(1, fused.shape[0] // 64)
     window = display_window(to_stored(fused[::stride]))
+    modality = reference.modality
     template = _series_template(
-        reference, sources, geometry, modalities, series_uid, window, when,
-        derivation_description, provenance_comment,
+        reference, sources, geometry, series_uid, when, derivation_description or (
+            f"Zero-learning two-scale fusion (Lahoud & Susstrunk) of {'+'.join(modalities)} "
+            f"resampled onto the first series' grid, medfuse {__version__}"), provenance_comment,
+        sop_class=_SOP_CLASS_BY_MODALITY[modality], modality=modality,
+        series_number=SERIES_NUMBER_OFFSET + (reference.series_number or 0),
+        description=series_description(modalities),
+        # Value 3: CT's defined term for a cross-sectional image; MR defines none that fits.
+        image_type=["DERIVED", "SECONDARY", "AXIAL" if modality == "CT" else "OTHER"],
     )
-    implementation_uid = generate_uid(UID_ROOT, entropy_srcs=[f"medfuse-implementation-{__version__}"])
-
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".partial", dir=out_dir.parent))
-    every_instance = [(k, i) for k, s in enumerate(sources) if s is not None for i in range(len(s.instances))]
-    sop_uids = []
-    try:
-        for z in range(fused.shape[0]):
-            sop_uid = uid("instance", str(z))
-            dataset = _slice_dataset(template, geometry, z, sop_uid, to_stored(fused[z]), implementation_uid)
-            cited = every_instance if slice_sources is None else slice_sources[z]
-            _add_references(dataset, reference, sources, cited)
-            dataset.save_as(staging / f"IM{z + 1:05d}.dcm", enforce_file_format=True)
-            sop_uids.append(sop_uid)
-        os.replace(staging, out_dir)
-    except OSError as exc:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise WriteError(f"could not write the fused series to {out_dir}: {exc}") from exc
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    _add_grey_attributes(template, modality, window)
+    sop_uids = _write_instances(out_dir, template, geometry, sources, reference, slice_sources, uid,
+                                lambda z: np.ascontiguousarray(to_stored(fused[z]), dtype="<u2").tobytes())
     return WrittenSeries(
         directory=out_dir,
         study_instance_uid=reference.study_instance_uid,
@@ -276,6 +275,156 @@ def write_fused_series(
     )
 
 
+def write_colour_series(
+    rgb_slice: Callable[[int], np.ndarray],
+    geometry: sitk.Image,
+    sources: Sequence[SeriesReference | None],
+    out_dir: str | Path,
+    *,
+    modalities: Sequence[str] | None = None,
+    derivation_description: str = "",
+    provenance_comment: str = "",
+    content_datetime: datetime | None = None,
+    uid_entropy: str | None = None,
+    slice_sources: Sequence[Sequence[tuple[int, int]]] | None = None,
+) -> WrittenSeries:
+    """Write a colour fused volume as an RGB Secondary Capture series that keeps its 3-D geometry.
+
+    One single-frame Secondary Capture Image Storage instance per slice, with the
+    Image Plane and Frame of Reference modules (allowed, "U", in the SC Image
+    IOD, PS3.3 A.8.1): the fixed grid's FrameOfReferenceUID and per-slice
+    ImagePositionPatient, ImageOrientationPatient, PixelSpacing, SliceThickness,
+    so viewers that read SC plane information place it like the grey series.
+    Patient, study, references, contributing equipment and the UID rules are
+    those of :func:`write_fused_series`; Modality ``OT``, ConversionType ``WSD``
+    (workstation), ImageType ``DERIVED\\SECONDARY``, 8-bit RGB, PlanarConfiguration 0,
+    SeriesNumber = :data:`COLOUR_SERIES_NUMBER_OFFSET` + the reference's.
+
+    Parameters
+    ----------
+    rgb_slice : callable
+        ``rgb_slice(z)`` returns slice z as an ndarray (Y, X, 3) uint8 (called
+        once per slice, in order, so the volume need never be held in RGB).
+    geometry : SimpleITK.Image
+        The fixed grid (size X, Y, Z).
+    sources, out_dir, modalities, provenance_comment, content_datetime, uid_entropy, slice_sources
+        As for :func:`write_fused_series` (with ``uid_entropy`` the UIDs differ
+        from the grey series' derived from the same string).
+    derivation_description : str
+        How the colours were made (at most 1024 characters).
+
+    Returns
+    -------
+    WrittenSeries
+        ``window`` is None.
+
+    Raises
+    ------
+    WriteError
+        A slice of the wrong shape or type, no CT/MR reference, an existing
+        *out_dir*, or an I/O failure (then nothing is left behind).
+    """
+    out_dir = Path(out_dir)
+    size_xyz = geometry.GetSize()
+    _check_common(out_dir, size_xyz[2], derivation_description, provenance_comment, slice_sources)
+    reference = anatomical_reference(sources)
+    modalities = list(modalities) if modalities is not None else [s.modality if s else "" for s in sources]
+    when = content_datetime or datetime.now()
+    base_uid = _uid_maker(uid_entropy)
+
+    def uid(*parts: str) -> str:
+        return base_uid("colour", *parts)
+
+    series_uid = uid("series")
+    template = _series_template(
+        reference, sources, geometry, series_uid, when, derivation_description or (
+            f"Zero-learning fusion (Lahoud & Susstrunk) on luma of {'+'.join(modalities)}, functional "
+            f"volume through a colour palette, resampled onto the first series' grid, medfuse {__version__}"),
+        provenance_comment, sop_class=SecondaryCaptureImageStorage, modality="OT",
+        series_number=COLOUR_SERIES_NUMBER_OFFSET + (reference.series_number or 0),
+        description=series_description(modalities, colour=True), image_type=["DERIVED", "SECONDARY"],
+    )
+    template.ConversionType = "WSD"
+    # Type 2C in General Image when the IOD does not require the Image Plane module (SC does not).
+    template.PatientOrientation = patient_orientation(geometry)
+    template.BurnedInAnnotation = "NO"
+    template.SamplesPerPixel = 3
+    template.PhotometricInterpretation = "RGB"
+    template.PlanarConfiguration = 0
+    template.BitsAllocated = 8
+    template.BitsStored = 8
+    template.HighBit = 7
+    template.PixelRepresentation = 0
+    shape = (size_xyz[1], size_xyz[0], 3)
+
+    def pixel_bytes(z: int) -> bytes:
+        rgb = np.asarray(rgb_slice(z))
+        if rgb.shape != shape or rgb.dtype != np.uint8:
+            raise WriteError(f"colour slice {z} is {rgb.dtype} {rgb.shape}, expected uint8 {shape}")
+        data = np.ascontiguousarray(rgb).tobytes()
+        return data + b"\0" if len(data) % 2 else data  # OB values have even length
+
+    sop_uids = _write_instances(out_dir, template, geometry, sources, reference, slice_sources, uid, pixel_bytes)
+    return WrittenSeries(
+        directory=out_dir,
+        study_instance_uid=reference.study_instance_uid,
+        series_instance_uid=series_uid,
+        frame_of_reference_uid=template.FrameOfReferenceUID,
+        sop_class_uid=template.SOPClassUID,
+        sop_instance_uids=tuple(sop_uids),
+        series_number=int(template.SeriesNumber),
+        series_description=template.SeriesDescription,
+        window=None,
+    )
+
+
+def _check_common(out_dir: Path, n_slices: int, derivation_description: str, provenance_comment: str,
+                  slice_sources) -> None:
+    if len(derivation_description) > 1024:
+        raise WriteError("DerivationDescription longer than 1024 characters")
+    if len(provenance_comment) > MAX_COMMENT_CHARS:
+        raise WriteError(f"provenance comment longer than {MAX_COMMENT_CHARS} characters")
+    if out_dir.exists():
+        raise WriteError(f"output folder {out_dir} already exists; refusing to overwrite it")
+    if slice_sources is not None and len(slice_sources) != n_slices:
+        raise WriteError(f"slice_sources has {len(slice_sources)} entries for {n_slices} slices")
+
+
+def _uid_maker(uid_entropy: str | None) -> Callable[..., str]:
+    """``uid(*parts)``: random UIDs, or UIDs derived from *uid_entropy* and the parts."""
+    def uid(*parts: str) -> str:
+        if uid_entropy is None:
+            return generate_uid(UID_ROOT)
+        return generate_uid(UID_ROOT, entropy_srcs=["|".join((uid_entropy, *parts))])
+    return uid
+
+
+def _write_instances(out_dir: Path, template: Dataset, geometry: sitk.Image, sources, reference,
+                     slice_sources, uid: Callable[..., str], pixel_bytes: Callable[[int], bytes]) -> list[str]:
+    """Write one instance per slice into a staging folder, then rename it to *out_dir* (atomic)."""
+    implementation_uid = generate_uid(UID_ROOT, entropy_srcs=[f"medfuse-implementation-{__version__}"])
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".partial", dir=out_dir.parent))
+    every_instance = [(k, i) for k, s in enumerate(sources) if s is not None for i in range(len(s.instances))]
+    sop_uids = []
+    try:
+        for z in range(geometry.GetSize()[2]):
+            sop_uid = uid("instance", str(z))
+            dataset = _slice_dataset(template, geometry, z, sop_uid, pixel_bytes(z), implementation_uid)
+            cited = every_instance if slice_sources is None else slice_sources[z]
+            _add_references(dataset, reference, sources, cited)
+            dataset.save_as(staging / f"IM{z + 1:05d}.dcm", enforce_file_format=True)
+            sop_uids.append(sop_uid)
+        os.replace(staging, out_dir)
+    except OSError as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise WriteError(f"could not write the fused series to {out_dir}: {exc}") from exc
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return sop_uids
+
+
 def _ds(value: float) -> str:
     """*value* as the most precise DS string of at most 16 characters."""
     return format_number_as_ds(float(value))
@@ -285,9 +434,9 @@ def _code(code) -> CodedConcept:
     return CodedConcept(code.value, code.scheme_designator, code.meaning)
 
 
-def _series_template(reference, sources, geometry, modalities, series_uid, window, when,
-                     derivation_description, provenance_comment) -> Dataset:
-    """Attributes shared by every instance of the series (dcentvfy checks they agree)."""
+def _series_template(reference, sources, geometry, series_uid, when, derivation_description,
+                     provenance_comment, *, sop_class, modality, series_number, description, image_type) -> Dataset:
+    """Attributes shared by every instance of a series (dcentvfy checks they agree), any SOP class."""
     ds = Dataset()
     for keyword in _TYPE2_KEYWORDS:
         setattr(ds, keyword, "")
@@ -297,13 +446,12 @@ def _series_template(reference, sources, geometry, modalities, series_uid, windo
             setattr(ds, keyword, value)
     if "SpecificCharacterSet" not in ds:
         ds.SpecificCharacterSet = "ISO_IR 192"
-    modality = reference.modality
-    ds.SOPClassUID = _SOP_CLASS_BY_MODALITY[modality]
+    ds.SOPClassUID = sop_class
     ds.StudyInstanceUID = reference.study_instance_uid
     ds.SeriesInstanceUID = series_uid
     ds.Modality = modality
-    ds.SeriesNumber = SERIES_NUMBER_OFFSET + (reference.series_number or 0)
-    ds.SeriesDescription = series_description(modalities)
+    ds.SeriesNumber = series_number
+    ds.SeriesDescription = description
     date, time = when.strftime("%Y%m%d"), when.strftime("%H%M%S")
     ds.SeriesDate = ds.ContentDate = ds.InstanceCreationDate = date
     ds.SeriesTime = ds.ContentTime = ds.InstanceCreationTime = time
@@ -318,19 +466,29 @@ def _series_template(reference, sources, geometry, modalities, series_uid, windo
     elif not reference.extra.get("BodyPartExamined"):
         ds.Laterality = ""
     ds.FrameOfReferenceUID = reference.frame_of_reference_uid or generate_uid(
-        UID_ROOT, entropy_srcs=[f"medfuse-frame-of-reference|{series_uid}"])
+        UID_ROOT, entropy_srcs=[f"medfuse-frame-of-reference|{reference.series_instance_uid}"])
     ds.PositionReferenceIndicator = reference.extra.get("PositionReferenceIndicator", "")
     ds.Manufacturer = "medfuse"
     ds.ManufacturerModelName = "medfuse"
     ds.SoftwareVersions = __version__
-    # Value 3: CT's defined term for a cross-sectional image; MR defines none that fits.
-    ds.ImageType = ["DERIVED", "SECONDARY", "AXIAL" if modality == "CT" else "OTHER"]
-    ds.DerivationDescription = derivation_description or (
-        f"Zero-learning two-scale fusion (Lahoud & Susstrunk) of {'+'.join(modalities)} "
-        f"resampled onto the first series' grid, medfuse {__version__}")
+    ds.ImageType = image_type
+    ds.DerivationDescription = derivation_description
     ds.DerivationCodeSequence = [_code(codes.DCM.SpatialResampling), _code(codes.DCM.PixelByPixelAddition)]
     if provenance_comment:
         ds.ImageComments = provenance_comment
+    direction = np.array(geometry.GetDirection()).reshape(3, 3)
+    ds.ImageOrientationPatient = [_ds(v) for v in (*direction[:, 0], *direction[:, 1])]
+    ds.PixelSpacing = [_ds(geometry.GetSpacing()[1]), _ds(geometry.GetSpacing()[0])]
+    ds.SliceThickness = _ds(geometry.GetSpacing()[2])
+    ds.Rows, ds.Columns = geometry.GetSize()[1], geometry.GetSize()[0]
+    cited = [s for s in sources if s is not None]
+    ds.ContributingEquipmentSequence = [_medfuse_equipment(when)] + [
+        _acquisition_equipment(s) for s in cited if s.equipment]
+    return ds
+
+
+def _add_grey_attributes(ds: Dataset, modality: str, window: tuple[float, float]) -> None:
+    """The CT or MR image module's attributes and the 12-bit MONOCHROME2 pixel description."""
     ds.AcquisitionNumber = None
     if modality == "CT":
         ds.KVP = None
@@ -347,13 +505,8 @@ def _series_template(reference, sources, geometry, modalities, series_uid, windo
         ds.EchoTime = None
         ds.EchoTrainLength = None
         ds.RepetitionTime = None
-    direction = np.array(geometry.GetDirection()).reshape(3, 3)
-    ds.ImageOrientationPatient = [_ds(v) for v in (*direction[:, 0], *direction[:, 1])]
-    ds.PixelSpacing = [_ds(geometry.GetSpacing()[1]), _ds(geometry.GetSpacing()[0])]
-    ds.SliceThickness = _ds(geometry.GetSpacing()[2])
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.Rows, ds.Columns = geometry.GetSize()[1], geometry.GetSize()[0]
     ds.BitsAllocated = 16
     ds.BitsStored = 12
     ds.HighBit = 11
@@ -361,10 +514,6 @@ def _series_template(reference, sources, geometry, modalities, series_uid, windo
     ds.WindowCenter = _ds(window[0])
     ds.WindowWidth = _ds(window[1])
     ds.VOILUTFunction = "LINEAR"
-    cited = [s for s in sources if s is not None]
-    ds.ContributingEquipmentSequence = [_medfuse_equipment(when)] + [
-        _acquisition_equipment(s) for s in cited if s.equipment]
-    return ds
 
 
 def _source_item(instance) -> Dataset:
@@ -438,7 +587,7 @@ def _acquisition_equipment(series: SeriesReference) -> Dataset:
     return item
 
 
-def _slice_dataset(template: Dataset, geometry: sitk.Image, z: int, sop_uid: str, pixels: np.ndarray,
+def _slice_dataset(template: Dataset, geometry: sitk.Image, z: int, sop_uid: str, pixel_data: bytes,
                    implementation_uid: str) -> Dataset:
     """One instance: the series template plus this slice's position, UIDs and pixels."""
     ds = Dataset()
@@ -456,5 +605,5 @@ def _slice_dataset(template: Dataset, geometry: sitk.Image, z: int, sop_uid: str
     normal = np.cross(*np.array(geometry.GetDirection()).reshape(3, 3).T[:2])
     ds.ImagePositionPatient = [_ds(v) for v in position]
     ds.SliceLocation = _ds(float(np.dot(normal, position)))
-    ds.PixelData = np.ascontiguousarray(pixels, dtype="<u2").tobytes()
+    ds.PixelData = pixel_data
     return ds
