@@ -68,21 +68,55 @@ def _copy_as_new_series(src_dir, dst_dir, number):
     return series_uid
 
 
-def test_two_equally_large_candidates_are_listed_not_guessed(shared_data, tmp_path):
+def test_two_equally_large_series_of_one_modality_pair_by_series_number(shared_data, tmp_path):
     src = shared_data / "dicom/d2n_mr_siemens_anat/001"
     os.symlink(src, tmp_path / "original")
     copy_uid = _copy_as_new_series(src, tmp_path / "copy", 99)
     index = scan_folder(tmp_path)
-    with pytest.raises(SelectionError) as excinfo:
-        select_series(index, {"fixed": "MR", "moving": "MR"})
-    message = str(excinfo.value)
-    assert "ambiguous fixed series: 2 equally large candidates" in message
-    assert copy_uid in message and "#99" in message and "#4" in message
-    # The default rule cannot pick two roles from one modality either.
-    with pytest.raises(SelectionError, match="1 modalities"):
-        select_series(index, None)
+    for rules in (None, {"fixed": "MR", "moving": "MR"}):
+        selection = select_series(index, rules)
+        assert (selection.fixed.series_number, selection.moving.series_number) == (4, 99)
+        assert selection.moving.series_instance_uid == copy_uid
+        assert "lower series number" in selection.how["fixed"]
+    selection = select_series(index, None, fixed=99)
+    assert (selection.fixed.series_number, selection.moving.series_number) == (99, 4)
+
+
+def test_more_than_two_series_for_one_rule_are_listed_not_guessed(shared_data, tmp_path):
+    src = shared_data / "dicom/d2n_mr_siemens_anat/001"
+    os.symlink(src, tmp_path / "original")
+    uids = [_copy_as_new_series(src, tmp_path / f"copy{n}", n) for n in (98, 99)]
+    index = scan_folder(tmp_path)
+    for rules in (None, {"fixed": "MR", "moving": "MR"}):
+        with pytest.raises(SelectionError) as excinfo:
+            select_series(index, rules)
+        message = str(excinfo.value)
+        assert "ambiguous: 3 usable series match {'modality': 'MR'} for both fixed and moving" in message
+        assert all(uid in message for uid in uids) and "#4 " in message
+    # A given role leaves one series per size: the free role is the largest other one, ties still refused.
+    with pytest.raises(SelectionError, match="ambiguous moving series: 2 equally large"):
+        select_series(index, None, fixed=4)
     selection = select_series(index, None, fixed=4, moving=99)
-    assert selection.moving.series_instance_uid == copy_uid
+    assert selection.moving.series_instance_uid == uids[1]
+
+
+def test_sample_study_two_mr_contrasts_larger_series_is_fixed(repo_root):
+    index = scan_folder(repo_root / "sample_studies/mr-phantom-two-contrasts")
+    assert {s.modality for s in index.usable_series} == {"MR"}
+    selection = select_series(index, None)
+    # Series 1 is 128x128x65, series 2 128x128x43; both axial.
+    assert (selection.fixed.series_number, selection.moving.series_number) == (1, 2)
+    assert selection.how == {"fixed": "of the two usable series matching {'modality': 'MR'}, the larger one",
+                             "moving": "the other usable series matching {'modality': 'MR'}"}
+    assert select_series(index, {"fixed": "MR", "moving": "MR"}).fixed.series_number == 1
+    # Distinct rules per role still work, and name the roles the other way round if asked.
+    swapped = select_series(index, {"fixed": {"description": "synthetic"}, "moving": {"description": "MP-RAGE"}})
+    assert (swapped.fixed.series_number, swapped.moving.series_number) == (2, 1)
+
+
+def test_one_rule_needs_two_candidates(pet_ct):
+    with pytest.raises(SelectionError, match="only 1 usable series"):
+        select_series(pet_ct, {"fixed": "PT", "moving": "PT"})
 
 
 def test_two_patients_are_never_paired(shared_data, tmp_path):

@@ -12,6 +12,18 @@ number or SeriesInstanceUID) override the rules.
 Without any modality rule, the fixed (anatomical) series is taken from the
 first modality present in :data:`FIXED_MODALITY_PRIORITY` and the moving
 one from the other modality.
+
+**One modality** (two contrasts, e.g. T1 + T2): when the folder's usable
+series all have one modality and no modality rule is given, both roles
+take that modality (each keeps its description/orientation rule).
+
+**One rule for both roles**: when, without overrides, the fixed and moving
+rules are then equal, the usable series matching that rule must be exactly
+two. The fixed one is the first by :func:`_fixed_order` (axial before other
+orientations, then more voxels, then the lower series number, then the UID)
+and the other is moving. More than two candidates are refused with the
+list, because which two contrasts to fuse is a clinical choice: give
+``--fixed``/``--moving`` or a description rule per role.
 """
 
 from __future__ import annotations
@@ -187,6 +199,8 @@ def select_series(
     fixed_rule, moving_rule = rules.fixed, rules.moving
     if fixed is None and moving is None and not fixed_rule.modality and not moving_rule.modality:
         fixed_rule, moving_rule = _default_modalities(usable, fixed_rule, moving_rule)
+    if fixed is None and moving is None and fixed_rule == moving_rule:
+        return _pair_by_one_rule(usable, fixed_rule)
     chosen: dict[str, SeriesInfo] = {}
     how: dict[str, str] = {}
     # Overrides first, so a free role is chosen among the other series of
@@ -256,6 +270,11 @@ def _default_modalities(usable: list[SeriesInfo], fixed_rule: SeriesRule, moving
         )
     modalities = sorted({s.modality for s in usable},
                         key=lambda m: (FIXED_MODALITY_PRIORITY.index(m) if m in FIXED_MODALITY_PRIORITY else 99, m))
+    if len(modalities) == 1:  # two contrasts of one modality: each role keeps its description/orientation
+        return (
+            SeriesRule(modalities[0], fixed_rule.description, fixed_rule.orientation),
+            SeriesRule(modalities[0], moving_rule.description, moving_rule.orientation),
+        )
     if len(modalities) != 2:
         raise SelectionError(
             f"cannot choose fixed/moving by modality: {len(modalities)} modalities "
@@ -265,6 +284,45 @@ def _default_modalities(usable: list[SeriesInfo], fixed_rule: SeriesRule, moving
         SeriesRule(modalities[0], fixed_rule.description, fixed_rule.orientation),
         SeriesRule(modalities[1], moving_rule.description, moving_rule.orientation),
     )
+
+
+def _pair_by_one_rule(usable: list[SeriesInfo], rule: SeriesRule) -> Selection:
+    """Fixed and moving when one rule serves both roles: exactly two candidates, ordered by :func:`_fixed_order`."""
+    candidates = sorted((s for s in usable if rule.matches(s)), key=_fixed_order)
+    wanted = rule.to_dict() or "any"
+    if len(candidates) < 2:
+        raise SelectionError(f"fixed and moving both match {wanted} but only {len(candidates)} usable series "
+                             f"does; usable: {describe_candidates(usable)}")
+    if len(candidates) > 2:
+        raise SelectionError(
+            f"ambiguous: {len(candidates)} usable series match {wanted} for both fixed and moving; choose two "
+            f"with --fixed/--moving or a description rule per role. Candidates: {describe_candidates(candidates)}"
+        )
+    fixed, moving = candidates
+    patients = {fixed.patient_id, moving.patient_id}
+    if len(patients) > 1:
+        raise SelectionError(
+            "fixed and moving series belong to different patients ("
+            + ", ".join(mask_identifier(p) or "(none)" for p in sorted(patients)) + ")"
+        )
+    return Selection(fixed, moving, {
+        "fixed": f"of the two usable series matching {wanted}, the {_fixed_why(fixed, moving)}",
+        "moving": f"the other usable series matching {wanted}",
+    })
+
+
+def _fixed_order(series: SeriesInfo) -> tuple:
+    """Sort key, best fixed candidate first: axial, then more voxels, then lower series number, then UID."""
+    number = series.series_number if series.series_number is not None else float("inf")
+    return (series.orientation != "axial", -_voxels(series), number, series.series_instance_uid)
+
+
+def _fixed_why(fixed: SeriesInfo, moving: SeriesInfo) -> str:
+    if fixed.orientation == "axial" and moving.orientation != "axial":
+        return "axial one"
+    if _voxels(fixed) != _voxels(moving):
+        return "larger one"
+    return "one with the lower series number (equal size)"
 
 
 def _largest_axial(usable: list[SeriesInfo], rule: SeriesRule, role: str, exclude: SeriesInfo | None) -> SeriesInfo:
