@@ -535,16 +535,18 @@ def _describe_input(volume: Volume, role: str) -> dict:
 
 
 def _model_identity(config: FusionConfig) -> tuple[str | None, str | None]:
-    """(extractor name, sha256 of its ONNX file) for CNN detail weights; (None, None) otherwise."""
+    """(extractor name, sha256 of its ONNX file) for CNN detail weights; (None, None) otherwise.
+
+    The sha256 is the one :func:`medfuse.features.registry.load_extractor`
+    verified the file against when loading it (the registry caches the loaded
+    extractor, so this costs no second read or hash of the file).
+    """
     if config.detail_rule != "cnn":
         return None, None
-    from medfuse.features.registry import load_extractor, verify_models
+    from medfuse.features.registry import load_extractor
 
     extractor = load_extractor(config.model, config.depth, threads=1)
-    for result in verify_models():
-        if result.name == extractor.model and result.depth == extractor.depth:
-            return extractor.name, hashlib.sha256(Path(result.path).read_bytes()).hexdigest()
-    return extractor.name, None
+    return extractor.name, extractor.sha256
 
 
 def _condensed(provenance: dict) -> str:
