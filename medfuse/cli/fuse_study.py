@@ -28,6 +28,8 @@ _COLOUR = typer.Option(False, "--colour", "--color",
 _SCOPE = typer.Option("volume", "--saliency-scope", help="Saliency histograms per whole volume or per slice.")
 _DETERMINISTIC = typer.Option(False, "--deterministic-uids",
                               help="Derive output UIDs from inputs, options and version (idempotent re-runs).")
+_UID_ENTROPY = typer.Option(None, "--uid-entropy",
+                            help="Derive output UIDs from this text (e.g. a job key): same text, same UIDs.")
 _QUIET = typer.Option(False, "--quiet", "-q", help="Print only the output locations.")
 _JSON_LOG = typer.Option(False, "--json-log", help="Progress as JSON lines on stderr; the result as JSON on stdout.")
 
@@ -45,6 +47,7 @@ def fuse_study_command(
     colour: bool = _COLOUR,
     saliency_scope: str = _SCOPE,
     deterministic_uids: bool = _DETERMINISTIC,
+    uid_entropy: str = _UID_ENTROPY,
     quiet: bool = _QUIET,
     json_log: bool = _JSON_LOG,
 ) -> None:
@@ -53,7 +56,8 @@ def fuse_study_command(
 
     options = _options(fixed=fixed, moving=tuple(moving or ()), window=window, workers=workers, scheduler=scheduler,
                        formats=formats, report=report, colour=colour, saliency_scope=saliency_scope,
-                       deterministic_uids=deterministic_uids, quiet=quiet, json_log=json_log)
+                       deterministic_uids=deterministic_uids, uid_entropy=uid_entropy, quiet=quiet,
+                       json_log=json_log)
     _print_result(fuse_study(patient_dir, out, options), json_log)
 
 
@@ -68,6 +72,7 @@ def fuse_volumes_command(
     colour: bool = _COLOUR,
     saliency_scope: str = _SCOPE,
     deterministic_uids: bool = _DETERMINISTIC,
+    uid_entropy: str = _UID_ENTROPY,
     quiet: bool = _QUIET,
     json_log: bool = _JSON_LOG,
 ) -> None:
@@ -75,8 +80,8 @@ def fuse_volumes_command(
     from medfuse.study.pipeline import fuse_volumes
 
     options = _options(window=window, workers=workers, scheduler=scheduler, formats=formats, report=report,
-                       colour=colour, saliency_scope=saliency_scope, deterministic_uids=deterministic_uids, quiet=quiet,
-                       json_log=json_log)
+                       colour=colour, saliency_scope=saliency_scope, deterministic_uids=deterministic_uids,
+                       uid_entropy=uid_entropy, quiet=quiet, json_log=json_log)
     _print_result(fuse_volumes(volumes, out, options), json_log)
 
 

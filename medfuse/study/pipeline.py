@@ -116,6 +116,12 @@ class StudyOptions:
     deterministic_uids : bool
         Derive the output UIDs from the inputs' UIDs, the options and the
         medfuse version (re-runs then write the same UIDs) instead of random ones.
+    uid_entropy : str, optional
+        Derive the output UIDs from this string instead (e.g. a job ledger key):
+        the series UID is ``medfuse.io.dicom.write.derived_uid(uid_entropy, "series")``
+        and instance z's ``derived_uid(uid_entropy, "instance", str(z))``, so a
+        caller knows them before the run and need not rewrite them afterwards.
+        Excludes ``deterministic_uids``; recorded in the provenance.
     progress : Progress, optional
         Where stage progress goes (default: nowhere).
     """
@@ -133,6 +139,7 @@ class StudyOptions:
     fusion: FusionConfig = field(default_factory=FusionConfig)
     registration: RegistrationConfig | None = None
     deterministic_uids: bool = False
+    uid_entropy: str | None = None
     progress: Progress | None = None
 
     def __post_init__(self) -> None:
@@ -148,6 +155,10 @@ class StudyOptions:
             raise InputError(f"workers must be a positive integer, got {self.workers!r}")
         if self.workers is not None and self.scheduler is not None:
             raise InputError("give either workers or a scheduler address, not both")
+        if self.uid_entropy is not None and (not isinstance(self.uid_entropy, str) or not self.uid_entropy.strip()):
+            raise InputError(f"uid_entropy must be a non-empty string, got {self.uid_entropy!r}")
+        if self.uid_entropy is not None and self.deterministic_uids:
+            raise InputError("give either deterministic_uids or uid_entropy, not both")
         if self.scheduler is not None and not self.scheduler.startswith(("tcp://", "tls://", "inproc://", "ucx://")):
             raise InputError(f"scheduler must be an address like tcp://host:8786, got {self.scheduler!r}")
 
@@ -359,7 +370,7 @@ class _Run:
             for number, result in enumerate(registrations, start=1):
                 write_transform(result.transform, staging / "transforms" / f"moving{number}_to_fixed.tfm")
             written = written_colour = None
-            entropy = None
+            entropy = options.uid_entropy
             if options.deterministic_uids:
                 entropy = hashlib.sha256(json.dumps(
                     [provenance["inputs"], provenance["fusion"], provenance["dispatch"]["saliency_scope"],
@@ -378,7 +389,7 @@ class _Run:
                     "study_instance_uid": written.study_instance_uid, "sop_class_uid": written.sop_class_uid,
                     "series_number": written.series_number, "series_description": written.series_description,
                     "window_center_width": list(written.window), "instances": len(written.sop_instance_uids),
-                    "uids": "derived from inputs, options and version" if entropy else "random (pydicom generate_uid)",
+                    "uids": _uid_policy(options),
                     "stored_value": "round(4095 * fused), fused in [0, 1]",
                 }
             if colour is not None:
@@ -393,7 +404,7 @@ class _Run:
                     "folder": "dicom_colour", "series_instance_uid": written_colour.series_instance_uid,
                     "sop_class_uid": written_colour.sop_class_uid, "series_number": written_colour.series_number,
                     "series_description": written_colour.series_description,
-                    "instances": len(written_colour.sop_instance_uids),
+                    "instances": len(written_colour.sop_instance_uids), "uids": _uid_policy(options),
                     "palette": {"name": palette.name, "uid": palette.uid, "source_index": functional},
                     "colour_rule": "functional source through the palette; its BT.601 luma fused with the other "
                                    "sources; fused luma + the functional source's chroma -> RGB 8 bit",
@@ -499,6 +510,14 @@ def slice_sources(grid: sitk.Image, volumes: Sequence[Volume],
             else:
                 cited[z].append((index, 0))
     return cited
+
+
+def _uid_policy(options: StudyOptions) -> str:
+    if options.uid_entropy is not None:
+        return f"derived from uid_entropy {options.uid_entropy!r} (medfuse.io.dicom.write.derived_uid)"
+    if options.deterministic_uids:
+        return "derived from inputs, options and version"
+    return "random (pydicom generate_uid)"
 
 
 def _geometry_only(image: sitk.Image) -> sitk.Image:

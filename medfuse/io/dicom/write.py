@@ -217,7 +217,8 @@ def write_fused_series(
     content_datetime : datetime, optional
         Series/content date and time (default: now). Recorded by the caller.
     uid_entropy : str, optional
-        When given, every UID is derived from it (deterministic re-runs).
+        When given, every UID is derived from it (deterministic re-runs), see
+        :func:`derived_uid`.
     slice_sources : sequence of Z sequences of (source index, instance index), optional
         The source instances each fused slice was derived from (cited in that
         instance's SourceImageSequence and ReferencedSeriesSequence). Default:
@@ -390,12 +391,25 @@ def _check_common(out_dir: Path, n_slices: int, derivation_description: str, pro
         raise WriteError(f"slice_sources has {len(slice_sources)} entries for {n_slices} slices")
 
 
+def derived_uid(uid_entropy: str, *parts: str) -> str:
+    """The UID the writers derive from *uid_entropy* for one role (documented so callers can predict it).
+
+    ``derived_uid(e, "series")`` is the grey series' SeriesInstanceUID,
+    ``derived_uid(e, "instance", str(z))`` its instance of slice z (0-based);
+    the colour series uses ``derived_uid(e, "colour", "series")`` and
+    ``derived_uid(e, "colour", "instance", str(z))``. Each is
+    :func:`pydicom.uid.generate_uid` under :data:`UID_ROOT` with the entropy
+    source ``"|".join((uid_entropy, *parts))``.
+    """
+    return generate_uid(UID_ROOT, entropy_srcs=["|".join((uid_entropy, *parts))])
+
+
 def _uid_maker(uid_entropy: str | None) -> Callable[..., str]:
-    """``uid(*parts)``: random UIDs, or UIDs derived from *uid_entropy* and the parts."""
+    """``uid(*parts)``: random UIDs, or :func:`derived_uid` of *uid_entropy* and the parts."""
     def uid(*parts: str) -> str:
         if uid_entropy is None:
             return generate_uid(UID_ROOT)
-        return generate_uid(UID_ROOT, entropy_srcs=["|".join((uid_entropy, *parts))])
+        return derived_uid(uid_entropy, *parts)
     return uid
 
 
