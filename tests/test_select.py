@@ -49,6 +49,53 @@ def test_override_naming_an_unusable_series_is_refused(pet_ct):
         select_series(pet_ct, None, fixed=42, moving=7)
 
 
+@pytest.mark.parametrize("role", ["fixed", "moving"])
+def test_requested_unusable_series_gives_the_scans_reason_even_when_nothing_is_usable(shared_data, role):
+    index = scan_folder(shared_data / "dicom/d2n_ct_siemens_gantrytilt")
+    (tilted,) = index.series
+    for key in (4, tilted.series_instance_uid):
+        with pytest.raises(SelectionError) as excinfo:
+            select_series(index, None, **{role: key})
+        assert str(excinfo.value) == (f"{role} series {str(key)!r} ({tilted.label}) is not usable: "
+                                      f"gantry tilt 14.0° (tilted stacks are not resampled yet)")
+
+
+def test_split_series_none_usable_gives_each_parts_reason(shared_data, tmp_path):
+    # The gantry-tilted CT with half of its slices shrunk to 8x8 under a new
+    # UID and number: the scan splits it by image size, and each part is tilted.
+    src = sorted(p for p in (shared_data / "dicom/d2n_ct_siemens_gantrytilt").rglob("*") if p.is_file())
+    uid = generate_uid()
+    picked = [(src[0], None), (src[1], None), (src[2], 8), (src[3], 8)]
+    for n, (path, rows) in enumerate(picked):
+        ds = pydicom.dcmread(path)
+        ds.SeriesInstanceUID, ds.SOPInstanceUID, ds.SeriesNumber = uid, generate_uid(), 77
+        if rows:
+            ds.Rows, ds.Columns = rows, rows
+            ds.PixelData = bytes(rows * rows * ds.BitsAllocated // 8)
+        ds.save_as(tmp_path / f"{n}.dcm")
+    index = scan_folder(tmp_path)
+    parts = [s for s in index.series if s.series_number == 77]
+    assert len(parts) == 2 and not any(s.usable for s in parts)
+    with pytest.raises(SelectionError) as excinfo:
+        select_series(index, None, fixed=77)
+    message = str(excinfo.value)
+    assert message.startswith("series '77' is not usable: ")
+    assert all(f"{s.label}: {s.reason}" in message for s in parts)
+
+
+def test_missing_series_names_the_files_the_scan_skipped(shared_data, tmp_path):
+    src = sorted((shared_data / "dicom/d2n_mr_siemens_anat/001").iterdir())[0]
+    data = src.read_bytes()
+    (tmp_path / "cut.dcm").write_bytes(data[: len(data) // 2])
+    index = scan_folder(tmp_path)
+    assert not index.series and len(index.skipped) == 1
+    reason = index.skipped[0][1]
+    with pytest.raises(SelectionError) as excinfo:
+        select_series(index, None, fixed=4)
+    assert str(excinfo.value) == (f"no series with number or UID '4'; series: (none); "
+                                  f"1 file(s) skipped by the scan: {tmp_path / 'cut.dcm'}: {reason}")
+
+
 def test_bad_rules_are_refused(pet_ct):
     with pytest.raises(SelectionError, match="orientation 'diagonal'"):
         select_series(pet_ct, {"fixed": {"orientation": "diagonal"}})

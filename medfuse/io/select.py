@@ -140,10 +140,17 @@ def describe_candidates(series: list[SeriesInfo] | tuple[SeriesInfo, ...]) -> st
 def find_series(index: FolderIndex, key: str | int) -> SeriesInfo:
     """The one series whose SeriesInstanceUID or SeriesNumber is *key*.
 
+    A single match is returned even when unusable (a 4-D series can still be
+    read with a volume index); the caller checks ``usable``. Among several
+    matches (splits of one UID, or one number reused), the only usable one
+    is returned.
+
     Raises
     ------
     SelectionError
-        No series or several series (e.g. splits of one UID) match.
+        No series matches (the message also names files the scan skipped,
+        which may have been the series asked for); several match and none is
+        usable (each one's reason is given); several usable ones match.
     """
     text = str(key).strip()
     matches = [s for s in index.series if s.series_instance_uid == text]
@@ -154,13 +161,33 @@ def find_series(index: FolderIndex, key: str | int) -> SeriesInfo:
             number = None
         matches = [s for s in index.series if number is not None and s.series_number == number]
     if not matches:
-        raise SelectionError(f"no series with number or UID {text!r}; series: {describe_candidates(index.series)}")
+        raise SelectionError(f"no series with number or UID {text!r}; series: "
+                             f"{describe_candidates(index.series) or '(none)'}{_skipped_note(index)}")
     if len(matches) > 1:
         usable = [s for s in matches if s.usable]
         if len(usable) == 1:
             return usable[0]
-        raise SelectionError(f"{len(matches)} series match {text!r}: {describe_candidates(matches)}")
+        if not usable:
+            raise SelectionError(f"series {text!r} is not usable: "
+                                 + "; ".join(f"{s.label}: {s.reason}" for s in matches))
+        raise SelectionError(f"{len(usable)} usable series match {text!r}: {describe_candidates(usable)}")
     return matches[0]
+
+
+def _skipped_note(index: FolderIndex, shown: int = 3) -> str:
+    """'; N files skipped by the scan: path: reason, ...' (first *shown* files), or ''."""
+    if not index.skipped:
+        return ""
+    listed = ", ".join(f"{path}: {reason}" for path, reason in index.skipped[:shown])
+    more = f", and {len(index.skipped) - shown} more" if len(index.skipped) > shown else ""
+    return f"; {len(index.skipped)} file(s) skipped by the scan: {listed}{more}"
+
+
+def _usable_override(index: FolderIndex, role: str, key: str | int) -> SeriesInfo:
+    series = find_series(index, key)
+    if not series.usable:
+        raise SelectionError(f"{role} series {str(key).strip()!r} ({series.label}) is not usable: {series.reason}")
+    return series
 
 
 def select_series(
@@ -193,9 +220,14 @@ def select_series(
         series of different patients.
     """
     rules = SelectionRules.from_value(rules)
+    # Overrides are resolved first so that a requested series that is
+    # unusable is reported with the scan's reason for it.
+    given = {role: _usable_override(index, role, key)
+             for role, key in (("fixed", fixed), ("moving", moving)) if key is not None}
     usable = [s for s in index.series if s.usable]
     if not usable:
-        raise SelectionError(f"{index.root}: no usable series; series: {describe_candidates(index.series)}")
+        raise SelectionError(f"{index.root}: no usable series; series: "
+                             f"{describe_candidates(index.series) or '(none)'}{_skipped_note(index)}")
     fixed_rule, moving_rule = rules.fixed, rules.moving
     if fixed is None and moving is None and not fixed_rule.modality and not moving_rule.modality:
         fixed_rule, moving_rule = _default_modalities(usable, fixed_rule, moving_rule)
@@ -205,12 +237,8 @@ def select_series(
     how: dict[str, str] = {}
     # Overrides first, so a free role is chosen among the other series of
     # the given series' patient.
-    for role, override in (("fixed", fixed), ("moving", moving)):
-        if override is not None:
-            series = find_series(index, override)
-            if not series.usable:
-                raise SelectionError(f"{role} series {override!r} is not usable: {series.reason}")
-            chosen[role], how[role] = series, f"given by {role}={override}"
+    for role, series in given.items():
+        chosen[role], how[role] = series, f"given by {role}={fixed if role == 'fixed' else moving}"
     for role, rule in (("fixed", fixed_rule), ("moving", moving_rule)):
         if role in chosen:
             continue
