@@ -61,7 +61,7 @@ def pet_ct_folder(shared_data, tmp_path_factory):
 @pytest.fixture(scope="module")
 def colour_run(pet_ct_folder, tmp_path_factory):
     out = tmp_path_factory.mktemp("colour") / "out"
-    return fuse_study(pet_ct_folder, out, StudyOptions(workers=1, colour=True, formats=("dicom",)))
+    return fuse_study(pet_ct_folder, out, StudyOptions(workers=1, colour_series=True, formats=("dicom",)))
 
 
 def _series(folder: Path) -> list[pydicom.Dataset]:

@@ -55,7 +55,7 @@ def fuse_study_command(
     from medfuse.study.pipeline import fuse_study
 
     options = _options(fixed=fixed, moving=tuple(moving or ()), window=window, workers=workers, scheduler=scheduler,
-                       formats=formats, report=report, colour=colour, saliency_scope=saliency_scope,
+                       formats=formats, report=report, colour_series=colour, saliency_scope=saliency_scope,
                        deterministic_uids=deterministic_uids, uid_entropy=uid_entropy, quiet=quiet,
                        json_log=json_log)
     _print_result(fuse_study(patient_dir, out, options), json_log)
@@ -80,7 +80,7 @@ def fuse_volumes_command(
     from medfuse.study.pipeline import fuse_volumes
 
     options = _options(window=window, workers=workers, scheduler=scheduler, formats=formats, report=report,
-                       colour=colour, saliency_scope=saliency_scope, deterministic_uids=deterministic_uids,
+                       colour_series=colour, saliency_scope=saliency_scope, deterministic_uids=deterministic_uids,
                        uid_entropy=uid_entropy, quiet=quiet, json_log=json_log)
     _print_result(fuse_volumes(volumes, out, options), json_log)
 

@@ -11,7 +11,7 @@ Stages, each timed and reported, each failing with its own exit code
    keeping its coverage mask;
 5. **map** (2) -- map every volume to [0, 1] (:func:`medfuse.volume.intensity.map_to_unit`);
 6. **fuse** (5) -- slice-wise fusion on Dask (:func:`medfuse.volume.dispatch.fuse_volume`);
-   with ``colour``, a second fusion on the functional volume's palette luma
+   with ``colour_series``, a second fusion on the functional volume's palette luma
    (stage **colour**, :mod:`medfuse.study.colour`);
 7. **write** (6) -- the DICOM series and/or NIfTI file, the provenance sidecar
    ``provenance.json``, the registration transforms and, with ``report``, the
@@ -105,7 +105,7 @@ class StudyOptions:
         Outputs among :data:`FORMATS`. Default ("dicom", "nifti").
     report : bool
         Write the QC report ``report.html``.
-    colour : bool
+    colour_series : bool
         Also write ``dicom_colour/``: an RGB Secondary Capture series of the
         anatomy fused with the PET/SPECT volume through the HOT_IRON palette
         (:mod:`medfuse.study.colour`). Needs one PT/NM and a CT/MR input.
@@ -134,7 +134,7 @@ class StudyOptions:
     scheduler: str | None = None
     formats: tuple[str, ...] = ("dicom", "nifti")
     report: bool = False
-    colour: bool = False
+    colour_series: bool = False
     saliency_scope: str = "volume"
     fusion: FusionConfig = field(default_factory=FusionConfig)
     registration: RegistrationConfig | None = None
@@ -313,7 +313,7 @@ class _Run:
     def finish(self, volumes: list[Volume], inputs: dict) -> StudyResult:
         options = self.options
         fixed, movings = volumes[0], volumes[1:]
-        functional = functional_source([v.modality for v in volumes]) if options.colour else None
+        functional = functional_source([v.modality for v in volumes]) if options.colour_series else None
         registrations, on_grid, masks = [], [fixed], [None]
         with self.stage("register", total=len(movings)) as advance:
             for moving in movings:
