@@ -342,3 +342,22 @@ def test_sample_study_registers_with_defaults_to_its_documented_offset(shared_da
     signal_tre = target_registration_error(result.transform, truth, mask_points_mm(signal, step=2))
     assert signal_tre.max() <= fixed.image.GetSpacing()[0]
     assert 0.15 < sitk.GetArrayViewFromImage(mask).mean() < 0.5  # the phantom, not its central bar
+
+
+def test_no_array_view_of_a_temporary_image():
+    # sitk.GetArrayViewFromImage does not keep the image alive: a view of a
+    # temporary reads freed memory, whose content depends on what ran before.
+    # That made test_foreground_mask_excludes_air_around_the_head fail once in
+    # a full-suite run (a corner voxel "set") while passing alone.
+    import ast
+
+    files = [REPO / "medfuse/volume" / name for name in ("registration.py", "masks.py", "overlay.py")]
+    files += [REPO / "medfuse/cli/register.py", REPO / "bench/registration.py", *sorted((REPO / "tests").glob("test_registration*.py"))]
+    offenders = []
+    for path in files:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "GetArrayViewFromImage":
+                argument = node.args[0] if node.args else None
+                if argument is not None and any(isinstance(n, ast.Call) for n in ast.walk(argument)):
+                    offenders.append(f"{path.name}:{node.lineno}")
+    assert offenders == []
