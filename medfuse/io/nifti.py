@@ -173,6 +173,8 @@ def write_nifti(volume_or_image: Volume | sitk.Image, path: str | os.PathLike) -
                         _write_single_file(nifti, stream)
                 else:
                     _write_single_file(nifti, handle)
+                handle.flush()
+                os.fsync(handle.fileno())  # on disk before the rename makes it the output
             os.replace(tmp, path)
         finally:
             if tmp.exists():
