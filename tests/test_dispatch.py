@@ -150,3 +150,18 @@ def test_bad_input_raises(pair, arrays, kw, message):
 def test_mismatched_shapes_raise(pair):
     with pytest.raises(InputError, match="share one"):
         fuse_volume([pair[0], pair[1][:, :10]], None)
+
+
+def test_volume_histograms_by_slabs_equal_the_whole_volume_histogram(pair):
+    from medfuse.core.saliency import level_histogram
+    from medfuse.volume.dispatch import _volume_histograms
+
+    t1, synthetic = pair
+    cover = synthetic > 0.05  # an irregular mask, as a coverage mask can be
+    config = FusionConfig()
+    # 5-slice slabs over 12 slices: the last slab is partial.
+    slabbed = _volume_histograms([t1, synthetic], [None, cover], config, slab_slices=5)
+    whole = np.stack([level_histogram(t1, config.saliency_levels),
+                      level_histogram(synthetic[cover], config.saliency_levels)])
+    np.testing.assert_array_equal(slabbed, whole)
+    assert slabbed[1].sum() == cover.sum()

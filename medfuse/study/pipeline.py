@@ -312,18 +312,23 @@ class _Run:
 
     def finish(self, volumes: list[Volume], inputs: dict) -> StudyResult:
         options = self.options
-        fixed, movings = volumes[0], volumes[1:]
         functional = functional_source([v.modality for v in volumes]) if options.colour_series else None
+        fixed = volumes[0]
         registrations, on_grid, masks = [], [fixed], [None]
-        with self.stage("register", total=len(movings)) as advance:
-            for moving in movings:
+        with self.stage("register", total=len(volumes) - 1) as advance:
+            for index in range(1, len(volumes)):
+                moving = volumes[index]
                 result = register(fixed, moving, options.registration)
                 moved, coverage = resample_onto(fixed, moving, result.transform)
                 registrations.append(result)
                 on_grid.append(moved)
                 masks.append(sitk.GetArrayFromImage(coverage).astype(bool))
-                advance(1, len(movings))
+                # Only the moving volume's geometry is needed from here on (citations): drop its pixels.
+                volumes[index] = _geometry_only_volume(moving)
+                advance(1, len(volumes) - 1)
             del moving, moved, coverage  # on_grid and masks hold what is still needed
+        volumes[0] = _geometry_only_volume(fixed)
+        del fixed  # on_grid[0] is now the only holder of the fixed pixels
         with self.stage("map"):
             arrays, mappings = [], []
             while on_grid:  # release each resampled volume once mapped: bounded memory
@@ -331,11 +336,7 @@ class _Run:
                 unit, mapping = map_to_unit(volume, window=options.window if volume.modality == "CT" else None)
                 arrays.append(unit)
                 mappings.append(mapping)
-            del volume
-        # Only the volumes' geometry is needed from here on: drop their pixels.
-        for index, volume in enumerate(volumes):
-            volumes[index] = dataclasses.replace(volume, image=_geometry_only(volume.image))
-        del fixed, movings
+                del volume, unit
         z = arrays[0].shape[0]
         with self.stage("fuse", total=z) as advance:
             fused = fuse_volume(arrays, masks, options.fusion, workers=options.workers, scheduler=options.scheduler,
@@ -356,12 +357,18 @@ class _Run:
             arrays.clear()
             masks.clear()
         with self.stage("write"):
-            result = self._write(volumes, arrays, masks, fused, registrations, mappings, inputs, colour)
+            # The fused volume as an image on the fixed grid (for NIfTI), read by the writers through a
+            # view of its buffer: one copy of the fused volume from here on, not two.
+            fused_image = sitk.GetImageFromArray(fused)
+            fused_image.CopyInformation(volumes[0].image)
+            del fused
+            result = self._write(volumes, arrays, masks, fused_image, registrations, mappings, inputs, colour)
         return dataclasses.replace(result, timings=dict(self.timings))
 
-    def _write(self, volumes, arrays, masks, fused, registrations, mappings, inputs, colour) -> StudyResult:
+    def _write(self, volumes, arrays, masks, fused_image, registrations, mappings, inputs, colour) -> StudyResult:
         options, out_dir = self.options, self.out_dir
         fixed = volumes[0]
+        fused = sitk.GetArrayViewFromImage(fused_image)  # read-only; fused_image outlives it
         out_dir.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
         try:
@@ -410,9 +417,7 @@ class _Run:
                                    "sources; fused luma + the functional source's chroma -> RGB 8 bit",
                 }
             if "nifti" in options.formats:
-                image = sitk.GetImageFromArray(fused)
-                image.CopyInformation(fixed.image)
-                write_nifti(image, staging / "fused.nii.gz")
+                write_nifti(fused_image, staging / "fused.nii.gz")
                 provenance["outputs"]["nifti"] = {"file": "fused.nii.gz", "values": "fused intensity in [0, 1], float32"}
             provenance["timings_s"] = dict(self.timings)  # all stages before "write"
             report_path = None
@@ -518,6 +523,11 @@ def _uid_policy(options: StudyOptions) -> str:
     if options.deterministic_uids:
         return "derived from inputs, options and version"
     return "random (pydicom generate_uid)"
+
+
+def _geometry_only_volume(volume: Volume) -> Volume:
+    """*volume* with its pixels replaced by :func:`_geometry_only` (references, modality, label kept)."""
+    return dataclasses.replace(volume, image=_geometry_only(volume.image))
 
 
 def _geometry_only(image: sitk.Image) -> sitk.Image:
