@@ -66,9 +66,12 @@ T1C = TCGA / "MRHR_T1_AX_POST_GAD_OtherEXampleTCIA_TCGA-FG-6692_Si_TCGA-FG-6692_
 T2 = TCGA / "MRHR_T2_AX_OtherEXampleTCIA_TCGA-FG-6692_Si_TCGA-FG-6692_MRHR_T2_AX_SE_2_tse2d1_11_t2.nii.gz"
 FLAIR = TCGA / "MRHR_FLAIR_AX_OtherEXampleTCIA_TCGA-FG-6692_Si_TCGA-FG-6692_MRHR_FLAIR_AX_SE_IR_5_tir2d1_21_fla.nii.gz"
 PET_CT = DATA / "tcia_CCTH-A01_pet_ct"
+SAMPLE = REPO / "sample_studies" / "mr-phantom-two-contrasts"
 
-# name: (fixed, moving or None for a synthetic contrast, how the motion is applied, rotation deg, translation mm)
+# name: (fixed, moving or None for a synthetic contrast, how the motion is applied, rotation deg, translation mm);
+# "given": the moving series already carries its documented motion (the bundled sample study).
 CASES = {
+    "sample_study": (SAMPLE / "series1_t1", SAMPLE / "series2_synthetic_contrast", "given", None, None),
     "ge_mprage": (SHARED / "dicom/ge_mr_t1_mprage/05_3D_Ax_T1_MP_RAGE_R22", None, "header",
                   (-5.0, 8.0, 10.0), (12.0, -8.0, 15.0)),
     "chris_t1": (DATA / "niivue_chris_t1/chris_t1.nii.gz", None, "header", (10.0, 5.0, -7.0), (-10.0, 15.0, 8.0)),
@@ -116,6 +119,17 @@ def moved(image: sitk.Image, known: sitk.Transform, how: str) -> sitk.Image:
     return sitk.Resample(image, grid, known.GetInverse(), sitk.sitkLinear, background, sitk.sitkFloat32)
 
 
+def sample_study_truth() -> sitk.Transform:
+    """The sample study's documented fixed -> moving transform (tools/make_sample_study.py, sample README)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make_sample_study", REPO / "tools" / "make_sample_study.py")
+    maker = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(maker)
+    source, _ = maker.read_source(SHARED / "dicom/ge_mr_t1_mprage/05_3D_Ax_T1_MP_RAGE_R22")
+    return maker.rigid_offset_transform(source).GetInverse()
+
+
 def textbook(fixed: sitk.Image, moving: sitk.Image, seed: int) -> sitk.Transform:
     """The SimpleITK notebooks' multi-modal recipe (60_Registration_Introduction)."""
     initial = sitk.CenteredTransformInitializer(
@@ -146,14 +160,16 @@ def timed(function, *args):
 def run_case(name: str, config: RegistrationConfig) -> dict:
     fixed_path, moving_path, how, rotation, translation = CASES[name]
     fixed = read(fixed_path)
-    known = rigid(fixed, rotation, translation)
-    if moving_path is None:
-        source, reference = inverted_contrast(fixed), known
+    if how == "given":
+        moving, reference = read(moving_path), sample_study_truth()
+    elif moving_path is None:
+        known = rigid(fixed, rotation, translation)
+        moving, reference = moved(inverted_contrast(fixed), known, how), known
     else:
+        known = rigid(fixed, rotation, translation)
         source = read(moving_path)
         unmoved = register(Volume(fixed), Volume(source), REFERENCE_CONFIG)
-        reference = compose(known, unmoved.transform)
-    moving = moved(source, known, how)
+        moving, reference = moved(source, known, how), compose(known, unmoved.transform)
     points = mask_points_mm(foreground_mask(fixed), step=2)
     ours, wall, cpu = timed(register, Volume(fixed), Volume(moving), config)
     book, book_wall, book_cpu = timed(textbook, fixed, moving, config.seed)
