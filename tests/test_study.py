@@ -83,9 +83,6 @@ def test_pipeline_series_passes_dciodvfy_and_dcentvfy(run):
     assert not (out.stdout + out.stderr).strip()
 
 
-@pytest.mark.xfail(reason="registration default auto_mask='fixed' keeps only the phantom's central bar as foreground "
-                          "and converges to -0.7 deg instead of -4.0 deg (12 mm error); auto_mask='none' recovers the "
-                          "offset to < 1 mm. Reported to the registration piece (issue 8).", strict=False)
 def test_registration_recovers_the_sample_offset(run, shared_data):
     """The synthetic series was moved by a known rigid T; registration must find T^-1 (see the sample README)."""
     spec = importlib.util.spec_from_file_location("make_sample_study", REPO / "tools" / "make_sample_study.py")

@@ -27,7 +27,6 @@ import dataclasses
 import json
 import math
 import os
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +35,7 @@ from typing import Any
 import numpy as np
 import typer
 
+from medfuse.atomic import atomic_open
 from medfuse.errors import InputError, WriteError
 
 IMAGE_SUFFIXES = {".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp"}
@@ -167,14 +167,8 @@ def _to_uint8(fused: np.ndarray) -> np.ndarray:
 
 
 def _write_text_atomic(path: Path, text: str) -> None:
-    handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(text)
-        os.replace(temp, path)
-    except OSError as exc:
-        Path(temp).unlink(missing_ok=True)
-        raise WriteError(f"cannot write {path}: {exc.strerror or exc}") from None
+    with atomic_open(path, "w", encoding="utf-8") as stream:
+        stream.write(text)
 
 
 def evaluate_pairs(root: Path, methods: list[Method], out_dir: Path, *, save_fused: bool = False, echo=None) -> list[dict]:

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import os
-import tempfile
 import time
 from pathlib import Path
 
 import typer
 
+from medfuse.atomic import atomic_open
 from medfuse.core.config import FusionConfig
 from medfuse.errors import InputError, WriteError
 
@@ -123,14 +123,8 @@ def _write_weights(folder: Path, result) -> None:
     for label, weights in (("base", result.base_weights), ("detail", result.detail_weights)):
         for index, weight in enumerate(weights, start=1):
             write_image(folder / f"{label}_weight_{index}.png", np.clip(weight, 0.0, 1.0), bit_depth=16)
-    handle, temp = tempfile.mkstemp(prefix=".weights.", suffix=".npz.part", dir=folder)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            np.savez(stream, base=result.base_weights, detail=result.detail_weights)
-        os.replace(temp, folder / "weights.npz")
-    except OSError as exc:
-        Path(temp).unlink(missing_ok=True)
-        raise WriteError(f"cannot write {folder / 'weights.npz'}: {exc.strerror or exc}") from None
+    with atomic_open(folder / "weights.npz", "wb") as stream:
+        np.savez(stream, base=result.base_weights, detail=result.detail_weights)
 
 
 def register(app: typer.Typer) -> None:

@@ -9,12 +9,12 @@ so a failed write never leaves a partial file (or destroys an existing one).
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from medfuse.atomic import atomic_open
 from medfuse.errors import InputError, WriteError
 
 __all__ = ["read_image", "write_image", "image_format", "FORMATS"]
@@ -149,23 +149,8 @@ def write_image(path: str | os.PathLike, array: np.ndarray, *, bit_depth: int | 
     samples = _samples(array, bit_depth, path)
     image = Image.fromarray(samples)
     _check_folder(path)
-    try:
-        handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    except OSError as exc:
-        raise WriteError(f"cannot write {path}: {exc.strerror or exc}") from None
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            image.save(stream, format=fmt)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.chmod(temp, 0o644 & ~_umask())
-        os.replace(temp, path)
-    except OSError as exc:
-        _remove_quietly(temp)
-        raise WriteError(f"cannot write {path}: {exc.strerror or exc}") from None
-    except BaseException:
-        _remove_quietly(temp)
-        raise
+    with atomic_open(path, "wb") as stream:
+        image.save(stream, format=fmt)
     return path
 
 
@@ -196,14 +181,3 @@ def _check_folder(path: Path) -> None:
         raise WriteError(f"cannot write {path}: it is a directory")
 
 
-def _umask() -> int:
-    current = os.umask(0)
-    os.umask(current)
-    return current
-
-
-def _remove_quietly(temp: str) -> None:
-    try:
-        os.unlink(temp)
-    except OSError:
-        pass

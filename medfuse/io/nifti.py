@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import gzip
 import os
-import secrets
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import SimpleITK as sitk
 
+from medfuse.atomic import atomic_open
 from medfuse.errors import InputError, WriteError
 from medfuse.volume.model import Volume
 
@@ -164,38 +164,15 @@ def write_nifti(volume_or_image: Volume | sitk.Image, path: str | os.PathLike) -
     compressed = str(path).lower().endswith(".gz")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        handle, tmp = _create_temporary(path)
-        try:
-            with handle:
-                if compressed:
-                    with gzip.GzipFile(fileobj=handle, mode="wb", mtime=0, filename="",
-                                       compresslevel=GZIP_LEVEL) as stream:
-                        _write_single_file(nifti, stream)
-                else:
-                    _write_single_file(nifti, handle)
-                handle.flush()
-                os.fsync(handle.fileno())  # on disk before the rename makes it the output
-            os.replace(tmp, path)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
     except OSError as exc:
-        raise WriteError(f"{path}: cannot write ({exc.strerror or exc})") from exc
+        raise WriteError(f"cannot write {path}: {exc.strerror or exc}") from None
+    with atomic_open(path, "wb") as handle:
+        if compressed:
+            with gzip.GzipFile(fileobj=handle, mode="wb", mtime=0, filename="", compresslevel=GZIP_LEVEL) as stream:
+                _write_single_file(nifti, stream)
+        else:
+            _write_single_file(nifti, handle)
     return path
-
-
-def _create_temporary(path: Path):
-    """A new hidden file next to *path*, opened for binary writing, created with mode 0666 & ~umask.
-
-    (``tempfile.mkstemp`` would create it 0600, and the rename would keep that.)
-    """
-    while True:
-        tmp = path.parent / f".tmp-{secrets.token_hex(8)}-{path.name}"
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-        except FileExistsError:
-            continue
-        return os.fdopen(fd, "wb"), tmp
 
 
 def _write_single_file(nifti: nib.Nifti1Image, stream) -> None:

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
@@ -41,6 +40,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from medfuse.atomic import atomic_output
 from medfuse.errors import InputError, RegistrationError
 from medfuse.volume.masks import MaskConfig, foreground_mask
 from medfuse.volume.model import Volume
@@ -675,13 +675,10 @@ def write_transform(transform: sitk.Transform, path: str | os.PathLike) -> Path:
     path = Path(path)
     if not path.parent.is_dir():
         raise InputError(f"cannot write transform {path}: folder {path.parent} does not exist")
-    handle, temporary = tempfile.mkstemp(suffix=path.suffix or ".tfm", dir=path.parent, prefix=".medfuse-")
-    os.close(handle)
     try:
-        sitk.WriteTransform(transform, temporary)
-        os.replace(temporary, path)
-    except (RuntimeError, OSError) as exc:
-        Path(temporary).unlink(missing_ok=True)
+        with atomic_output(path) as temporary:
+            sitk.WriteTransform(transform, str(temporary))
+    except RuntimeError as exc:
         raise InputError(f"cannot write transform {path}: {_first_line(exc)}") from exc
     return path
 
