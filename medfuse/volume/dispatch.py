@@ -75,6 +75,8 @@ EMPTY_SLICE_LEVEL = 0.02
 LOCAL_CLUSTER_MIN_VOXELS = 20_000_000
 #: Source pixels per chunk by default (one slice of two 512 x 512 sources).
 CHUNK_PIXELS = 2 * 512 * 512
+#: Chunks submitted ahead per worker (keeps workers busy while the next chunk is sent).
+IN_FLIGHT_PER_WORKER = 2
 #: Most slices in one default chunk.
 MAX_CHUNK_SLICES = 16
 
@@ -302,7 +304,7 @@ def _run_distributed(bounds, chunk_args, store, config, histograms, workers, sch
             cluster.close()
         raise FusionError(f"could not reach the Dask scheduler {scheduler or '(local)'}: {exc}") from exc
     try:
-        in_flight = max(2, 2 * len(client.scheduler_info().get("workers", {})) or 2 * workers)
+        in_flight = max(2, IN_FLIGHT_PER_WORKER * (len(client.scheduler_info().get("workers", {})) or workers or 1))
         pending = list(bounds)
         running = as_completed()
         where = {}
@@ -310,8 +312,8 @@ def _run_distributed(bounds, chunk_args, store, config, histograms, workers, sch
         def submit_next() -> None:
             start, stop = pending.pop(0)
             stack, cover = chunk_args(start, stop)
-            future = client.submit(fuse_chunk, client.scatter(stack), client.scatter(cover),
-                                   config, histograms, pure=False)
+            stack_data, cover_data = client.scatter([stack, cover])  # one round trip for both
+            future = client.submit(fuse_chunk, stack_data, cover_data, config, histograms, pure=False)
             where[future.key] = (start, stop)
             running.add(future)
 
