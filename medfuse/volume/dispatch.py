@@ -287,15 +287,32 @@ def _check_inputs(arrays, masks, saliency_scope, workers, chunk_slices) -> None:
             raise InputError(f"{name} must be a positive integer, got {value!r}")
 
 
+def _worker_environ() -> dict:
+    """dask's environment for new local workers, without ``MALLOC_TRIM_THRESHOLD_``.
+
+    Setting that variable turns off glibc's dynamic mmap threshold, so every
+    large temporary of the fusion is mmapped and page-faulted afresh: one slice
+    of two 512 x 512 sources took 0.18 s instead of 0.13 s in one process
+    (64 slices, 11.6 s vs 8.1 s on the shared 2-core machine). The
+    one-thread-per-library variables (OMP_NUM_THREADS...) are kept.
+    """
+    import dask
+
+    environ = dask.config.get("distributed.nanny.pre-spawn-environ", {}) or {}
+    return {key: value for key, value in environ.items() if key != "MALLOC_TRIM_THRESHOLD_"}
+
+
 def _run_distributed(bounds, chunk_args, store, config, histograms, workers, scheduler) -> None:
     """Submit chunks to a (local or remote) dask.distributed cluster, two per worker in flight."""
+    import dask
     from dask.distributed import Client, LocalCluster, as_completed
 
     cluster = None
     try:
         if scheduler is None:
-            cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                                   dashboard_address=None, silence_logs=40)
+            with dask.config.set({"distributed.nanny.pre-spawn-environ": _worker_environ()}):
+                cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                                       dashboard_address=None, silence_logs=40)
             client = Client(cluster)
         else:
             client = Client(scheduler, timeout="10s")
