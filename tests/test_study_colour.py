@@ -105,10 +105,10 @@ def test_colour_pixels_show_uptake_in_colour_and_anatomy_in_grey(colour_run):
 def test_colour_series_passes_dciodvfy_and_dcentvfy(colour_run):
     files = sorted(colour_run.colour_dir.glob("*.dcm"))
     for path in (files[0], files[len(files) // 2], files[-1]):
-        out = subprocess.run(["dciodvfy", "-new", str(path)], capture_output=True, text=True)
+        out = subprocess.run(["dciodvfy", "-new", str(path)], capture_output=True, text=True, check=False)
         errors = [line for line in (out.stdout + out.stderr).splitlines() if line.startswith("Error")]
         assert errors == [], errors
-    out = subprocess.run(["dcentvfy", *map(str, files)], capture_output=True, text=True)
+    out = subprocess.run(["dcentvfy", *map(str, files)], capture_output=True, text=True, check=False)
     assert (out.stdout + out.stderr).strip() == "", out.stdout + out.stderr
 
 

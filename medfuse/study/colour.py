@@ -28,7 +28,7 @@ from pydicom.pixels import apply_color_lut
 from medfuse.core.colour import rgb_to_ycbcr, ycbcr_to_rgb
 from medfuse.errors import InputError
 
-__all__ = ["Palette", "FUNCTIONAL_MODALITIES", "ANATOMICAL_MODALITIES", "functional_source", "rgb_slices"]
+__all__ = ["ANATOMICAL_MODALITIES", "FUNCTIONAL_MODALITIES", "Palette", "functional_source", "rgb_slices"]
 
 #: Sources shown through the palette.
 FUNCTIONAL_MODALITIES = ("PT", "NM")

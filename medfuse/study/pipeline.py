@@ -76,7 +76,7 @@ from medfuse.volume.intensity import map_to_unit
 from medfuse.volume.model import Volume
 from medfuse.volume.registration import RegistrationConfig, register, resample_onto, write_transform
 
-__all__ = ["StudyOptions", "StudyResult", "fuse_study", "fuse_volumes", "FORMATS"]
+__all__ = ["FORMATS", "StudyOptions", "StudyResult", "fuse_study", "fuse_volumes"]
 
 FORMATS = ("dicom", "nifti")
 

@@ -66,7 +66,7 @@ from medfuse.core.fusion import fuse_slices
 from medfuse.core.saliency import level_histogram
 from medfuse.errors import FusionError, InputError
 
-__all__ = ["fuse_volume", "interslice_variation", "default_workers", "SALIENCY_SCOPES"]
+__all__ = ["SALIENCY_SCOPES", "default_workers", "fuse_volume", "interslice_variation"]
 
 SALIENCY_SCOPES = ("volume", "slice")
 #: A source's slice counts as empty air below this 99.5th percentile (fusion range [0, 1]).
