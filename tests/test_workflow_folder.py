@@ -10,6 +10,7 @@ import pydicom
 import pytest
 
 from medfuse.cli.app import main
+from medfuse.io.dicom.write import derived_uid
 from orthanc_support import copy_study
 
 SAMPLE = Path(__file__).resolve().parents[1] / "sample_studies" / "mr-phantom-two-contrasts"
@@ -83,6 +84,11 @@ retries: {{max_attempts: 2}}
     assert main(["workflow", "status", str(wf), "--json"]) == 0
     jobs = {j["study_uid"]: j for j in json.loads(capsys.readouterr().out)}
     assert (jobs[good]["state"], jobs[good]["attempts"]) == ("done", 1)
+    # The delivered UIDs are the ones fuse-study derives from the job key (what reruns check the PACS for).
+    key = jobs[good]["key"]
+    assert jobs[good]["output_series_uid"] == derived_uid(key, "series") == series_uid
+    sop_uids = [str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID) for f in dicom_files]
+    assert sop_uids == [derived_uid(key, "instance", str(z)) for z in range(21)]
     assert (jobs[poisoned]["state"], jobs[poisoned]["attempts"]) == ("failed", 2)
     assert jobs[poisoned]["reason"] == outcomes[poisoned]["reason"]
 

@@ -1,4 +1,4 @@
-"""Ledger, lock, credentials, loop guard and deterministic output UIDs (no PACS needed)."""
+"""Ledger, lock, credentials, loop guard and connector retries (no PACS needed)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,6 @@ from medfuse.workflow.credentials import resolve_credentials
 from medfuse.workflow.ledger import Ledger, job_key
 from medfuse.workflow.lock import workflow_lock
 from medfuse.workflow.loopguard import is_medfuse_output
-from medfuse.workflow.runner import assign_output_uids, output_series_uid
 
 SAMPLE = "sample_studies/mr-phantom-two-contrasts"
 
@@ -101,26 +100,6 @@ def test_loop_guard_recognises_only_medfuse_derived_images(repo_root: Path) -> N
     assert is_medfuse_output(ds)
     ds.ImageType = ["ORIGINAL", "PRIMARY"]
     assert not is_medfuse_output(ds)
-
-
-def test_output_uids_are_derived_from_the_key(repo_root: Path, tmp_path: Path) -> None:
-    src = sorted((repo_root / SAMPLE / "series1_t1").iterdir())[:3]
-    uids = []
-    for run in ("a", "b"):
-        folder = tmp_path / run
-        folder.mkdir()
-        series_uid = pydicom.uid.generate_uid()  # a writer makes fresh UIDs on every run
-        for i, f in enumerate(src):
-            ds = pydicom.dcmread(f)
-            ds.SeriesInstanceUID = series_uid
-            ds.SOPInstanceUID = pydicom.uid.generate_uid()
-            ds.save_as(folder / f"{i}.dcm")
-        files = assign_output_uids(folder, "key-1")
-        uids.append([(str(d.SeriesInstanceUID), str(d.SOPInstanceUID), str(d.file_meta.MediaStorageSOPInstanceUID))
-                     for d in map(pydicom.dcmread, files)])
-    assert uids[0] == uids[1]
-    assert {u[0] for u in uids[0]} == {output_series_uid("key-1")} != {output_series_uid("key-2")}
-    assert all(sop == meta for _, sop, meta in uids[0]) and len({u[1] for u in uids[0]}) == 3
 
 
 def test_retries_back_off_then_give_up_with_a_one_line_reason() -> None:

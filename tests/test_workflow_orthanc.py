@@ -25,6 +25,7 @@ import pydicom
 import pytest
 
 from medfuse.cli.app import main
+from medfuse.io.dicom.write import derived_uid
 from orthanc_support import MEDFUSE_AET, PASSWORD, USER, OrthancServer, copy_study, orthanc_missing_reason
 
 pytestmark = pytest.mark.orthanc
@@ -180,6 +181,7 @@ def test_dicomweb_workflow_stores_fused_series_into_the_same_study_once(orthanc,
     status = cli("workflow", "status", str(wf), "--json")
     (job,) = json.loads(status.stdout)
     assert (job["study_uid"], job["state"], job["attempts"]) == (study, "done", 1)
+    assert job["output_series_uid"] == derived_uid(job["key"], "series") == fused["SeriesInstanceUID"]
 
 
 # --------------------------------------------------------------------------- DIMSE round trip
@@ -258,13 +260,14 @@ def test_sigkill_at_several_points_then_rerun_fuses_each_study_exactly_once(orth
     assert final.returncode == 0, final.stderr + final.stdout
 
     con = sqlite3.connect(db)
-    jobs = con.execute("SELECT study_uid, state, output_series_uid FROM jobs").fetchall()
+    jobs = con.execute("SELECT study_uid, state, output_series_uid, key FROM jobs").fetchall()
     interrupted = con.execute("SELECT COUNT(*) FROM events WHERE state = 'interrupted'").fetchone()[0]
     con.close()
     assert sorted(j[0] for j in jobs) == sorted(studies)
-    assert all(state == "done" for _, state, _ in jobs)
+    assert all(state == "done" for _, state, _, _ in jobs)
     assert interrupted >= 4
-    for study, _, series_uid in jobs:
+    for study, _, series_uid, key in jobs:
+        assert series_uid == derived_uid(key, "series")  # fuse-study's UID for uid_entropy=key
         fused = fused_series(orthanc, study)
         assert [f["SeriesInstanceUID"] for f in fused] == [series_uid]
         assert fused[0]["instances"] == FIXED_SLICES  # complete, and no instance stored twice

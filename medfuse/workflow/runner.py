@@ -8,11 +8,13 @@ Crash safety and idempotency, step by step for one job (one study's input series
 2. Every step is recorded in the ledger *before* its side effects can be
    seen: ``fetching`` → ``fusing`` → ``delivering`` (with the output series
    UID, i.e. the intent to push) → ``done``.
-3. The fused series gets **UIDs derived from the ledger key** (series and
-   instances), so a rerun after a crash at any point produces the very same
-   series. Before storing, the PACS is asked how many instances of that
-   series it already holds; a complete series is not sent again, a partial
-   one is completed (same SOP Instance UIDs, so nothing is duplicated).
+3. fuse-study is given the ledger key as ``uid_entropy``, so the fused
+   series' UIDs are derived from it (``derived_uid(key, "series")`` and
+   ``derived_uid(key, "instance", str(z))``) and a rerun after a crash at any
+   point produces the very same series. Before storing, the PACS is asked how
+   many instances of that series it already holds; a complete series is not
+   sent again, a partial one is completed (same SOP Instance UIDs, so nothing
+   is duplicated).
 4. Folder outputs are written to a temporary sibling and renamed into place.
 5. A failing job is recorded with its reason and retried on later runs until
    ``max_attempts``; it never stops the other jobs of the pass.
@@ -30,21 +32,16 @@ from pathlib import Path
 from typing import TextIO
 
 import pydicom
-from pydicom.uid import generate_uid
 
 from medfuse import __version__
 from medfuse.errors import MedfuseError, PacsError, WorkflowError
+from medfuse.io.dicom.write import derived_uid
 from medfuse.workflow.config import Workflow, orientation_of
 from medfuse.workflow.credentials import resolve_credentials
 from medfuse.workflow.ledger import Ledger, job_key
 from medfuse.workflow.lock import workflow_lock
 from medfuse.workflow.loopguard import is_medfuse_output, is_medfuse_series_description
 from medfuse.workflow.sources import RemoteSeries, Source, StudyCandidate, open_source
-
-#: Root for UIDs medfuse derives from a ledger key (pydicom's registered root,
-#: as used by ``generate_uid``; the suffix is a hash of the key).
-UID_PREFIX = "1.2.826.0.1.3680043.8.498."
-
 
 @dataclass(frozen=True)
 class JobPlan:
@@ -257,8 +254,10 @@ def _process(plan: JobPlan, workflow: Workflow, ledger: Ledger, source: Source, 
     ledger.advance(plan.key, "fusing")
     result = fuse_inputs(inputs, work / "output", workflow, plan)
     series_uid = output_series_uid(plan.key)
-    files = assign_output_uids(Path(result.dicom_dir), plan.key)
-    _cite_final_uid(work / "output", str(result.series_instance_uid), series_uid)
+    if result.series_instance_uid != series_uid:
+        raise WorkflowError(f"fuse-study wrote series {result.series_instance_uid}, not the UID derived from the "
+                            f"job key ({series_uid})")
+    files = sorted(p for p in Path(result.dicom_dir).iterdir() if p.is_file())
     ledger.advance(plan.key, "delivering", output_series_uid=series_uid, detail=f"{len(files)} instances")
     delivered: dict = {"output_series_uid": series_uid, "instances": len(files)}
     if workflow.outputs.get("folder"):
@@ -304,7 +303,8 @@ def study_options(workflow: Workflow, plan: JobPlan):
             kwargs[key] = cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in kwargs[key].items()})
     formats = ("dicom", "nifti") if workflow.outputs.get("nifti") else ("dicom",)
     try:
-        return StudyOptions(fixed=plan.fixed.series_uid, moving=(plan.moving.series_uid,), formats=formats, **kwargs)
+        return StudyOptions(fixed=plan.fixed.series_uid, moving=(plan.moving.series_uid,), formats=formats,
+                            uid_entropy=plan.key, **kwargs)
     except (TypeError, ValueError) as exc:
         raise WorkflowError(f"{workflow.path}: fusion options rejected by fuse-study: {_one_line(exc)}") from exc
 
@@ -317,59 +317,8 @@ def fuse_inputs(inputs: Path, out_dir: Path, workflow: Workflow, plan: JobPlan):
 
 
 def output_series_uid(key: str) -> str:
-    """The fused series' UID for a ledger key (the same on every rerun)."""
-    return str(generate_uid(UID_PREFIX, entropy_srcs=["medfuse-workflow-series", key]))
-
-
-def assign_output_uids(dicom_dir: Path, key: str) -> list[Path]:
-    """Give the fused series UIDs derived from *key*; return its files in instance order.
-
-    Series Instance UID and each SOP Instance UID (ordered by InstanceNumber)
-    are replaced, and every reference to an old UID inside the series is
-    updated, so a rerun of the same job writes byte-identical identifiers.
-    """
-    files = sorted(p for p in dicom_dir.rglob("*") if p.is_file())
-    datasets = []
-    for f in files:
-        try:
-            datasets.append((f, pydicom.dcmread(f)))
-        except Exception as exc:
-            raise WorkflowError(f"fuse-study wrote an unreadable DICOM file {f.name}: {_one_line(exc)}") from exc
-    if not datasets:
-        raise WorkflowError("fuse-study wrote no DICOM instances")
-    series = {str(ds.SeriesInstanceUID) for _, ds in datasets}
-    if len(series) != 1:
-        raise WorkflowError(f"fuse-study wrote {len(series)} series where one fused series was expected")
-    datasets.sort(key=lambda fd: (int(fd[1].get("InstanceNumber") or 0), fd[0].name))
-    mapping = {series.pop(): output_series_uid(key)}
-    for i, (_, ds) in enumerate(datasets):
-        mapping[str(ds.SOPInstanceUID)] = str(generate_uid(UID_PREFIX, entropy_srcs=["medfuse-workflow-sop", key, str(i)]))
-    for f, ds in datasets:
-        _replace_uids(ds, mapping)
-        if getattr(ds, "file_meta", None) is not None and "MediaStorageSOPInstanceUID" in ds.file_meta:
-            ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-        ds.save_as(f, enforce_file_format=True)
-    return [f for f, _ in datasets]
-
-
-def _cite_final_uid(out_dir: Path, old: str, new: str) -> None:
-    """Make the provenance and report files cite the series UID the job actually delivers."""
-    for path in sorted(out_dir.glob("*")):
-        if path.suffix in (".json", ".html") and path.is_file():
-            text = path.read_text(encoding="utf-8")
-            if old in text:
-                path.write_text(text.replace(old, new), encoding="utf-8")
-
-
-def _replace_uids(ds: pydicom.Dataset, mapping: dict) -> None:
-    def visit(dataset, elem):
-        if elem.VR == "UI" and elem.value:
-            if isinstance(elem.value, (list, pydicom.multival.MultiValue)):
-                elem.value = [mapping.get(str(v), str(v)) for v in elem.value]
-            else:
-                elem.value = mapping.get(str(elem.value), elem.value)
-
-    ds.walk(visit)
+    """The fused series' UID for a ledger key: what fuse-study derives from ``uid_entropy=key``."""
+    return str(derived_uid(key, "series"))
 
 
 def deliver_to_folder(result_dir: Path, workflow: Workflow, plan: JobPlan) -> Path:
