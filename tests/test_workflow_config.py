@@ -130,8 +130,31 @@ def test_fusion_options_are_checked_against_fuse_study(tmp_path: Path) -> None:
     assert load_workflow(write(tmp_path, good)).fusion["fusion"] == {"r_b": 45}
     assert ":16: unknown fusion option 'colour'" in refused(tmp_path, GOOD + "fusion:\n  colour: hot\n")
     assert ":17: unknown fusion option 'fusion.r_bb'" in refused(tmp_path, GOOD + "fusion:\n  workers: 1\n  fusion: {r_bb: 3}\n")
-    # The series and output formats come from select/outputs, never from fusion options.
-    assert "unknown fusion option 'fixed'" in refused(tmp_path, GOOD + "fusion:\n  fixed: '3'\n")
+
+
+@pytest.mark.parametrize("option, value, why", [
+    ("fixed", "'3'", "the fixed series is chosen by select.fixed"),
+    ("rules", "{fixed: {modality: CT}}", "series are chosen by select.fixed and select.moving"),
+    ("formats", "[nifti]", "outputs are chosen by outputs"),
+    ("uid_entropy", "my-key", "the workflow derives the output UIDs from its job key"),
+    ("deterministic_uids", "true", "the workflow derives the output UIDs from its job key"),
+    ("colour_series", "true", "workflows deliver only the grey fused series, not dicom_colour/"),
+])
+def test_fusion_options_the_workflow_controls_or_does_not_deliver_are_refused(tmp_path: Path, option: str,
+                                                                              value: str, why: str) -> None:
+    message = refused(tmp_path, GOOD + f"fusion:\n  workers: 1\n  {option}: {value}\n")
+    assert f"wf.yaml:17: fusion option '{option}' cannot be set in a workflow file: {why}" in message
+    assert main(["workflow", "validate", str(tmp_path / "wf.yaml")]) != 0
+
+
+def test_refused_fusion_options_are_fuse_study_options() -> None:
+    import dataclasses
+
+    from medfuse.study.pipeline import StudyOptions
+    from medfuse.workflow.config import WORKFLOW_CONTROLLED_OPTIONS, WORKFLOW_UNSUPPORTED_OPTIONS
+
+    fields = {f.name for f in dataclasses.fields(StudyOptions)}
+    assert set(WORKFLOW_CONTROLLED_OPTIONS) | set(WORKFLOW_UNSUPPORTED_OPTIONS) <= fields  # renamed upstream?
 
 
 @pytest.mark.parametrize("folder, plane", [("axasc35", "axial"), ("corasc35", "coronal"), ("sagasc35", "sagittal")])

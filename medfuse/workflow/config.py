@@ -299,6 +299,11 @@ def _check_semantics(data: dict, lines: dict, path: Path) -> None:
                     f"{path}:{_line(lines, ('select', role, 'description'))}: select.{role}.description is not a valid "
                     f"regular expression: {exc}"
                 ) from exc
+    for name in data.get("fusion") or {}:
+        why = WORKFLOW_CONTROLLED_OPTIONS.get(name) or WORKFLOW_UNSUPPORTED_OPTIONS.get(name)
+        if why:
+            raise WorkflowError(f"{path}:{_line(lines, ('fusion', name), key=True)}: fusion option '{name}' "
+                                f"cannot be set in a workflow file: {why}")
     unknown = unknown_fusion_options(data.get("fusion") or {})
     if unknown:
         where = unknown[0]
@@ -340,16 +345,31 @@ def schedule_problem(schedule: str) -> str | None:
     return None
 
 
-#: StudyOptions fields the workflow sets itself (from ``select`` and ``outputs``,
-#: and deterministic UIDs from the ledger), so a workflow file may not set them.
-WORKFLOW_CONTROLLED_OPTIONS = frozenset({"fixed", "moving", "formats", "deterministic_uids", "progress"})
+#: StudyOptions fields the workflow sets itself, with where they come from, so a
+#: workflow file may not set them under ``fusion``.
+WORKFLOW_CONTROLLED_OPTIONS = {
+    "fixed": "the fixed series is chosen by select.fixed",
+    "moving": "the moving series is chosen by select.moving",
+    "rules": "series are chosen by select.fixed and select.moving",
+    "formats": "outputs are chosen by outputs (DICOM always, NIfTI with outputs.nifti)",
+    "deterministic_uids": "the workflow derives the output UIDs from its job key",
+    "uid_entropy": "the workflow derives the output UIDs from its job key",
+    "progress": "a workflow logs one line per study instead",
+}
+
+#: StudyOptions fields a workflow does not support, with why.
+WORKFLOW_UNSUPPORTED_OPTIONS = {
+    "colour_series": "workflows deliver only the grey fused series, not dicom_colour/; "
+                     "run 'medfuse fuse-study --colour' for an RGB series",
+}
 
 
 def study_option_names() -> frozenset:
-    """``fusion:`` keys a workflow accepts: fuse-study's ``StudyOptions`` fields it does not control itself."""
+    """``fusion:`` keys a workflow accepts: fuse-study's ``StudyOptions`` fields it neither controls nor refuses."""
     from medfuse.study.pipeline import StudyOptions
 
-    return frozenset(f.name for f in dataclasses.fields(StudyOptions)) - WORKFLOW_CONTROLLED_OPTIONS
+    return frozenset(f.name for f in dataclasses.fields(StudyOptions)).difference(
+        WORKFLOW_CONTROLLED_OPTIONS, WORKFLOW_UNSUPPORTED_OPTIONS)
 
 
 def nested_option_classes() -> dict:
