@@ -98,3 +98,58 @@ retries: {{max_attempts: 2}}
     assert "done" in table and "failed" in table and "2/2" in table
     assert not list((tmp_path / "state" / "work").iterdir())  # no retrieved images left, even for the failure
     assert (tmp_path / "state").stat().st_mode & 0o077 == 0
+
+
+def add_repeat_of_t1(study_dir: Path, keep: slice, number: int) -> str:
+    """Add a shorter repeat of the study's T1 series (same description, new UIDs); return its series UID."""
+    source = sorted((study_dir / "series1_t1").iterdir())
+    datasets = sorted((pydicom.dcmread(f) for f in source), key=lambda d: int(d.InstanceNumber))[keep]
+    series_uid = pydicom.uid.generate_uid(entropy_srcs=[str(study_dir), str(number)])
+    out = study_dir / f"series{number}_t1_repeat"
+    out.mkdir()
+    for i, ds in enumerate(datasets):
+        ds.SeriesInstanceUID, ds.SeriesNumber = series_uid, number
+        ds.SOPInstanceUID = pydicom.uid.generate_uid(entropy_srcs=[series_uid, str(i)])
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        ds.save_as(out / f"{i}.dcm", enforce_file_format=True)
+    return series_uid
+
+
+@pytest.mark.slow
+def test_several_matching_series_are_chosen_by_fuse_study_selection_never_guessed(tmp_path, capsys):
+    pytest.importorskip("medfuse.study.pipeline", reason="fuse-study is not available")
+    root = tmp_path / "incoming"
+    # A repeat of the T1 with fewer slices: select_series takes the largest T1.
+    repeat = copy_study(SAMPLE, root / "repeat", 22, slices=SLICES)
+    add_repeat_of_t1(root / "repeat", slice(0, 11), 3)
+    # A repeat of the same size: a tie the workflow must report, not settle by query order.
+    tie = copy_study(SAMPLE, root / "tie", 23, slices=SLICES)
+    tied_uid = add_repeat_of_t1(root / "tie", slice(0, 21), 3)
+    wf = tmp_path / "wf.yaml"
+    wf.write_text(f"""\
+version: 1
+name: folder-repeats
+state_dir: {tmp_path / 'state'}
+source:
+  folder: {{path: {root}, stable_after_s: 0}}
+select:
+  fixed: {{modality: MR, description: '(?i)t1'}}
+  moving: {{modality: MR, description: '(?i)synthetic'}}
+fusion: {{workers: 1}}
+outputs: {{folder: {tmp_path / 'out'}}}
+retries: {{max_attempts: 1}}
+""")
+    code, lines = run("workflow", "run", str(wf), "--dry-run", "--json", capsys=capsys)
+    planned = {r["study_uid"]: r for r in lines if r["event"] == "study"}
+    assert code == 0 and planned[repeat]["chosen_by"] == planned[tie]["chosen_by"] == "rules"
+
+    code, lines = run("workflow", "run", str(wf), "--json", capsys=capsys)
+    outcomes = {r["study_uid"]: r for r in lines if r["event"] == "study"}
+    assert code == 8 and outcomes[repeat]["outcome"] == "done"
+    (delivered,) = (tmp_path / "out" / repeat).iterdir()
+    selection = json.loads((delivered / "provenance.json").read_text())["invocation"]["selection"]
+    assert "largest" in selection["fixed"]["how"]
+    assert len(list((delivered / "dicom").iterdir())) == 21  # fused on the 21-slice T1, not the 11-slice repeat
+    assert outcomes[tie]["outcome"] == "failed"
+    assert "ambiguous fixed series: 2 equally large candidates" in outcomes[tie]["reason"]
+    assert tied_uid in outcomes[tie]["reason"]  # the candidates are listed

@@ -43,18 +43,36 @@ from medfuse.workflow.lock import workflow_lock
 from medfuse.workflow.loopguard import is_medfuse_output, is_medfuse_series_description
 from medfuse.workflow.sources import RemoteSeries, Source, StudyCandidate, open_source
 
+
 @dataclass(frozen=True)
 class JobPlan:
-    """What one job will fuse: the study, its fixed and moving series, the ledger key."""
+    """What one job will fuse: the study, its fixed and moving candidate series, the ledger key.
+
+    One candidate per role is the usual case: fuse-study is told both
+    series. Several candidates (a repeated or a second matching series) are
+    all fetched and fuse-study's :func:`medfuse.io.select.select_series`
+    chooses among them by the workflow's rules (the largest axial series) or
+    fails the job listing the tied candidates; the workflow never guesses.
+    """
 
     candidate: StudyCandidate
-    fixed: RemoteSeries
-    moving: RemoteSeries
+    fixed: tuple[RemoteSeries, ...]
+    moving: tuple[RemoteSeries, ...]
     key: str
 
     @property
+    def by_rules(self) -> bool:
+        """True when fuse-study chooses the pair among several candidates."""
+        return len(self.fixed) > 1 or len(self.moving) > 1
+
+    @property
+    def series(self) -> list[RemoteSeries]:
+        """Every input series, once each, by UID."""
+        return sorted({s.series_uid: s for s in (*self.fixed, *self.moving)}.values(), key=lambda s: s.series_uid)
+
+    @property
     def input_uids(self) -> list[str]:
-        return sorted({self.fixed.series_uid, self.moving.series_uid})
+        return [s.series_uid for s in self.series]
 
 
 @dataclass
@@ -120,8 +138,9 @@ def plan_jobs(workflow: Workflow, candidates: list[StudyCandidate], own_outputs:
 
     Series that are medfuse output (by description or because this
     workflow's ledger produced them) never count as inputs. A study whose
-    rules match several series per role is still planned, with the first by
-    UID, and fuse-study's own selection decides — or reports the ambiguity.
+    rules allow more than one (fixed, moving) pair of distinct series is
+    planned with every candidate, and fuse-study's selection decides or
+    reports the ambiguity (see :class:`JobPlan`).
 
     Returns
     -------
@@ -135,14 +154,17 @@ def plan_jobs(workflow: Workflow, candidates: list[StudyCandidate], own_outputs:
                   if s.series_uid not in own_outputs and not is_medfuse_series_description(s.description)]
         fixed = [s for s in inputs if workflow.fixed.matches(s.modality, s.description, s.body_part, s.orientation)]
         moving = [s for s in inputs if workflow.moving.matches(s.modality, s.description, s.body_part, s.orientation)]
-        pair = next(((f, m) for f in fixed for m in moving if f.series_uid != m.series_uid), None)
-        if pair is None:
+        pairs = [(f, m) for f in fixed for m in moving if f.series_uid != m.series_uid]
+        if not pairs:
             not_matching += 1
             continue
-        f, m = pair
-        key = job_key(candidate.study_uid, [f.series_uid, m.series_uid], workflow.name, __version__,
-                      workflow.parameters_hash)
-        plans.append(JobPlan(candidate, f, m, key))
+        fixed = tuple(s for s in fixed if any(f is s for f, _ in pairs))
+        moving = tuple(s for s in moving if any(m is s for _, m in pairs))
+        if len(pairs) == 1:
+            fixed, moving = (pairs[0][0],), (pairs[0][1],)
+        uids = [s.series_uid for s in (*fixed, *moving)]
+        key = job_key(candidate.study_uid, uids, workflow.name, __version__, workflow.parameters_hash)
+        plans.append(JobPlan(candidate, fixed, moving, key))
     return plans, not_matching
 
 
@@ -209,11 +231,12 @@ def _run_plan(plan: JobPlan, workflow: Workflow, ledger: Ledger, source: Source,
         log.study(workflow.name, plan.candidate, "gave-up", 0.0, attempts=job.attempts, reason=job.reason)
         return
     if dry_run:
-        summary.planned.append({"study_uid": study, "fixed": plan.fixed.series_uid, "moving": plan.moving.series_uid,
-                                "key": plan.key, "attempts_so_far": job.attempts if job else 0})
+        summary.planned.append({"study_uid": study, "fixed": [s.series_uid for s in plan.fixed],
+                                "moving": [s.series_uid for s in plan.moving], "key": plan.key,
+                                "attempts_so_far": job.attempts if job else 0})
         summary.outcomes[study] = "would-fuse"
-        log.study(workflow.name, plan.candidate, "would-fuse", 0.0, fixed=plan.fixed.description,
-                  moving=plan.moving.description)
+        log.study(workflow.name, plan.candidate, "would-fuse", 0.0, fixed=" | ".join(s.description for s in plan.fixed),
+                  moving=" | ".join(s.description for s in plan.moving), chosen_by="rules" if plan.by_rules else "")
         return
     ledger.ensure(plan.key, workflow=workflow.name, study_uid=study, input_uids=plan.input_uids,
                   version=__version__, parameters_hash=workflow.parameters_hash)
@@ -245,12 +268,17 @@ def _one_line(exc: BaseException) -> str:
 def _process(plan: JobPlan, workflow: Workflow, ledger: Ledger, source: Source, work: Path) -> tuple[dict, str]:
     shutil.rmtree(work, ignore_errors=True)  # what an interrupted attempt left
     inputs = work / "input"
-    for role, series, rule in (("fixed", plan.fixed, workflow.fixed), ("moving", plan.moving, workflow.moving)):
-        n = source.fetch_series(plan.candidate.study_uid, series.series_uid, inputs / role)
-        dropped = drop_medfuse_output(inputs / role)
+    if plan.by_rules:  # fuse-study's selection checks each candidate's orientation against the rules
+        folders = [(f"series{i}", series, None) for i, series in enumerate(plan.series)]
+    else:
+        folders = [("fixed", plan.fixed[0], workflow.fixed.orientation),
+                   ("moving", plan.moving[0], workflow.moving.orientation)]
+    for name, series, orientation in folders:
+        n = source.fetch_series(plan.candidate.study_uid, series.series_uid, inputs / name)
+        dropped = drop_medfuse_output(inputs / name)
         if n - dropped <= 0:
-            raise WorkflowError(f"{role} series {series.series_uid} has no images to fuse (medfuse output or empty)")
-        check_orientation(inputs / role, role, rule.orientation)
+            raise WorkflowError(f"{name} series {series.series_uid} has no images to fuse (medfuse output or empty)")
+        check_orientation(inputs / name, name, orientation)
     ledger.advance(plan.key, "fusing")
     result = fuse_inputs(inputs, work / "output", workflow, plan)
     series_uid = output_series_uid(plan.key)
@@ -293,7 +321,13 @@ def check_orientation(folder: Path, role: str, wanted: str | None) -> None:
 
 
 def study_options(workflow: Workflow, plan: JobPlan):
-    """fuse-study's ``StudyOptions`` for one job: the workflow's ``fusion`` mapping plus the chosen series."""
+    """fuse-study's ``StudyOptions`` for one job: the workflow's ``fusion`` mapping plus the series or rules.
+
+    With one candidate per role both series are given by UID; with several,
+    the workflow's modality/description/orientation rules go to
+    :func:`medfuse.io.select.select_series` (``body_part`` was applied when
+    planning, from the query answers).
+    """
     from medfuse.study.pipeline import StudyOptions
     from medfuse.workflow.config import nested_option_classes
 
@@ -303,14 +337,18 @@ def study_options(workflow: Workflow, plan: JobPlan):
             kwargs[key] = cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in kwargs[key].items()})
     formats = ("dicom", "nifti") if workflow.outputs.get("nifti") else ("dicom",)
     try:
-        return StudyOptions(fixed=plan.fixed.series_uid, moving=(plan.moving.series_uid,), formats=formats,
+        if plan.by_rules:
+            rules = {role: {k: v for k, v in rule.to_dict().items() if k != "body_part"}
+                     for role, rule in (("fixed", workflow.fixed), ("moving", workflow.moving))}
+            return StudyOptions(rules=rules, formats=formats, uid_entropy=plan.key, **kwargs)
+        return StudyOptions(fixed=plan.fixed[0].series_uid, moving=(plan.moving[0].series_uid,), formats=formats,
                             uid_entropy=plan.key, **kwargs)
     except (TypeError, ValueError) as exc:
         raise WorkflowError(f"{workflow.path}: fusion options rejected by fuse-study: {_one_line(exc)}") from exc
 
 
 def fuse_inputs(inputs: Path, out_dir: Path, workflow: Workflow, plan: JobPlan):
-    """Run fuse-study on the fetched series (``inputs/fixed``, ``inputs/moving``)."""
+    """Run fuse-study on the fetched series (``inputs/fixed`` and ``inputs/moving``, or ``inputs/series<i>``)."""
     from medfuse.study.pipeline import fuse_study
 
     return fuse_study(inputs, out_dir, study_options(workflow, plan))
