@@ -151,7 +151,10 @@ def test_refused_fusion_options_are_fuse_study_options() -> None:
     import dataclasses
 
     from medfuse.study.pipeline import StudyOptions
-    from medfuse.workflow.config import WORKFLOW_CONTROLLED_OPTIONS, WORKFLOW_UNSUPPORTED_OPTIONS
+    from medfuse.workflow.config import (
+        WORKFLOW_CONTROLLED_OPTIONS,
+        WORKFLOW_UNSUPPORTED_OPTIONS,
+    )
 
     fields = {f.name for f in dataclasses.fields(StudyOptions)}
     assert set(WORKFLOW_CONTROLLED_OPTIONS) | set(WORKFLOW_UNSUPPORTED_OPTIONS) <= fields  # renamed upstream?

@@ -8,10 +8,10 @@ from pathlib import Path
 import nibabel as nib
 import pydicom
 import pytest
+from orthanc_support import copy_study
 
 from medfuse.cli.app import main
 from medfuse.io.dicom.write import derived_uid
-from orthanc_support import copy_study
 
 SAMPLE = Path(__file__).resolve().parents[1] / "sample_studies" / "mr-phantom-two-contrasts"
 SLICES = {"series1_t1": slice(20, 41), "series2_synthetic_contrast": slice(14, 28)}

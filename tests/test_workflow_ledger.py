@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import subprocess
-import time
 import sys
+import time
 from pathlib import Path
 
 import pydicom
@@ -123,10 +123,11 @@ def test_retries_back_off_then_give_up_with_a_one_line_reason() -> None:
 
 
 def test_unreachable_pacs_is_a_pacs_error_without_the_password() -> None:
+    from orthanc_support import free_port
+
     from medfuse.errors import PacsError
     from medfuse.workflow.credentials import Credentials
     from medfuse.workflow.sources import DicomWebSource, DimseSource
-    from orthanc_support import free_port
 
     port = free_port()  # nothing listens there
     web = DicomWebSource(f"http://127.0.0.1:{port}/dicom-web", Credentials("medfuse", "pw-do-not-log"),

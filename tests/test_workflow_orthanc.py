@@ -23,10 +23,17 @@ from pathlib import Path
 
 import pydicom
 import pytest
+from orthanc_support import (
+    MEDFUSE_AET,
+    PASSWORD,
+    USER,
+    OrthancServer,
+    copy_study,
+    orthanc_missing_reason,
+)
 
 from medfuse.cli.app import main
 from medfuse.io.dicom.write import derived_uid
-from orthanc_support import MEDFUSE_AET, PASSWORD, USER, OrthancServer, copy_study, orthanc_missing_reason
 
 pytestmark = pytest.mark.orthanc
 
