@@ -6,6 +6,7 @@ Run by hand (not part of the test suite)::
     python bench/fuse_study.py --only sample   # the bundled sample study only
     python bench/fuse_study.py --only large    # the 512 x 512 x 200 CT + MR pair only
     python bench/fuse_study.py --only scope    # saliency scope consistency only
+    python bench/fuse_study.py --only dispatch --repeat 2   # fusion stage alone: dispatch paths
 
 Cases:
 
@@ -18,6 +19,11 @@ Cases:
 * ``scope``: inter-slice consistency of the fused volume for ``--saliency-scope volume`` and ``slice``:
   mean absolute difference of adjacent fused slices divided by the mean of the same quantity over the
   sources (inside the second source's coverage), on the sample and on the large pair.
+* ``dispatch``: the fusion stage alone (``fuse_volume``) on the large pair, the MR resampled onto the CT
+  grid without registration (timing only), in one fresh subprocess: 1 worker (in-process), 2 local
+  workers (memory-mapped path), and 2 local workers reached as an external scheduler (pixels sent in the
+  graph from this process, which hosts the scheduler: the path every local run took before); each
+  ``--repeat`` times, with the load average before each run and a check that all give identical pixels.
 
 Each pipeline run happens in a fresh subprocess so its peak RSS (``ru_maxrss`` of the process, and of
 the largest Dask worker process when there are workers) is its own. Numbers are printed as a table and
@@ -120,9 +126,73 @@ def scope_consistency(fixed_path: str, moving_path: str) -> dict:
     return out
 
 
+DISPATCH_CODE = """
+import json, os, sys, time
+import numpy as np
+import SimpleITK as sitk
+from dask.distributed import LocalCluster
+from medfuse.volume.dispatch import fuse_volume, _worker_environ
+import dask
+
+ct = sitk.ReadImage(sys.argv[1], sitk.sitkFloat32)
+mr = sitk.ReadImage(sys.argv[2], sitk.sitkFloat32)
+on_grid = sitk.Resample(mr, ct, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+ones = sitk.Resample(mr * 0 + 1, ct, sitk.Transform(), sitk.sitkNearestNeighbor, 0.0, sitk.sitkFloat32)
+cover = sitk.GetArrayFromImage(ones) > 0.5
+unit_ct = np.clip((sitk.GetArrayFromImage(ct) + 160.0) / 400.0, 0, 1).astype(np.float32)
+mr_array = sitk.GetArrayFromImage(on_grid)
+unit_mr = np.clip(mr_array / np.percentile(mr_array[cover], 99.5), 0, 1).astype(np.float32)
+del ct, mr, on_grid, ones, mr_array
+arrays, masks = [unit_ct, unit_mr], [None, cover]
+repeat = int(sys.argv[3])
+results, reference = {}, None
+
+def graph_via_scheduler():
+    # The cluster's start is timed too, as fuse_volume's own local paths include it.
+    with dask.config.set({"distributed.nanny.pre-spawn-environ": _worker_environ()}):
+        cluster = LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None, silence_logs=40)
+    try:
+        return fuse_volume(arrays, masks, scheduler=cluster.scheduler_address)
+    finally:
+        cluster.close()
+
+def timed(name, **kw):
+    global reference
+    load = os.getloadavg()[0]
+    started = time.perf_counter()
+    fused = graph_via_scheduler() if name.startswith("w2_graph") else fuse_volume(arrays, masks, **kw)
+    seconds = time.perf_counter() - started
+    if reference is None:
+        reference = fused
+    same = bool(np.array_equal(fused, reference))
+    results.setdefault(name, []).append({"s": round(seconds, 2), "load": round(load, 2), "identical": same})
+    print(name, json.dumps(results[name][-1]), flush=True)
+
+for _ in range(repeat):
+    timed("w1_in_process", workers=1)
+    timed("w2_memmap", workers=2)
+    timed("w2_graph_via_scheduler")
+print(json.dumps(results))
+"""
+
+
+def dispatch_case(fixed_path: str, moving_path: str, repeat: int) -> dict:
+    """The fusion stage alone for each dispatch path, in a fresh subprocess (see module doc)."""
+    done = subprocess.run([sys.executable, "-c", DISPATCH_CODE, fixed_path, moving_path, str(repeat)],
+                          capture_output=True, text=True, cwd=REPO)
+    if done.returncode != 0:
+        raise SystemExit(f"dispatch run failed:\n{done.stderr[-3000:]}")
+    runs = json.loads(done.stdout.strip().splitlines()[-1])
+    best = {name: min(r["s"] for r in rows) for name, rows in runs.items()}
+    runs["speedup_1_to_2_memmap"] = round(best["w1_in_process"] / best["w2_memmap"], 2)
+    runs["speedup_1_to_2_graph"] = round(best["w1_in_process"] / best["w2_graph_via_scheduler"], 2)
+    return runs
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", choices=("sample", "large", "scope"))
+    parser.add_argument("--only", choices=("sample", "large", "scope", "dispatch"))
+    parser.add_argument("--repeat", type=int, default=2, help="Runs of each dispatch path (default 2).")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="Worker counts to run (default 1 2).")
     args = parser.parse_args()
     results = _Results()
@@ -130,7 +200,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="medfuse-bench-") as tmp:
         tmp = Path(tmp)
         large = None
-        if args.only in (None, "large", "scope"):
+        if args.only in (None, "large", "scope", "dispatch"):
             large = [str(p) for p in make_large_pair(tmp)]
         if args.only in (None, "sample"):
             for workers in args.workers:
@@ -143,6 +213,8 @@ def main() -> None:
             if {1, 2} <= set(args.workers):
                 fuse1, fuse2 = results["large_w1"]["timings_s"]["fuse"], results["large_w2"]["timings_s"]["fuse"]
                 results["large_fuse_speedup_1_to_2"] = round(fuse1 / fuse2, 2)
+        if args.only in (None, "dispatch"):
+            results["dispatch_large"] = dispatch_case(*large, args.repeat)
         if args.only in (None, "scope"):
             t1 = SAMPLE / "series1_t1"
             results["scope_sample"] = scope_consistency(str(t1), str(SAMPLE / "series2_synthetic_contrast"))

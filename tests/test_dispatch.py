@@ -56,9 +56,36 @@ def test_in_process_equals_the_core_on_the_whole_stack(pair, in_process):
 
 
 @pytest.mark.slow
-def test_one_and_two_local_workers_give_identical_pixels(pair, in_process):
-    two = fuse_volume(list(pair), None, workers=2, chunk_slices=4)
-    np.testing.assert_array_equal(two, in_process)
+def test_one_and_two_local_workers_give_identical_pixels(pair, in_process, tmp_path):
+    """Two local workers (memory-mapped path, with a coverage mask) equal in-process, and leave no files."""
+    t1, synthetic = pair
+    cover = np.ones(t1.shape, bool)
+    cover[:3] = False
+    cover[3:, :, :50] = False
+    masks = [None, cover]
+    expected = fuse_volume(list(pair), masks, workers=1, chunk_slices=4)
+    seen = []
+    two = fuse_volume(list(pair), masks, workers=2, chunk_slices=1, progress=lambda n, total: seen.append(n),
+                      scratch_dir=tmp_path)
+    np.testing.assert_array_equal(two, expected)
+    assert sum(seen) == len(t1)
+    assert list(tmp_path.iterdir()) == []  # the memory-mapped files are removed
+    assert not np.array_equal(expected, in_process)  # the mask mattered
+
+
+def test_memmapped_block_task_equals_the_chunk_task(pair, tmp_path):
+    """The local workers' task (files in, file out) writes exactly what the in-graph chunk task returns."""
+    from medfuse.volume.dispatch import _write_inputs, fuse_block, fuse_chunk
+
+    t1, synthetic = pair
+    cover = synthetic > 0.05
+    config = FusionConfig()
+    _write_inputs(tmp_path, [t1, synthetic], [None, cover])
+    assert fuse_block(str(tmp_path), [(2, 5), (5, 6)], config, None) == 4
+    written = np.load(tmp_path / "fused.npy")
+    stack, both = np.stack([t1, synthetic])[:, 2:5], np.stack([np.ones_like(cover), cover])[:, 2:5]
+    np.testing.assert_array_equal(written[2:5], fuse_chunk(stack, both, config, None))
+    assert not written[:2].any() and not written[6:].any()  # only the given slices are written
 
 
 def _free_port() -> int:

@@ -340,7 +340,8 @@ class _Run:
         z = arrays[0].shape[0]
         with self.stage("fuse", total=z) as advance:
             fused = fuse_volume(arrays, masks, options.fusion, workers=options.workers, scheduler=options.scheduler,
-                                saliency_scope=options.saliency_scope, progress=advance)
+                                saliency_scope=options.saliency_scope, progress=advance,
+                                scratch_dir=self.out_dir.parent)
         colour = None
         if functional is not None:
             with self.stage("colour", total=z) as advance:
@@ -350,7 +351,7 @@ class _Run:
                 lumas[functional] = palette.luma(indices)
                 fused_luma = fuse_volume(lumas, masks, options.fusion, workers=options.workers,
                                          scheduler=options.scheduler, saliency_scope=options.saliency_scope,
-                                         progress=advance)
+                                         progress=advance, scratch_dir=self.out_dir.parent)
                 del lumas
                 colour = (fused_luma, indices, palette, functional)
         if not options.report:  # only the report needs the sources from here on

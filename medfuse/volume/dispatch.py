@@ -15,9 +15,8 @@ a few hundred bytes of working memory per source pixel (measured: +1.6 GB for
 a 1-slice chunk's), while the time per slice
 does not depend on the chunk size. It depends only on the shapes, never on
 the worker count, so the CNN sees the same batches whatever runs it.
-At most two chunks per worker are in flight, and every finished chunk is copied
-straight into the output array, so memory stays at the inputs, the output and
-a few chunks.
+How chunks reach the workers depends on where they run (below); either way
+memory stays at the inputs, the output and a few chunks.
 
 **Where to run.** ``workers=1`` (and ``scheduler=None``) runs in this process.
 Otherwise a local ``dask.distributed`` cluster is started with ``workers``
@@ -28,10 +27,26 @@ available core, except for small jobs (fewer than
 because starting worker processes (each importing onnxruntime and loading the
 model) costs more than it saves there (5-15 s measured on a shared 2-core
 machine, against about 3 s for the whole sample study's fusion).
-``scheduler="tcp://host:port"`` sends the same tasks to an existing
-dask.distributed scheduler instead. Every path gives identical pixels: each
-task is the same pure function of its chunk, and onnxruntime always runs with
-one thread.
+**Local workers read and write through memory-mapped files.** For a local
+cluster the sources and coverage masks are written once, as ``.npy`` files, to
+a temporary folder (in ``scratch_dir``, e.g. beside the output, else the system
+temporary folder), together with a memory-mapped output file. Each task gets
+only the folder and a block of consecutive slices (:data:`BLOCKS_PER_WORKER`
+blocks per worker), maps the files itself, fuses the block chunk by chunk and
+writes the result into the output file, so the main process, which also hosts
+the scheduler, neither sends nor receives pixels. Sending every chunk through
+the graph from the main process cost a third of the second core on a 2-core
+machine (docs/fuse-study.md). The folder is removed afterwards, also on
+failure.
+
+``scheduler="tcp://host:port"`` sends tasks to an existing dask.distributed
+scheduler instead, with the chunks' pixels in the graph (the workers may be on
+other machines, where the temporary files do not exist): at most
+:data:`IN_FLIGHT_PER_WORKER` chunks per worker are in flight, and every
+finished chunk is copied straight into the output array. Every path gives
+identical pixels: each chunk is fused by the same pure function
+(:func:`fuse_chunk`) with the same chunk bounds, and onnxruntime always runs
+with one thread.
 
 **Slices without data** (the documented rule). Source k *covers* a voxel where
 its mask is set (``masks[k] is None`` means everywhere). In each slice, source
@@ -57,7 +72,10 @@ consistency, see ``docs/fuse-study.md`` and :func:`interslice_variation`.
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
@@ -75,8 +93,10 @@ EMPTY_SLICE_LEVEL = 0.02
 LOCAL_CLUSTER_MIN_VOXELS = 20_000_000
 #: Source pixels per chunk by default (one slice of two 512 x 512 sources).
 CHUNK_PIXELS = 2 * 512 * 512
-#: Chunks submitted ahead per worker (keeps workers busy while the next chunk is sent).
+#: Chunks submitted ahead per worker to an external scheduler (keeps workers busy while the next chunk is sent).
 IN_FLIGHT_PER_WORKER = 2
+#: Blocks of slices per local worker (memory-mapped path): few tasks, yet work left to balance at the end.
+BLOCKS_PER_WORKER = 4
 #: Most slices in one default chunk.
 MAX_CHUNK_SLICES = 16
 
@@ -99,6 +119,7 @@ def fuse_volume(
     saliency_scope: str = "volume",
     chunk_slices: int | None = None,
     progress=None,
+    scratch_dir: str | os.PathLike | None = None,
 ) -> np.ndarray:
     """Fuse K co-registered volumes slice by slice.
 
@@ -121,7 +142,13 @@ def fuse_volume(
     chunk_slices : int, optional
         Slices per task (default: see module doc).
     progress : callable, optional
-        Called as ``progress(done_slices, total_slices)`` after each chunk.
+        Called as ``progress(done_slices, total_slices)`` after each chunk
+        (after each block of slices on a local cluster).
+    scratch_dir : path, optional
+        Where a local cluster's temporary memory-mapped files go (a folder
+        that is created and removed inside it; default: the system temporary
+        folder, also when *scratch_dir* does not exist). Needs about the size
+        of the sources, masks and output on disk.
 
     Returns
     -------
@@ -162,6 +189,9 @@ def fuse_volume(
         for start, stop in bounds:
             store(start, stop, fuse_chunk(*chunk_args(start, stop), config, histograms))
         return fused
+    if scheduler is None:
+        del fused  # the workers write into a memory-mapped output instead
+        return _run_local_memmapped(arrays, masks, bounds, config, histograms, workers, progress, scratch_dir)
     _run_distributed(bounds, chunk_args, store, config, histograms, workers, scheduler)
     return fused
 
@@ -302,24 +332,114 @@ def _worker_environ() -> dict:
     return {key: value for key, value in environ.items() if key != "MALLOC_TRIM_THRESHOLD_"}
 
 
-def _run_distributed(bounds, chunk_args, store, config, histograms, workers, scheduler) -> None:
-    """Submit chunks to a (local or remote) dask.distributed cluster, two per worker in flight."""
+def _local_client(workers: int):
+    """A local cluster of *workers* one-thread worker processes, and its client."""
     import dask
-    from dask.distributed import Client, LocalCluster, as_completed
+    from dask.distributed import Client, LocalCluster
 
     cluster = None
     try:
-        if scheduler is None:
-            with dask.config.set({"distributed.nanny.pre-spawn-environ": _worker_environ()}):
-                cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                                       dashboard_address=None, silence_logs=40)
-            client = Client(cluster)
-        else:
-            client = Client(scheduler, timeout="10s")
+        with dask.config.set({"distributed.nanny.pre-spawn-environ": _worker_environ()}):
+            cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                                   dashboard_address=None, silence_logs=40)
+        return cluster, Client(cluster)
     except OSError as exc:
         if cluster is not None:
             cluster.close()
-        raise FusionError(f"could not reach the Dask scheduler {scheduler or '(local)'}: {exc}") from exc
+        raise FusionError(f"could not start a local Dask cluster: {exc}") from exc
+
+
+def _write_inputs(folder: Path, arrays, masks) -> None:
+    """Sources (K, Z, Y, X) float32 and coverage (K, Z, Y, X) bool as .npy files, slice by slice."""
+    from numpy.lib.format import open_memmap
+
+    shape = (len(arrays),) + arrays[0].shape
+    sources = open_memmap(folder / "sources.npy", "w+", np.float32, shape)
+    cover = open_memmap(folder / "cover.npy", "w+", bool, shape)
+    for k, (array, mask) in enumerate(zip(arrays, masks)):
+        for z in range(shape[1]):
+            sources[k, z] = array[z]
+            cover[k, z] = True if mask is None else mask[z]
+    # No flush (msync): the workers map the same files, so they see these pages in the page cache;
+    # forcing them to disk would only add writeback time.
+    del sources, cover
+    open_memmap(folder / "fused.npy", "w+", np.float32, shape[1:])  # the output file: header, zeros implicit
+
+
+def fuse_block(folder: str, chunks: Sequence[tuple[int, int]], config: FusionConfig,
+               histograms: np.ndarray | None) -> int:
+    """Fuse chunks of the memory-mapped sources in *folder* into its output file (a local worker's task).
+
+    Parameters
+    ----------
+    folder : str
+        Holds ``sources.npy`` (K, Z, Y, X) float32, ``cover.npy`` (K, Z, Y, X)
+        bool and ``fused.npy`` (Z, Y, X) float32, as written by the dispatcher.
+    chunks : sequence of (start, stop)
+        Slice ranges, each fused with :func:`fuse_chunk` as one batch.
+    config, histograms
+        As for :func:`fuse_chunk`.
+
+    Returns
+    -------
+    int
+        The number of slices written.
+    """
+    sources = np.load(os.path.join(folder, "sources.npy"), mmap_mode="r")
+    cover = np.load(os.path.join(folder, "cover.npy"), mmap_mode="r")
+    fused = np.load(os.path.join(folder, "fused.npy"), mmap_mode="r+")
+    done = 0
+    for start, stop in chunks:
+        fused[start:stop] = fuse_chunk(np.asarray(sources[:, start:stop]), np.asarray(cover[:, start:stop]),
+                                       config, histograms)
+        done += stop - start
+    return done
+
+
+def _run_local_memmapped(arrays, masks, bounds, config, histograms, workers, progress, scratch_dir) -> np.ndarray:
+    """Fuse on a local cluster whose workers read and write memory-mapped files (see module doc)."""
+    from dask.distributed import as_completed
+
+    parent = scratch_dir if scratch_dir is not None and os.path.isdir(scratch_dir) else None
+    folder = Path(tempfile.mkdtemp(prefix=".medfuse-fuse-", dir=parent))
+    cluster = client = None
+    try:
+        _write_inputs(folder, arrays, masks)
+        cluster, client = _local_client(workers)
+        per_block = -(-len(bounds) // (BLOCKS_PER_WORKER * workers))
+        blocks = [bounds[i:i + per_block] for i in range(0, len(bounds), per_block)]
+        futures = client.map(fuse_block, [str(folder)] * len(blocks), blocks, config=config,
+                             histograms=histograms, pure=False)
+        where = {future.key: block for future, block in zip(futures, blocks)}
+        total = arrays[0].shape[0]
+        for future in as_completed(futures):
+            block = where[future.key]
+            try:
+                done = future.result()
+            except Exception as exc:  # a worker-side failure, reported with its reason
+                raise FusionError(f"fusion of slices {block[0][0]}-{block[-1][1] - 1} failed: "
+                                  f"{' '.join(str(exc).split()) or type(exc).__name__}") from exc
+            if progress is not None:
+                progress(done, total)
+        # Returned as a copy-on-write mapping of the output file rather than read into memory (saves a
+        # copy and the time to make it); the mapping stays valid after the folder is removed below.
+        return np.asarray(np.load(folder / "fused.npy", mmap_mode="c"))
+    finally:
+        if client is not None:
+            client.close()
+        if cluster is not None:
+            cluster.close()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _run_distributed(bounds, chunk_args, store, config, histograms, workers, scheduler) -> None:
+    """Submit chunks with their pixels to an external dask.distributed scheduler, two per worker in flight."""
+    from dask.distributed import Client, as_completed
+
+    try:
+        client = Client(scheduler, timeout="10s")
+    except OSError as exc:
+        raise FusionError(f"could not reach the Dask scheduler {scheduler}: {exc}") from exc
     try:
         in_flight = max(2, IN_FLIGHT_PER_WORKER * (len(client.scheduler_info().get("workers", {})) or workers or 1))
         pending = list(bounds)
@@ -348,5 +468,3 @@ def _run_distributed(bounds, chunk_args, store, config, histograms, workers, sch
                 submit_next()
     finally:
         client.close()
-        if cluster is not None:
-            cluster.close()
