@@ -97,6 +97,8 @@ CHUNK_PIXELS = 2 * 512 * 512
 IN_FLIGHT_PER_WORKER = 2
 #: Blocks of slices per local worker (memory-mapped path): few tasks, yet work left to balance at the end.
 BLOCKS_PER_WORKER = 4
+#: Seconds to wait for local worker processes to start.
+WORKER_START_TIMEOUT_S = 120
 #: Most slices in one default chunk.
 MAX_CHUNK_SLICES = 16
 
@@ -332,28 +334,54 @@ def _worker_environ() -> dict:
     return {key: value for key, value in environ.items() if key != "MALLOC_TRIM_THRESHOLD_"}
 
 
-def _local_client(workers: int):
-    """A local cluster of *workers* one-thread worker processes, and its client."""
+def _local_client(workers: int, while_starting=None):
+    """A local cluster of *workers* one-thread worker processes, and its client.
+
+    ``while_starting()`` (optional) runs in this process while the worker
+    processes start (they import onnxruntime and the rest: about a second).
+    """
     import dask
     from dask.distributed import Client, LocalCluster
 
-    cluster = None
+    cluster = client = None
     try:
         with dask.config.set({"distributed.nanny.pre-spawn-environ": _worker_environ()}):
-            cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+            cluster = LocalCluster(n_workers=0, threads_per_worker=1, processes=True,
                                    dashboard_address=None, silence_logs=40)
-        return cluster, Client(cluster)
-    except OSError as exc:
+            client = Client(cluster)
+            cluster.scale(workers)  # returns at once; the workers start in the background
+            if while_starting is not None:
+                while_starting()
+            client.wait_for_workers(workers, timeout=WORKER_START_TIMEOUT_S)
+        return cluster, client
+    except BaseException as exc:  # never leave worker processes behind
+        if client is not None:
+            client.close()
         if cluster is not None:
             cluster.close()
-        raise FusionError(f"could not start a local Dask cluster: {exc}") from exc
+        if isinstance(exc, OSError):  # includes TimeoutError
+            raise FusionError(f"could not start {workers} local Dask workers: {exc}") from exc
+        raise
 
 
 def _write_inputs(folder: Path, arrays, masks) -> None:
     """Sources (K, Z, Y, X) float32 and coverage (K, Z, Y, X) bool as .npy files, slice by slice."""
+    shape = (len(arrays),) + arrays[0].shape
+    # Checked first: a memory-mapped write that finds the disk full kills the process (SIGBUS).
+    needed = int(np.prod(shape)) * 5 + int(np.prod(shape[1:])) * 4
+    free = shutil.disk_usage(folder).free
+    if free < needed + (needed >> 3):
+        raise FusionError(f"not enough disk space in {folder.parent} for the fusion's temporary files: "
+                          f"{needed / 2**20:.0f} MB needed, {free / 2**20:.0f} MB free")
+    try:
+        _fill_inputs(folder, arrays, masks, shape)
+    except OSError as exc:  # e.g. a full disk
+        raise FusionError(f"could not write the temporary fusion files in {folder}: {exc}") from exc
+
+
+def _fill_inputs(folder: Path, arrays, masks, shape) -> None:
     from numpy.lib.format import open_memmap
 
-    shape = (len(arrays),) + arrays[0].shape
     sources = open_memmap(folder / "sources.npy", "w+", np.float32, shape)
     cover = open_memmap(folder / "cover.npy", "w+", bool, shape)
     for k, (array, mask) in enumerate(zip(arrays, masks)):
@@ -404,8 +432,7 @@ def _run_local_memmapped(arrays, masks, bounds, config, histograms, workers, pro
     folder = Path(tempfile.mkdtemp(prefix=".medfuse-fuse-", dir=parent))
     cluster = client = None
     try:
-        _write_inputs(folder, arrays, masks)
-        cluster, client = _local_client(workers)
+        cluster, client = _local_client(workers, lambda: _write_inputs(folder, arrays, masks))
         per_block = -(-len(bounds) // (BLOCKS_PER_WORKER * workers))
         blocks = [bounds[i:i + per_block] for i in range(0, len(bounds), per_block)]
         futures = client.map(fuse_block, [str(folder)] * len(blocks), blocks, config=config,
