@@ -98,7 +98,7 @@ if __name__ == "__main__":
 """
     script = out.parent / f"run_{out.name}.py"
     script.write_text(code)
-    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, cwd=REPO)
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, cwd=REPO, check=False)
     if done.returncode != 0:
         raise SystemExit(f"{kind} run failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -179,7 +179,7 @@ print(json.dumps(results))
 def dispatch_case(fixed_path: str, moving_path: str, repeat: int) -> dict:
     """The fusion stage alone for each dispatch path, in a fresh subprocess (see module doc)."""
     done = subprocess.run([sys.executable, "-c", DISPATCH_CODE, fixed_path, moving_path, str(repeat)],
-                          capture_output=True, text=True, cwd=REPO)
+                          capture_output=True, text=True, cwd=REPO, check=False)
     if done.returncode != 0:
         raise SystemExit(f"dispatch run failed:\n{done.stderr[-3000:]}")
     runs = json.loads(done.stdout.strip().splitlines()[-1])

@@ -58,7 +58,7 @@ def test_in_process_equals_the_core_on_the_whole_stack(pair, in_process):
 @pytest.mark.slow
 def test_one_and_two_local_workers_give_identical_pixels(pair, in_process, tmp_path):
     """Two local workers (memory-mapped path, with a coverage mask) equal in-process, and leave no files."""
-    t1, synthetic = pair
+    t1 = pair[0]
     cover = np.ones(t1.shape, bool)
     cover[:3] = False
     cover[3:, :, :50] = False
