@@ -380,17 +380,20 @@ def _write_inputs(folder: Path, arrays, masks) -> None:
 
 
 def _fill_inputs(folder: Path, arrays, masks, shape) -> None:
-    from numpy.lib.format import open_memmap
+    # Written with plain file writes, slice by slice, not through a mapping: mapped pages would count in
+    # this process's resident memory (one end-to-end run of the 512 x 512 x 200 pair: 1312 vs 1193 MB peak).
+    from numpy.lib.format import dtype_to_descr, open_memmap, write_array_header_1_0
 
-    sources = open_memmap(folder / "sources.npy", "w+", np.float32, shape)
-    cover = open_memmap(folder / "cover.npy", "w+", bool, shape)
-    for k, (array, mask) in enumerate(zip(arrays, masks)):
-        for z in range(shape[1]):
-            sources[k, z] = array[z]
-            cover[k, z] = True if mask is None else mask[z]
-    # No flush (msync): the workers map the same files, so they see these pages in the page cache;
-    # forcing them to disk would only add writeback time.
-    del sources, cover
+    for name, dtype, slices in (
+        ("sources.npy", np.float32, (array[z] for array in arrays for z in range(shape[1]))),
+        ("cover.npy", bool, (np.ones(shape[2:], bool) if mask is None else mask[z]
+                             for mask in masks for z in range(shape[1]))),
+    ):
+        with open(folder / name, "wb") as file:
+            write_array_header_1_0(file, {"descr": dtype_to_descr(np.dtype(dtype)), "fortran_order": False,
+                                          "shape": shape})
+            for plane in slices:
+                np.ascontiguousarray(plane, dtype).tofile(file)
     open_memmap(folder / "fused.npy", "w+", np.float32, shape[1:])  # the output file: header, zeros implicit
 
 
