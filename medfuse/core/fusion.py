@@ -14,7 +14,9 @@ array, and through the CNN in one call.
 
 from __future__ import annotations
 
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -26,7 +28,7 @@ from medfuse.core.filters import GuideWindows
 from medfuse.core.weights import (
     average_weights,
     max_abs_weights,
-    refine,
+    normalise_sum,
     saliency_weights,
     softmax_weights,
     upsample_nearest,
@@ -74,6 +76,7 @@ def fuse_stack(
     extractor: ActivityExtractor | None = None,
     *,
     saliency_histograms: np.ndarray | None = None,
+    threads: int = 1,
 ) -> FusionResult:
     """Fuse K pre-registered grey images.
 
@@ -87,6 +90,12 @@ def fuse_stack(
     saliency_histograms : ndarray, shape (K, config.saliency_levels), optional
         Histograms to build each source's saliency table from instead of the
         image's own (volume-wide saliency).
+    threads : int >= 1
+        Threads that filter the sources in parallel (groups of sources, one
+        group per thread; SciPy's filters release the GIL). The output is
+        byte-identical whatever the count: every image is filtered by the
+        same operations, only on another thread. Default 1, for callers
+        that already run one fusion per core (the volume path's workers).
 
     Returns
     -------
@@ -95,7 +104,7 @@ def fuse_stack(
     """
     config = config or FusionConfig()
     stack = _checked_stack(sources, ndim=3, what="sources (K, H, W)")
-    fused, base_w, detail_w, timings = _fuse(stack[:, None], config, extractor, saliency_histograms)
+    fused, base_w, detail_w, timings = _fuse(stack[:, None], config, extractor, saliency_histograms, threads)
     return FusionResult(
         fused=fused[0],
         base_weights=base_w[:, 0],
@@ -112,6 +121,7 @@ def fuse_slices(
     extractor: ActivityExtractor | None = None,
     *,
     saliency_histograms: np.ndarray | None = None,
+    threads: int = 1,
 ) -> np.ndarray:
     """Fuse K co-registered volumes slice by slice, all slices batched.
 
@@ -128,6 +138,8 @@ def fuse_slices(
     saliency_histograms : ndarray, shape (K, config.saliency_levels), optional
         Volume-wide histograms (see :func:`medfuse.core.saliency.level_histogram`);
         default: each slice's own histogram.
+    threads : int >= 1
+        As for :func:`fuse_stack` (output identical for any count).
 
     Returns
     -------
@@ -135,7 +147,7 @@ def fuse_slices(
     """
     config = config or FusionConfig()
     stack = _checked_stack(volumes, ndim=4, what="volumes (K, Z, H, W)")
-    fused, _, _, _ = _fuse(stack, config, extractor, saliency_histograms)
+    fused, _, _, _ = _fuse(stack, config, extractor, saliency_histograms, threads)
     return fused
 
 
@@ -170,6 +182,7 @@ def _fuse(
     config: FusionConfig,
     extractor: ActivityExtractor | None,
     saliency_histograms: np.ndarray | None,
+    threads: int = 1,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, float]]:
     """Fuse a (K, N, H, W) stack; returns fused (N, H, W) and weights (K, N, H, W)."""
     k, n, h, w = stack.shape
@@ -179,20 +192,35 @@ def _fuse(
         raise InputError(
             f"saliency_histograms must have shape {(k, config.saliency_levels)}, got {np.shape(saliency_histograms)}"
         )
+    if isinstance(threads, bool) or int(threads) != threads or threads < 1:
+        raise ValueError(f"threads must be a positive integer, got {threads!r}")
+    by_source = _SourceGroups(k, int(threads))
     timings = dict.fromkeys(STAGES, 0.0)
     clock = time.perf_counter
 
     t0 = clock()
-    base, detail = decompose(stack, config.decomposition, config.decomposition_size, config.decomposition_eps)
+    base, detail = by_source.map(
+        lambda group: decompose(stack[group], config.decomposition, config.decomposition_size, config.decomposition_eps)
+    )
     t1 = clock()
     timings["decomposition"] = t1 - t0
 
     # Both weight refinements are guided by the sources: their window
-    # statistics are computed once per radius (once in all when r_b == r_d).
-    guides = GuideWindows(stack)
+    # statistics are computed once per radius (once in all when r_b == r_d),
+    # per group of sources.
+    guides = [GuideWindows(stack[group]) for group in by_source.groups]
+
+    def refine(weights: np.ndarray, radius: int, eps: float, clip: bool = False) -> np.ndarray:
+        """Guided-filter each source's weights by the source, then renormalise over K (eqs. 6-7, 12)."""
+        (filtered,) = by_source.map(
+            lambda group, index: (guides[index].filter(weights[group], radius, eps, dtype=np.float32),),
+            with_index=True,
+        )
+        return normalise_sum(filtered, clip=clip)
+
     if config.base_rule == "saliency":
         base_w = saliency_weights(stack, config.saliency_levels, config.saliency_normalisation, saliency_histograms)
-        base_w = refine(base_w, guides, config.r_b, config.eps_b)
+        base_w = refine(base_w, config.r_b, config.eps_b)
     else:
         # Refining constant 1/K weights by a guided filter returns them unchanged.
         base_w = average_weights(stack.shape)
@@ -215,13 +243,13 @@ def _fuse(
             extractor.stride,
         )
         if config.features_on == "source":
-            detail_w = refine(detail_w, guides, config.r_d, config.eps_d, clip=config.clip_detail_weights)
+            detail_w = refine(detail_w, config.r_d, config.eps_d, clip=config.clip_detail_weights)
         else:
             # The authors' code: no detail guided filter; softmax already sums to 1.
             detail_w = np.ascontiguousarray(detail_w)
     else:
         t3 = clock()
-        detail_w = refine(max_abs_weights(detail), guides, config.r_d, config.eps_d, clip=config.clip_detail_weights)
+        detail_w = refine(max_abs_weights(detail), config.r_d, config.eps_d, clip=config.clip_detail_weights)
     t4 = clock()
     timings["detail_weights"] = t4 - t3
 
@@ -233,6 +261,40 @@ def _fuse(
     np.clip(fused, low, high, out=fused)
     timings["reconstruction"] = clock() - t4
     return fused, base_w, detail_w, timings
+
+
+# Thread pools by size, shared by all fusions of the process (starting
+# threads on every call would cost about as much as a small fusion).
+_pools: dict[int, ThreadPoolExecutor] = {}
+_pools_lock = threading.Lock()
+
+
+def _pool(size: int) -> ThreadPoolExecutor:
+    with _pools_lock:
+        if size not in _pools:
+            _pools[size] = ThreadPoolExecutor(max_workers=size, thread_name_prefix="medfuse-core")
+        return _pools[size]
+
+
+class _SourceGroups:
+    """The K sources split into contiguous groups, one per thread (at most K groups).
+
+    Per-source stages run once per group and their results are joined along
+    axis 0; every image goes through exactly the same operations whatever
+    the grouping, so results do not depend on the number of threads.
+    """
+
+    def __init__(self, k: int, threads: int) -> None:
+        bounds = np.linspace(0, k, min(threads, k) + 1).round().astype(int)
+        self.groups = [slice(int(start), int(stop)) for start, stop in zip(bounds[:-1], bounds[1:])]
+
+    def map(self, stage, *, with_index: bool = False) -> tuple[np.ndarray, ...]:
+        """Run ``stage(group[, index])`` (returning a tuple of (k_group, ...) arrays) per group; join along K."""
+        calls = [(group, index) if with_index else (group,) for index, group in enumerate(self.groups)]
+        if len(calls) == 1:
+            return stage(*calls[0])
+        parts = list(_pool(len(calls)).map(lambda call: stage(*call), calls))
+        return tuple(np.concatenate(pieces, axis=0) for pieces in zip(*parts))
 
 
 def _activity(extractor: ActivityExtractor, images: np.ndarray) -> np.ndarray:

@@ -46,10 +46,12 @@ def normalise_sum(weights: np.ndarray, *, clip: bool = False) -> np.ndarray:
     if clip:
         np.clip(weights, 0.0, 1.0, out=weights)
     total = weights.sum(axis=0)
+    if total.min() >= _MIN_SUM:  # the usual case: no degenerate pixel (and no NaN)
+        weights /= total
+        return weights
     degenerate = ~(total >= _MIN_SUM)
     weights /= np.where(degenerate, 1.0, total)
-    if np.any(degenerate):
-        weights[:, degenerate] = 1.0 / weights.shape[0]
+    weights[:, degenerate] = 1.0 / weights.shape[0]
     return weights
 
 
@@ -153,8 +155,23 @@ def max_abs_weights(details: np.ndarray) -> np.ndarray:
     -------
     ndarray, shape (K, ...), float32, one-hot over axis 0
     """
-    winner = np.abs(details).argmax(axis=0)
-    return (np.arange(details.shape[0]).reshape((-1,) + (1,) * winner.ndim) == winner).astype(np.float32)
+    # Source k wins where |D_k| beats every earlier source strictly and no
+    # later one is larger (ties to the lowest index, as argmax); built from
+    # running maxima over K, each step one contiguous comparison, instead of
+    # an argmax along axis 0 that strides a whole image between the K values.
+    magnitude = np.abs(details)
+    k = details.shape[0]
+    winners = np.empty(details.shape, np.float32)
+    later = magnitude[k - 1]  # max |D_i+1..K-1| at step i of the backward pass
+    winners[k - 1] = 1.0
+    for i in range(k - 2, -1, -1):
+        np.greater_equal(magnitude[i], later, out=winners[i])
+        later = np.maximum(later, magnitude[i])
+    earlier = magnitude[0]  # max |D_0..i-1| at step i of the forward pass
+    for i in range(1, k):
+        winners[i] *= magnitude[i] > earlier
+        earlier = np.maximum(earlier, magnitude[i])
+    return winners
 
 
 def refine(
