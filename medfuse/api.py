@@ -10,6 +10,7 @@ keeps the colour image's chroma. Equal-channel RGB images count as grey.
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from collections.abc import Sequence
 
@@ -50,6 +51,7 @@ def fuse(
         ``fused`` float32 in [0, 1]: (H, W) when every source is grey, else
         (H, W, 3) RGB. Weights (K, H, W) are those of the luma fusion.
         ``timings`` adds 'colour' (conversions) to the core's stages.
+        The sources are filtered on up to two threads (same output as one).
 
     Raises
     ------
@@ -89,7 +91,9 @@ def fuse(
 
     if config.detail_rule == "cnn" and extractor is None:
         extractor = default_extractor(config.model, config.depth)
-    result = fuse_stack(lumas, config, extractor)
+    # One call on a (usually interactive) 2-D pair: filter the sources on up
+    # to two cores (the output does not depend on the thread count).
+    result = fuse_stack(lumas, config, extractor, threads=min(2, os.cpu_count() or 1))
     if not chroma:
         return dataclasses.replace(result, timings={**result.timings, "colour": convert_in})
 

@@ -231,3 +231,23 @@ def test_round_off_outside_the_unit_range_is_clipped_not_refused(stacks):
     stack[0, 0, 0], stack[1, 0, 0] = -1e-7, 1.0 + 1e-7
     result = fuse_stack(stack, CONFIGS["max-abs"])
     assert 0.0 <= result.fused.min() and result.fused.max() <= 1.0
+
+
+@pytest.mark.parametrize("name", ["paper", "max-abs", "features-on-detail"])
+def test_output_is_byte_identical_whatever_the_thread_count(stacks, extractor, name):
+    for k in (2, 3, 5):
+        one = fuse_stack(stacks[k], CONFIGS[name], extractor, threads=1)
+        for threads in (2, 3, 8):
+            many = fuse_stack(stacks[k], CONFIGS[name], extractor, threads=threads)
+            assert many.fused.tobytes() == one.fused.tobytes()
+            assert many.base_weights.tobytes() == one.base_weights.tobytes()
+            assert many.detail_weights.tobytes() == one.detail_weights.tobytes()
+    volumes = np.stack([stacks[3][:, i * 40 : i * 40 + 60, :70] for i in range(3)], axis=1)  # (K=3, Z=3, 60, 70)
+    slices_one = fuse_slices(volumes, CONFIGS[name], extractor, threads=1)
+    assert fuse_slices(volumes, CONFIGS[name], extractor, threads=2).tobytes() == slices_one.tobytes()
+
+
+@pytest.mark.parametrize("threads", [0, -1, 1.5, True])
+def test_a_bad_thread_count_is_refused(stacks, threads):
+    with pytest.raises(ValueError, match="threads"):
+        fuse_stack(stacks[2], CONFIGS["max-abs"], threads=threads)

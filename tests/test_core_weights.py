@@ -95,3 +95,16 @@ def test_refine_renormalises_and_clip_keeps_weights_in_unit_range():
     clipped = refine(onehot.copy(), guides, 3, 1e-6, clip=True)
     assert clipped.min() >= 0 and clipped.max() <= 1
     assert clipped.sum(axis=0) == pytest.approx(np.ones((1, 20, 20)), abs=1e-5)
+
+
+@pytest.mark.parametrize("k", [2, 3, 5])
+def test_max_abs_agrees_with_argmax_including_ties_between_any_sources(k):
+    rng = np.random.default_rng(k)
+    details = rng.standard_normal((k, 2, 30, 30)).astype(np.float32)
+    details[:, :, :5] = 0.0  # every source tied
+    details[-1, :, 5:10] = -details[0, :, 5:10]  # first and last tied in magnitude
+    details[1, :, 10:15] = details[k - 1, :, 10:15]  # a later pair tied
+    expected = np.abs(details).argmax(axis=0)
+    onehot = max_abs_weights(details)
+    assert onehot.dtype == np.float32
+    assert np.array_equal(onehot, (np.arange(k)[:, None, None, None] == expected).astype(np.float32))
