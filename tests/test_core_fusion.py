@@ -9,6 +9,7 @@ from medfuse.api import to_unit_float
 from medfuse.core.colour import rgb_to_ycbcr
 from medfuse.core.config import FusionConfig
 from medfuse.core.decomposition import decompose
+import medfuse.core.fusion as fusion_module
 from medfuse.core.fusion import STAGES, fuse_slices, fuse_stack
 from medfuse.core.saliency import level_histogram
 from medfuse.errors import FusionError, InputError
@@ -234,7 +235,9 @@ def test_round_off_outside_the_unit_range_is_clipped_not_refused(stacks):
 
 
 @pytest.mark.parametrize("name", ["paper", "max-abs", "features-on-detail"])
-def test_output_is_byte_identical_whatever_the_thread_count(stacks, extractor, name):
+def test_output_is_byte_identical_whatever_the_thread_count(stacks, extractor, name, monkeypatch):
+    # Threads even for these small crops (by default they need ~2**17 pixels each).
+    monkeypatch.setattr(fusion_module, "_MIN_PIXELS_PER_THREAD", 1)
     for k in (2, 3, 5):
         one = fuse_stack(stacks[k], CONFIGS[name], extractor, threads=1)
         for threads in (2, 3, 8):
@@ -251,3 +254,11 @@ def test_output_is_byte_identical_whatever_the_thread_count(stacks, extractor, n
 def test_a_bad_thread_count_is_refused(stacks, threads):
     with pytest.raises(ValueError, match="threads"):
         fuse_stack(stacks[2], CONFIGS["max-abs"], threads=threads)
+
+
+def test_a_full_size_pair_fuses_identically_on_two_threads(shared_data):
+    pair = shared_data / "pairs2d/ir-vis/ifcnn_Navi"
+    stack = np.stack([luma(pair / "a.png"), luma(pair / "b.png")])  # 2 x 512 x 512: one thread per source
+    config = FusionConfig().replace(detail_rule="max-abs")
+    assert fusion_module._SourceGroups(2, 2, stack[0].size).groups == [slice(0, 1), slice(1, 2)]
+    assert fuse_stack(stack, config, threads=2).fused.tobytes() == fuse_stack(stack, config).fused.tobytes()

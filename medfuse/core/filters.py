@@ -185,7 +185,7 @@ class GuideWindows:
     def _store(self, radius: int, means: np.ndarray) -> None:
         """Cache mean(I) and var(I) from ``means = [mean(I), mean(I²)]`` (turned into var in place)."""
         mean_i, var_i = means
-        var_i -= np.square(mean_i)
+        var_i -= np.square(mean_i, out=_buffer("guide_square", mean_i.shape))
         self._statistics[radius] = (mean_i, var_i)
 
     def filter(self, src: np.ndarray, radius: int, eps: float, *, dtype: type = np.float64) -> np.ndarray:

@@ -32,7 +32,7 @@ def quantise(images: np.ndarray, levels: int = 256) -> np.ndarray:
     dtype = np.uint8 if levels <= 256 else np.uint16
     scaled = np.multiply(images, levels - 1, dtype=np.float32)
     np.clip(scaled, 0, levels - 1, out=scaled)
-    return np.rint(scaled).astype(dtype)
+    return np.rint(scaled, out=scaled).astype(dtype)
 
 
 def level_histogram(images: np.ndarray, levels: int = 256) -> np.ndarray:
