@@ -7,7 +7,8 @@ Prints markdown tables:
 1. per-stage median wall-clock time (ms) of ``fuse_stack`` on a real 256x256
    CT/MR pair and a real 512x512 IR/visible pair: the core without the CNN
    (detail rule max-abs) in the paper's and in the default configuration,
-   both with the shipped CNN, and a
+   both with the shipped CNN, the core without the CNN again with
+   ``--threads`` threads (default 2; the other rows use 1), and a
    naive baseline (pixel-wise average) measured in the same run, with the
    ratios to it;
 2. our NumPy guided filter against ``cv2.ximgproc.guidedFilter`` (needs
@@ -62,14 +63,14 @@ def median_ms(samples: list[float]) -> float:
     return float(np.median(samples) * 1e3)
 
 
-def time_fusion(stack: np.ndarray, config: FusionConfig, extractor, runs: int) -> dict[str, float]:
+def time_fusion(stack: np.ndarray, config: FusionConfig, extractor, runs: int, threads: int = 1) -> dict[str, float]:
     for _ in range(2):
-        fuse_stack(stack, config, extractor)
+        fuse_stack(stack, config, extractor, threads=threads)
     per_stage: dict[str, list[float]] = {stage: [] for stage in STAGES}
     totals, cpu = [], []
     for _ in range(runs):
         started, started_cpu = time.perf_counter(), time.process_time()
-        result = fuse_stack(stack, config, extractor)
+        result = fuse_stack(stack, config, extractor, threads=threads)
         totals.append(time.perf_counter() - started)
         cpu.append(time.process_time() - started_cpu)
         for stage in STAGES:
@@ -93,7 +94,7 @@ def time_call(function, runs: int, *, cpu: bool = False) -> float | tuple[float,
     return (median_ms(samples), median_ms(cpu_samples)) if cpu else median_ms(samples)
 
 
-def stage_table(runs: int) -> None:
+def stage_table(runs: int, threads: int) -> None:
     from medfuse.features.registry import load_extractor
 
     extractor = load_extractor()
@@ -106,8 +107,12 @@ def stage_table(runs: int) -> None:
         paper = time_fusion(stack, FusionConfig.paper(), extractor, runs)
         default = time_fusion(stack, FusionConfig(), extractor, runs)
         authors = time_fusion(stack, FusionConfig.paper().replace(features_on="detail"), extractor, runs)
+        core_threads = time_fusion(stack, FusionConfig.paper().replace(detail_rule="max-abs"), None, runs, threads)
+        default_threads = time_fusion(stack, FusionConfig().replace(detail_rule="max-abs"), None, runs, threads)
         rows.append((size, "core without CNN (paper, max-abs)", core, baseline))
         rows.append((size, "core without CNN (default, max-abs)", core_default, baseline))
+        rows.append((size, f"core without CNN (paper, max-abs), {threads} threads", core_threads, baseline))
+        rows.append((size, f"core without CNN (default, max-abs), {threads} threads", default_threads, baseline))
         rows.append((size, f"paper, CNN {extractor.name}", paper, baseline))
         rows.append((size, f"default, CNN {extractor.name}", default, baseline))
         rows.append((size, f"features on detail, CNN {extractor.name}", authors, baseline))
@@ -210,6 +215,7 @@ def quality_table() -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=15, help="timed runs per measurement (median; >= 10)")
+    parser.add_argument("--threads", type=int, default=2, help="thread count of the threaded core rows (others: 1)")
     parser.add_argument("--quality", action="store_true", help="score configuration variants on the medical pairs instead")
     args = parser.parse_args()
     if args.quality:
@@ -219,7 +225,7 @@ def main() -> None:
         parser.error("--runs must be at least 10")
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
           f"load average before: {', '.join(f'{x:.2f}' for x in os.getloadavg())}; numpy {np.__version__}")
-    stage_table(args.runs)
+    stage_table(args.runs, args.threads)
     guided_table(args.runs)
     print(f"\nload average after: {', '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
