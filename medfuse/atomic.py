@@ -57,8 +57,13 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb", **kwargs) -> Iterator
 
 
 def _create_beside(path: Path) -> Path:
-    if not path.parent.is_dir():
-        raise WriteError(f"cannot write {path}: folder {path.parent} does not exist")
+    folder = path.parent
+    if not folder.exists():
+        raise WriteError(f"cannot write {path}: folder {folder} does not exist")
+    if not folder.is_dir():
+        raise WriteError(f"cannot write {path}: {folder} is not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise WriteError(f"cannot write {path}: folder {folder} is not writable")
     if path.is_dir():
         raise WriteError(f"cannot write {path}: it is a directory")
     while True:

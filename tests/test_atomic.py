@@ -47,6 +47,10 @@ def test_missing_folder_and_directory_target_are_write_errors(tmp_path):
     with pytest.raises(WriteError, match="does not exist"):
         with atomic_output(tmp_path / "absent" / "f.png"):
             pass
+    (tmp_path / "plain-file").write_text("x")
+    with pytest.raises(WriteError, match="is not a folder"):
+        with atomic_output(tmp_path / "plain-file" / "f.png"):
+            pass
     (tmp_path / "folder").mkdir()
     with pytest.raises(WriteError, match="is a directory"):
         with atomic_output(tmp_path / "folder"):

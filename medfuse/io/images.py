@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from medfuse.atomic import atomic_open
-from medfuse.errors import InputError, WriteError
+from medfuse.errors import InputError
 
 __all__ = ["read_image", "write_image", "image_format", "FORMATS"]
 
@@ -148,7 +148,6 @@ def write_image(path: str | os.PathLike, array: np.ndarray, *, bit_depth: int | 
         raise InputError(f"cannot write {path}: {fmt} {kind} cannot be stored at {bit_depth} bits")
     samples = _samples(array, bit_depth, path)
     image = Image.fromarray(samples)
-    _check_folder(path)
     with atomic_open(path, "wb") as stream:
         image.save(stream, format=fmt)
     return path
@@ -169,15 +168,5 @@ def _samples(array: np.ndarray, bit_depth: int, path: Path) -> np.ndarray:
             raise InputError(f"cannot write {path}: uint16 data needs 16 bits (convert it first)")
         return array
     raise InputError(f"cannot write {path}: unsupported dtype {array.dtype}")
-
-
-def _check_folder(path: Path) -> None:
-    folder = path.parent
-    if not folder.is_dir():
-        raise WriteError(f"cannot write {path}: folder {folder} does not exist")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise WriteError(f"cannot write {path}: folder {folder} is not writable")
-    if path.is_dir():
-        raise WriteError(f"cannot write {path}: it is a directory")
 
 
