@@ -38,7 +38,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import SimpleITK as sitk
 from PIL import Image
 
@@ -48,6 +47,7 @@ sys.path.insert(0, str(REPO))
 from medfuse.volume.masks import foreground_mask  # noqa: E402
 from medfuse.volume.model import Volume  # noqa: E402
 from medfuse.volume.overlay import OverlayConfig, registration_overlay  # noqa: E402
+from medfuse.volume.validation import inverted_contrast, moved_by, rigid_about_centre  # noqa: E402
 from medfuse.volume.registration import (  # noqa: E402
     RegistrationConfig,
     compose,
@@ -55,7 +55,6 @@ from medfuse.volume.registration import (  # noqa: E402
     register,
     resample_onto,
     target_registration_error,
-    transform_geometry,
 )
 
 SHARED = Path(os.environ.get("MEDFUSE_SHARED_DATA", REPO.parent / "shared" / "data"))
@@ -92,31 +91,6 @@ def read(path: Path) -> sitk.Image:
 
         return load_volume(path).image
     return sitk.Cast(sitk.ReadImage(str(path)), sitk.sitkFloat32)
-
-
-def rigid(image: sitk.Image, rotation_deg, translation_mm) -> sitk.Euler3DTransform:
-    transform = sitk.Euler3DTransform()
-    transform.SetCenter(image.TransformContinuousIndexToPhysicalPoint([(n - 1) / 2 for n in image.GetSize()]))
-    transform.SetRotation(*np.radians(rotation_deg))
-    transform.SetTranslation(list(translation_mm))
-    return transform
-
-
-def inverted_contrast(image: sitk.Image, seed: int = 0) -> sitk.Image:
-    values = sitk.GetArrayFromImage(image)
-    unit = np.clip(values / np.percentile(values, 99.5), 0.0, 1.0)
-    noise = np.random.default_rng(seed).normal(0.0, 0.01, unit.shape)
-    out = sitk.GetImageFromArray(((1.0 - unit) ** 2 + noise).astype(np.float32) * 1000)
-    out.CopyInformation(image)
-    return out
-
-
-def moved(image: sitk.Image, known: sitk.Transform, how: str) -> sitk.Image:
-    grid = transform_geometry(image, known)
-    if how == "header":
-        return grid
-    background = float(sitk.GetArrayViewFromImage(image).min())
-    return sitk.Resample(image, grid, known.GetInverse(), sitk.sitkLinear, background, sitk.sitkFloat32)
 
 
 def sample_study_truth() -> sitk.Transform:
@@ -163,13 +137,13 @@ def run_case(name: str, config: RegistrationConfig) -> dict:
     if how == "given":
         moving, reference = read(moving_path), sample_study_truth()
     elif moving_path is None:
-        known = rigid(fixed, rotation, translation)
-        moving, reference = moved(inverted_contrast(fixed), known, how), known
+        known = rigid_about_centre(fixed, rotation, translation)
+        moving, reference = moved_by(inverted_contrast(fixed), known, resample=how != "header"), known
     else:
-        known = rigid(fixed, rotation, translation)
+        known = rigid_about_centre(fixed, rotation, translation)
         source = read(moving_path)
         unmoved = register(Volume(fixed), Volume(source), REFERENCE_CONFIG)
-        moving, reference = moved(source, known, how), compose(known, unmoved.transform)
+        moving, reference = moved_by(source, known, resample=how != "header"), compose(known, unmoved.transform)
     points = mask_points_mm(foreground_mask(fixed), step=2)
     ours, wall, cpu = timed(register, Volume(fixed), Volume(moving), config)
     book, book_wall, book_cpu = timed(textbook, fixed, moving, config.seed)

@@ -19,6 +19,7 @@ from medfuse.errors import InputError, RegistrationError
 from medfuse.volume.masks import foreground_mask
 from medfuse.volume.model import InstanceReference, SeriesReference, Volume
 from medfuse.volume.overlay import registration_overlay
+from medfuse.volume.validation import inverted_contrast, mean_tre, moved_by, rigid_about_centre
 from medfuse.volume.registration import (
     RegistrationConfig,
     compose,
@@ -46,37 +47,6 @@ def _read(shared_data, relative: str) -> sitk.Image:
     return sitk.Cast(sitk.ReadImage(str(shared_data / relative)), sitk.sitkFloat32)
 
 
-def _rigid(image: sitk.Image, rotation_deg, translation_mm) -> sitk.Euler3DTransform:
-    """A rigid transform about the image centre."""
-    transform = sitk.Euler3DTransform()
-    transform.SetCenter(image.TransformContinuousIndexToPhysicalPoint([(n - 1) / 2 for n in image.GetSize()]))
-    transform.SetRotation(*np.radians(rotation_deg))
-    transform.SetTranslation(list(translation_mm))
-    return transform
-
-
-def _inverted_contrast(image: sitk.Image, seed: int = 0) -> sitk.Image:
-    """A different intensity mapping: inverted, squared, with independent noise."""
-    values = sitk.GetArrayFromImage(image)
-    unit = np.clip(values / np.percentile(values, 99.5), 0.0, 1.0)
-    noise = np.random.default_rng(seed).normal(0.0, 0.01, unit.shape)
-    out = sitk.GetImageFromArray(((1.0 - unit) ** 2 + noise).astype(np.float32) * 1000)
-    out.CopyInformation(image)
-    return out
-
-
-def _resampled_moving(image: sitk.Image, known: sitk.Transform) -> sitk.Image:
-    """Image data resampled so that registering it back must give *known* (interpolated, field of view cut)."""
-    grid = transform_geometry(image, known)
-    background = float(sitk.GetArrayViewFromImage(image).min())
-    return sitk.Resample(image, grid, known.GetInverse(), sitk.sitkLinear, background, sitk.sitkFloat32)
-
-
-def _mean_tre(result, known, fixed_image: sitk.Image) -> float:
-    points = mask_points_mm(foreground_mask(fixed_image), step=2)
-    return float(target_registration_error(result.transform, known, points).mean())
-
-
 def _sample_study_truth(shared_data) -> sitk.Transform:
     """The documented fixed -> moving transform of the sample study (tools/make_sample_study.py)."""
     spec = importlib.util.spec_from_file_location("make_sample_study", REPO / "tools" / "make_sample_study.py")
@@ -100,13 +70,13 @@ def small_mr(shared_data):
 @pytest.mark.slow
 def test_ct_with_other_intensity_mapping_recovers_known_transform(shared_data):
     fixed = _read(shared_data, CT_PITCH)
-    known = _rigid(fixed, (5.0, -10.0, 8.0), (8.0, -12.0, 18.0))
-    moving = _resampled_moving(_inverted_contrast(fixed), known)
+    known = rigid_about_centre(fixed, (5.0, -10.0, 8.0), (8.0, -12.0, 18.0))
+    moving = moved_by(inverted_contrast(fixed), known)
 
     result = register(Volume(fixed), Volume(moving))
 
     assert result.optimised and result.iterations > 0
-    assert _mean_tre(result, known, fixed) <= TRE_LIMIT_MM
+    assert mean_tre(result.transform, known, fixed) <= TRE_LIMIT_MM
     assert result.metric_after < result.metric_before
     assert abs(result.summary.rotation_angle_deg - known_angle(known)) < 0.5
     assert [level.shrink_factor for level in result.levels] == [4, 2, 1]
@@ -126,31 +96,31 @@ def test_second_contrast_t1c_known_transform_is_consistent(t1_pair):
     # of a real second contrast is recovered on top of B.
     t1, t1c = t1_pair
     baseline = register(Volume(t1), Volume(t1c))
-    known = _rigid(t1, (8.0, -5.0, 10.0), (12.0, -15.0, 20.0))
+    known = rigid_about_centre(t1, (8.0, -5.0, 10.0), (12.0, -15.0, 20.0))
 
     moved = register(Volume(t1), Volume(transform_geometry(t1c, known)))
 
-    assert _mean_tre(moved, compose(known, baseline.transform), t1) <= TRE_LIMIT_MM
+    assert mean_tre(moved.transform, compose(known, baseline.transform), t1) <= TRE_LIMIT_MM
     assert 5.0 < baseline.summary.rotation_angle_deg < 15.0
 
 
 def test_registration_is_bit_reproducible(small_mr):
-    known = _rigid(small_mr, (4.0, 6.0, -3.0), (-6.0, 9.0, 4.0))
-    moving = Volume(transform_geometry(_inverted_contrast(small_mr), known))
+    known = rigid_about_centre(small_mr, (4.0, 6.0, -3.0), (-6.0, 9.0, 4.0))
+    moving = Volume(moved_by(inverted_contrast(small_mr), known, resample=False))
     first = register(Volume(small_mr), moving)
     second = register(Volume(small_mr), moving)
     assert first.transform.GetParameters() == second.transform.GetParameters()
     assert first.metric_after == second.metric_after
-    assert _mean_tre(first, known, small_mr) <= TRE_LIMIT_MM
+    assert mean_tre(first.transform, known, small_mr) <= TRE_LIMIT_MM
 
 
 def test_affine_stage_recovers_known_rigid_transform(small_mr):
-    known = _rigid(small_mr, (-7.0, 3.0, 5.0), (10.0, 4.0, -8.0))
-    moving = Volume(transform_geometry(_inverted_contrast(small_mr, seed=1), known))
+    known = rigid_about_centre(small_mr, (-7.0, 3.0, 5.0), (10.0, 4.0, -8.0))
+    moving = Volume(moved_by(inverted_contrast(small_mr, seed=1), known, resample=False))
     result = register(Volume(small_mr), moving, RegistrationConfig(affine=True))
     assert result.transform.GetName() == "AffineTransform"
     assert {level.stage for level in result.levels} == {"rigid", "affine"}
-    assert _mean_tre(result, known, small_mr) <= TRE_LIMIT_MM
+    assert mean_tre(result.transform, known, small_mr) <= TRE_LIMIT_MM
     assert np.allclose(result.summary.scales, 1.0, atol=0.02)
 
 
@@ -181,7 +151,7 @@ def test_same_frame_of_reference_resamples_without_optimising(t1_pair):
 
 
 def test_empty_frame_of_reference_does_not_skip(small_mr):
-    known = _rigid(small_mr, (0.0, 0.0, 3.0), (2.0, 0.0, 0.0))
+    known = rigid_about_centre(small_mr, (0.0, 0.0, 3.0), (2.0, 0.0, 0.0))
     fixed = Volume(small_mr, references=_reference(""))
     moving = Volume(transform_geometry(small_mr, known), references=_reference(""))
     assert register(fixed, moving).optimised
@@ -189,7 +159,7 @@ def test_empty_frame_of_reference_does_not_skip(small_mr):
 
 def test_resample_onto_grid_coverage_and_default_value(small_mr):
     slice_axis = np.asarray(small_mr.GetDirection()).reshape(3, 3)[:, 2]
-    shift = _rigid(small_mr, (0.0, 0.0, 0.0), 40.0 * slice_axis)
+    shift = rigid_about_centre(small_mr, (0.0, 0.0, 0.0), 40.0 * slice_axis)
     fixed, moving = Volume(small_mr, label="fixed"), Volume(small_mr, modality="MR", label="moving")
     moved, coverage = resample_onto(fixed, moving, shift)
     assert moved.image.GetSize() == small_mr.GetSize()
@@ -209,7 +179,7 @@ def test_resample_onto_grid_coverage_and_default_value(small_mr):
 
 def test_nearest_interpolation_keeps_label_values(small_mr):
     labels = sitk.Cast(foreground_mask(small_mr), sitk.sitkFloat32) * 3.0
-    turn = _rigid(small_mr, (0.0, 0.0, 7.0), (1.3, -0.7, 0.0))
+    turn = rigid_about_centre(small_mr, (0.0, 0.0, 7.0), (1.3, -0.7, 0.0))
     nearest = resample_onto(Volume(small_mr), Volume(labels), turn, interpolation="nearest")[0]
     linear = resample_onto(Volume(small_mr), Volume(labels), turn, interpolation="linear")[0]
     assert set(np.unique(sitk.GetArrayViewFromImage(nearest.image))) == {0.0, 3.0}
@@ -245,7 +215,7 @@ def test_no_overlap_after_initialisation_is_a_registration_error(small_mr):
 
 
 def test_suspicious_transform_is_flagged(small_mr):
-    turned = _rigid(small_mr, (0.0, 0.0, 40.0), (0.0, 120.0, 0.0))
+    turned = rigid_about_centre(small_mr, (0.0, 0.0, 40.0), (0.0, 120.0, 0.0))
     result = evaluate_transform(Volume(small_mr), Volume(small_mr), turned)
     assert not result.optimised and result.reason == "transform given"
     assert any("rotation of 40.0 degrees" in w for w in result.warnings)
@@ -253,7 +223,7 @@ def test_suspicious_transform_is_flagged(small_mr):
 
 
 def test_transform_file_round_trip(tmp_path, small_mr):
-    known = _rigid(small_mr, (3.0, -2.0, 1.0), (5.0, 6.0, -7.0))
+    known = rigid_about_centre(small_mr, (3.0, -2.0, 1.0), (5.0, 6.0, -7.0))
     path = write_transform(known, tmp_path / "t.tfm")
     back = read_transform(path)
     assert back.GetName() == "Euler3DTransform"
@@ -290,8 +260,8 @@ def test_foreground_mask_excludes_air_around_the_head(t1_pair):
 
 
 def test_overlay_shows_fixed_and_moved(small_mr):
-    shift = _rigid(small_mr, (0.0, 0.0, 0.0), (0.0, 0.0, 30.0))
-    moved, coverage = resample_onto(Volume(small_mr), Volume(_inverted_contrast(small_mr)), shift)
+    shift = rigid_about_centre(small_mr, (0.0, 0.0, 0.0), (0.0, 0.0, 30.0))
+    moved, coverage = resample_onto(Volume(small_mr), Volume(inverted_contrast(small_mr)), shift)
     picture = registration_overlay(small_mr, moved.image, coverage)
     assert picture.dtype == np.uint8 and picture.ndim == 3 and picture.shape[2] == 3
     edge_colour = np.all(picture == (255, 0, 255), axis=2)
