@@ -56,7 +56,15 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb", **kwargs) -> Iterator
         yield handle
 
 
-def _create_beside(path: Path) -> Path:
+def check_writable(path: str | os.PathLike) -> None:
+    """Refuse, before any work is spent, an output *path* that cannot be written.
+
+    Raises
+    ------
+    WriteError
+        The folder is missing, not a folder or not writable, or *path* is a folder.
+    """
+    path = Path(path)
     folder = path.parent
     if not folder.exists():
         raise WriteError(f"cannot write {path}: folder {folder} does not exist")
@@ -66,6 +74,10 @@ def _create_beside(path: Path) -> Path:
         raise WriteError(f"cannot write {path}: folder {folder} is not writable")
     if path.is_dir():
         raise WriteError(f"cannot write {path}: it is a directory")
+
+
+def _create_beside(path: Path) -> Path:
+    check_writable(path)
     while True:
         # Hidden, and ending in the final name so that writers that choose a
         # format by extension (SimpleITK, nibabel) pick the right one.

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-from medfuse.atomic import atomic_open
+from medfuse.atomic import atomic_open, check_writable
 from medfuse.core.config import FusionConfig
 from medfuse.errors import InputError, WriteError
 
@@ -89,13 +89,7 @@ def fuse_images(
 
 
 def _check_destination(output: Path, inputs: list[Path]) -> None:
-    folder = output.parent
-    if not folder.is_dir():
-        raise WriteError(f"cannot write {output}: folder {folder} does not exist")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise WriteError(f"cannot write {output}: folder {folder} is not writable")
-    if output.is_dir():
-        raise WriteError(f"cannot write {output}: it is a directory")
+    check_writable(output)
     target = output.resolve()
     for path in inputs:
         if path.exists() and path.resolve() == target:
