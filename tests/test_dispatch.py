@@ -73,19 +73,42 @@ def test_one_and_two_local_workers_give_identical_pixels(pair, in_process, tmp_p
     assert not np.array_equal(expected, in_process)  # the mask mattered
 
 
-def test_memmapped_block_task_equals_the_chunk_task(pair, tmp_path):
+def test_block_task_on_staged_files_equals_the_chunk_task(pair, tmp_path):
     """The local workers' task (files in, file out) writes exactly what the in-graph chunk task returns."""
-    from medfuse.volume.dispatch import _write_inputs, fuse_block, fuse_chunk
+    from medfuse.volume.dispatch import fuse_block, fuse_chunk
+    from medfuse.volume.staging import StagedVolumes
 
     t1, synthetic = pair
     cover = synthetic > 0.05
     config = FusionConfig()
-    _write_inputs(tmp_path, [t1, synthetic], [None, cover])
+    staged = StagedVolumes.create(tmp_path, 2, t1.shape)
+    for k, (values, covered) in enumerate(((t1, np.ones_like(cover)), (synthetic, cover))):
+        staged.write_source(k, 0, values)
+        staged.write_cover(k, 0, covered)
     assert fuse_block(str(tmp_path), [(2, 5), (5, 6)], config, None) == 4
-    written = np.load(tmp_path / "fused.npy")
+    written = np.load(tmp_path / "fused.npy")  # a plain .npy file
     stack, both = np.stack([t1, synthetic])[:, 2:5], np.stack([np.ones_like(cover), cover])[:, 2:5]
     np.testing.assert_array_equal(written[2:5], fuse_chunk(stack, both, config, None))
     assert not written[:2].any() and not written[6:].any()  # only the given slices are written
+
+
+def test_fuse_staged_equals_fuse_volume_and_leaves_the_inputs(pair, tmp_path):
+    """fuse-study's path (staged files, in-process) gives fuse_volume's pixels on the same arrays."""
+    from medfuse.volume.dispatch import fuse_staged
+    from medfuse.volume.staging import StagedVolumes
+
+    t1, synthetic = pair
+    cover = synthetic > 0.05
+    staged = StagedVolumes.create(tmp_path, 2, t1.shape)
+    for k, (values, covered) in enumerate(((t1, np.ones_like(cover)), (synthetic, cover))):
+        staged.write_source(k, 0, values)
+        staged.write_cover(k, 0, covered)
+    seen = []
+    fuse_staged(staged, workers=1, chunk_slices=4, progress=lambda n, total: seen.append((n, total)))
+    expected = fuse_volume([t1, synthetic], [None, cover], workers=1, chunk_slices=4)
+    np.testing.assert_array_equal(staged.fused(), expected)
+    np.testing.assert_array_equal(StagedVolumes.open(tmp_path).read(0, len(t1))[0], np.stack([t1, synthetic]))
+    assert seen == [(4, 12), (4, 12), (4, 12)]
 
 
 def _free_port() -> int:
@@ -187,7 +210,9 @@ def test_volume_histograms_by_slabs_equal_the_whole_volume_histogram(pair):
     cover = synthetic > 0.05  # an irregular mask, as a coverage mask can be
     config = FusionConfig()
     # 5-slice slabs over 12 slices: the last slab is partial.
-    slabbed = _volume_histograms([t1, synthetic], [None, cover], config, slab_slices=5)
+    from medfuse.volume.dispatch import _array_slabs
+
+    slabbed = _volume_histograms(_array_slabs([t1, synthetic], [None, cover], slab_slices=5), 2, config)
     whole = np.stack([level_histogram(t1, config.saliency_levels),
                       level_histogram(synthetic[cover], config.saliency_levels)])
     np.testing.assert_array_equal(slabbed, whole)

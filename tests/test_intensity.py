@@ -14,7 +14,7 @@ from medfuse.io.dicom.index import scan_folder
 from medfuse.io.dicom.read import read_series
 from medfuse.io.volumes import load_volume
 from medfuse.volume import intensity
-from medfuse.volume.intensity import CT_WINDOWS, IntensityMapping, map_to_unit, parse_window
+from medfuse.volume.intensity import CT_WINDOWS, IntensityMapping, choose_mapping, map_to_unit, parse_window
 
 PET_DIR = "volumes/tcia_CCTH-A01_pet_ct/PET_images"
 
@@ -117,7 +117,9 @@ def test_percentiles_are_exact_over_the_finite_voxels_across_slabs(shared_data):
     before = values.copy()
     unit, mapping = map_to_unit(values, "MR", percentiles=(2.0, 98.0))
     finite = before[np.isfinite(before)]
-    assert (mapping.low, mapping.high) == tuple(np.percentile(finite, [2.0, 98.0]))
+    assert (mapping.low, mapping.high) == _linear_percentiles(finite, (2.0, 98.0))
+    np.testing.assert_allclose((mapping.low, mapping.high), np.percentile(finite, [2.0, 98.0]), rtol=1e-6)
+    assert choose_mapping(values, "MR", percentiles=(2.0, 98.0)) == mapping
     np.testing.assert_array_equal(values, before)  # the caller's array is not touched
     expected = np.clip((before - np.float32(mapping.low)) * np.float32(1 / (mapping.high - mapping.low)), 0, 1)
     expected[np.isnan(before)] = 0.0
@@ -140,3 +142,35 @@ def test_mapping_needs_about_the_output_size_in_memory(dtype):
         tracemalloc.stop()
     assert mapping.method == "percentile" and unit.dtype == np.float32
     assert peak < output_bytes * 1.5
+
+
+def _linear_percentiles(finite: np.ndarray, percentiles) -> tuple[float, ...]:
+    """NumPy's "linear" percentiles from the fully sorted values, interpolated in float64 (the reference)."""
+    ordered = np.sort(finite.astype(np.float32).ravel()).astype(np.float64)
+    out = []
+    for p in percentiles:
+        h = (ordered.size - 1) * p / 100.0
+        below = int(np.floor(h))
+        above = min(below + 1, ordered.size - 1)
+        out.append(float(ordered[below] + (ordered[above] - ordered[below]) * (h - below)))
+    return tuple(out)
+
+
+def test_percentile_selection_is_exact_through_every_refinement_branch(monkeypatch):
+    """Tiny bins and gather limit force the histogram refinement to narrow, recurse and hit degenerate bins."""
+    monkeypatch.setattr(intensity, "SELECT_BINS", 8)
+    monkeypatch.setattr(intensity, "SELECT_GATHER_LIMIT", 50)
+    monkeypatch.setattr(intensity, "SELECT_SLAB_VOXELS", 333)
+    rng = np.random.default_rng(11)
+    for trial in range(40):
+        n = int(rng.integers(1, 5000))
+        values = (rng.standard_normal(n) * 10 ** rng.uniform(-3, 3)).astype(np.float32)
+        if trial % 3 == 0:
+            values = np.round(values)  # many ties
+        if trial % 4 == 1:
+            values[: n // 2] = values.min()  # a huge bin of one value, like air or zero padding
+        for percentiles in ((0.5, 99.5), (0.0, 100.0), (2.0, 98.0), (49.0, 51.0)):
+            expected = _linear_percentiles(values, percentiles)
+            if expected[1] > expected[0]:  # else the mapping widens to (min, max), tested elsewhere
+                mapping = intensity._percentile_mapping(values, "MR", percentiles)
+                assert (mapping.low, mapping.high) == expected

@@ -159,11 +159,11 @@ def test_failed_write_leaves_neither_output_nor_temporary(tmp_path, monkeypatch)
     target = write_nifti(image, tmp_path / "fused.nii.gz")
     before = target.read_bytes()
 
-    def disk_full(*args, **kwargs):
+    def disk_full(nifti, slices, dtype, stream):  # fails half-way, after the header
+        nifti.header.write_to(stream)
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(nib.Nifti1Image, "to_bytes", disk_full)
-    monkeypatch.setattr(nib.Nifti1Image, "to_file_map", disk_full)
+    monkeypatch.setattr("medfuse.io.nifti._write_single_file", disk_full)
     with pytest.raises(WriteError, match="No space left"):
         write_nifti(sitk.GetImageFromArray(np.zeros((2, 3, 4), np.float32)), target)
     assert target.read_bytes() == before  # the earlier output is untouched
@@ -184,3 +184,32 @@ def test_write_streams_without_a_full_size_copy(tmp_path, suffix):
         tracemalloc.stop()
     assert peak < data.nbytes / 8
     np.testing.assert_array_equal(nib.load(written).get_fdata(dtype=np.float32), data.transpose(2, 1, 0))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.int16, np.uint8])
+def test_streamed_file_equals_nibabel_writing_the_whole_array(tmp_path, dtype):
+    """Header from a stand-in and voxels slice by slice: the bytes nibabel writes from the whole array.
+
+    Also when the voxels come as a list of slices on another image's grid (how fuse-study writes the
+    fused volume from its scratch file).
+    """
+    data = (np.random.default_rng(5).random((6, 9, 11)) * 120).astype(dtype)
+    image = sitk.GetImageFromArray(data)
+    image.SetSpacing((0.5, 0.7, 2.0))
+    image.SetOrigin((1.0, -2.0, 3.5))
+    image.SetDirection((0, 1, 0, 1, 0, 0, 0, 0, -1))
+    affine = ras_affine(image)
+    reference = nib.Nifti1Image(data.transpose(2, 1, 0), affine)
+    reference.set_sform(affine, code=1)
+    reference.set_qform(affine, code=1)
+    reference.header.set_xyzt_units(xyz="mm")
+    nib.save(reference, tmp_path / "nibabel.nii")
+    grid = sitk.Image(image.GetSize(), sitk.sitkUInt8)
+    grid.CopyInformation(image)
+    ours = write_nifti(image, tmp_path / "ours.nii")
+    from_slices = write_nifti(grid, tmp_path / "slices.nii", array=[plane for plane in data])
+    expected = (tmp_path / "nibabel.nii").read_bytes()
+    assert ours.read_bytes() == expected
+    assert from_slices.read_bytes() == expected
+    with pytest.raises(WriteError, match="do not fit the grid"):
+        write_nifti(grid, tmp_path / "short.nii", array=[plane for plane in data[:-1]])

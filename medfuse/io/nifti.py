@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import gzip
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import nibabel as nib
@@ -126,16 +127,20 @@ def ras_affine(image: sitk.Image) -> np.ndarray:
     return RAS_LPS_FLIP @ lps_affine(image)
 
 
-def write_nifti(volume_or_image: Volume | sitk.Image, path: str | os.PathLike) -> Path:
+def write_nifti(volume_or_image: Volume | sitk.Image, path: str | os.PathLike, *,
+                array: Sequence[np.ndarray] | None = None) -> Path:
     """Write a 3-D volume as NIfTI-1 with sform = qform = the RAS affine (code 1, scanner).
 
-    The array keeps the image's pixel type (float32 for a Volume). The file
-    is written to a temporary name next to *path* and renamed, so a failed
-    write never leaves a partial file; it is created like a plain ``open()``
-    would (mode 0666 minus the umask). Voxels are streamed slice by slice
-    (through gzip for ``.nii.gz``) straight from the image's buffer, so
-    writing needs memory for one slice, not a copy of the volume. Gzip
-    output carries no timestamp, so the same volume gives the same bytes.
+    The voxels are the image's own, keeping its pixel type (float32 for a
+    Volume), or, with *array*, those of *array* on the grid of
+    *volume_or_image* (whose pixels are then unused): a (Z, Y, X) array or
+    any sequence of Z (Y, X) slices of one dtype, e.g. slices read from a file
+    one at a time. The file is written to a temporary name next to *path* and
+    renamed, so a failed write never leaves a partial file; it is created like
+    a plain ``open()`` would (mode 0666 minus the umask). Voxels are streamed
+    slice by slice (through gzip for ``.nii.gz``), so writing needs memory for
+    one slice, not a copy of the volume. Gzip output carries no timestamp, so
+    the same volume gives the same bytes.
 
     Returns
     -------
@@ -145,7 +150,8 @@ def write_nifti(volume_or_image: Volume | sitk.Image, path: str | os.PathLike) -
     Raises
     ------
     WriteError
-        Not a 3-D scalar image, or the file could not be written.
+        Not a 3-D scalar image, slices that do not fit its grid, or the file
+        could not be written.
     """
     image = volume_or_image.image if isinstance(volume_or_image, Volume) else volume_or_image
     path = Path(path)
@@ -153,11 +159,17 @@ def write_nifti(volume_or_image: Volume | sitk.Image, path: str | os.PathLike) -
         raise WriteError(f"{path}: NIfTI output must end in .nii or .nii.gz")
     if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
         raise WriteError(f"{path}: only 3-D scalar images can be written as NIfTI")
-    # SimpleITK's (z, y, x) C-ordered buffer is the (i, j, k) array in Fortran
-    # order, which is NIfTI's on-disk order: nibabel writes it without a copy.
-    data = np.transpose(sitk.GetArrayViewFromImage(image), (2, 1, 0))
+    slices = sitk.GetArrayViewFromImage(image) if array is None else array
+    size_zyx = image.GetSize()[::-1]
+    if len(slices) != size_zyx[0] or np.shape(slices[0]) != size_zyx[1:]:
+        raise WriteError(f"{path}: {len(slices)} slices of shape {np.shape(slices[0])} do not fit the grid "
+                         f"(z, y, x) = {size_zyx}")
     affine = ras_affine(image)
-    nifti = nib.Nifti1Image(data, affine)
+    # The header comes from nibabel, made for a zero-strided stand-in of the right shape and dtype (no
+    # memory): the voxels themselves are streamed below. Same dtype in and out, so nibabel would apply no
+    # scaling whatever the values (tested: same bytes as writing the whole array through nibabel).
+    dtype = np.asarray(slices[0]).dtype
+    nifti = nib.Nifti1Image(np.broadcast_to(np.zeros((), dtype), image.GetSize()), affine)
     nifti.set_sform(affine, code=1)
     nifti.set_qform(affine, code=1)
     nifti.header.set_xyzt_units(xyz="mm")
@@ -169,12 +181,22 @@ def write_nifti(volume_or_image: Volume | sitk.Image, path: str | os.PathLike) -
     with atomic_open(path, "wb") as handle:
         if compressed:
             with gzip.GzipFile(fileobj=handle, mode="wb", mtime=0, filename="", compresslevel=GZIP_LEVEL) as stream:
-                _write_single_file(nifti, stream)
+                _write_single_file(nifti, slices, dtype, stream)
         else:
-            _write_single_file(nifti, handle)
+            _write_single_file(nifti, slices, dtype, handle)
     return path
 
 
-def _write_single_file(nifti: nib.Nifti1Image, stream) -> None:
-    """Header, extension flag and voxels (slab by slab) of a single-file NIfTI into an open stream."""
-    nifti.to_file_map({"image": nib.FileHolder(fileobj=stream)})
+def _write_single_file(nifti: nib.Nifti1Image, slices: Sequence[np.ndarray], dtype: np.dtype, stream) -> None:
+    """Header, extension flag and voxels (slice by slice) of a single-file NIfTI into an open stream.
+
+    A (Y, X) slice in C order is NIfTI's (i, j) plane in its on-disk (Fortran)
+    order, so the slices are written as they are, k after k.
+    """
+    nifti.update_header()
+    header = nifti.header
+    header.set_slope_inter(1.0, 0.0)  # unscaled, as nibabel writes same-dtype voxels
+    header.write_to(stream)
+    stream.write(b"\0" * (int(header.get_data_offset()) - stream.tell()))
+    for plane in slices:
+        stream.write(np.ascontiguousarray(plane, dtype=dtype.newbyteorder(header.endianness)).tobytes())

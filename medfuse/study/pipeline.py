@@ -7,15 +7,26 @@ Stages, each timed and reported, each failing with its own exit code
 2. **select** (3) -- choose the fixed (anatomical) and moving series;
 3. **read** (3) -- read them as volumes;
 4. **register** (4) -- register each moving volume to the fixed one (skipped
-   when they share a FrameOfReferenceUID) and resample it onto the fixed grid,
-   keeping its coverage mask;
-5. **map** (2) -- map every volume to [0, 1] (:func:`medfuse.volume.intensity.map_to_unit`);
-6. **fuse** (5) -- slice-wise fusion on Dask (:func:`medfuse.volume.dispatch.fuse_volume`);
+   when they share a FrameOfReferenceUID);
+5. **map** (2) -- choose each volume's mapping to [0, 1] from its own voxels
+   (:func:`medfuse.volume.intensity.choose_mapping`), then resample the moving
+   volumes onto the fixed grid with their coverage masks, map, and write
+   everything to scratch files beside the output, slab by slab
+   (:func:`medfuse.volume.staging.stage_on_grid`); the input pixels are
+   released here;
+6. **fuse** (5) -- slice-wise fusion on Dask from and to those files
+   (:func:`medfuse.volume.dispatch.fuse_staged`);
    with ``colour_series``, a second fusion on the functional volume's palette luma
    (stage **colour**, :mod:`medfuse.study.colour`);
 7. **write** (6) -- the DICOM series and/or NIfTI file, the provenance sidecar
    ``provenance.json``, the registration transforms and, with ``report``, the
    QC page ``report.html``.
+
+**Memory.** No volume on the fixed grid is held whole in memory: sources,
+coverage masks and the fused volume live in a hidden scratch folder beside
+``out_dir`` (``.<name>.fusion-*``, about 9 bytes per fixed voxel per source;
+removed at the end, also on failure), read and written slab by slab; the
+writers read the fused volume one slice at a time.
 
 **Atomic output.** Everything is written into a hidden folder beside
 ``out_dir`` (``.<name>.partial-*``) that is renamed to ``out_dir`` only when
@@ -71,10 +82,11 @@ from medfuse.io.select import describe_candidates, find_series, select_series
 from medfuse.io.volumes import load_volume
 from medfuse.study.colour import Palette, functional_source, rgb_slices
 from medfuse.study.progress import Progress
-from medfuse.volume.dispatch import SALIENCY_SCOPES, fuse_volume
-from medfuse.volume.intensity import map_to_unit
+from medfuse.volume.dispatch import SALIENCY_SCOPES, fuse_staged, fuse_volume
+from medfuse.volume.intensity import choose_mapping
 from medfuse.volume.model import Volume
-from medfuse.volume.registration import RegistrationConfig, register, resample_onto, write_transform
+from medfuse.volume.registration import RegistrationConfig, register, write_transform
+from medfuse.volume.staging import stage_on_grid
 
 __all__ = ["FORMATS", "StudyOptions", "StudyResult", "fuse_study", "fuse_volumes"]
 
@@ -314,63 +326,53 @@ class _Run:
         options = self.options
         functional = functional_source([v.modality for v in volumes]) if options.colour_series else None
         fixed = volumes[0]
-        registrations, on_grid, masks = [], [fixed], [None]
+        registrations = []
         with self.stage("register", total=len(volumes) - 1) as advance:
             for index in range(1, len(volumes)):
-                moving = volumes[index]
-                result = register(fixed, moving, options.registration)
-                moved, coverage = resample_onto(fixed, moving, result.transform)
-                registrations.append(result)
-                on_grid.append(moved)
-                masks.append(sitk.GetArrayFromImage(coverage).astype(bool))
-                # Only the moving volume's geometry is needed from here on (citations): drop its pixels.
-                volumes[index] = _geometry_only_volume(moving)
+                registrations.append(register(fixed, volumes[index], options.registration))
                 advance(1, len(volumes) - 1)
-            del moving, moved, coverage  # on_grid and masks hold what is still needed
-        volumes[0] = _geometry_only_volume(fixed)
-        del fixed  # on_grid[0] is now the only holder of the fixed pixels
-        with self.stage("map"):
-            arrays, mappings = [], []
-            while on_grid:  # release each resampled volume once mapped: bounded memory
-                volume = on_grid.pop(0)
-                unit, mapping = map_to_unit(volume, window=options.window if volume.modality == "CT" else None)
-                arrays.append(unit)
-                mappings.append(mapping)
-                del volume, unit
-        z = arrays[0].shape[0]
-        with self.stage("fuse", total=z) as advance:
-            fused = fuse_volume(arrays, masks, options.fusion, workers=options.workers, scheduler=options.scheduler,
-                                saliency_scope=options.saliency_scope, progress=advance,
-                                scratch_dir=self.out_dir.parent)
-        colour = None
-        if functional is not None:
-            with self.stage("colour", total=z) as advance:
-                palette = Palette.hot_iron()
-                indices = palette.indices(arrays[functional])
-                lumas = list(arrays)
-                lumas[functional] = palette.luma(indices)
-                fused_luma = fuse_volume(lumas, masks, options.fusion, workers=options.workers,
-                                         scheduler=options.scheduler, saliency_scope=options.saliency_scope,
-                                         progress=advance, scratch_dir=self.out_dir.parent)
-                del lumas
-                colour = (fused_luma, indices, palette, functional)
-        if not options.report:  # only the report needs the sources from here on
-            arrays.clear()
-            masks.clear()
-        with self.stage("write"):
-            # The fused volume as an image on the fixed grid (for NIfTI), read by the writers through a
-            # view of its buffer: one copy of the fused volume from here on, not two.
-            fused_image = sitk.GetImageFromArray(fused)
-            fused_image.CopyInformation(volumes[0].image)
-            del fused
-            result = self._write(volumes, arrays, masks, fused_image, registrations, mappings, inputs, colour)
+        self.out_dir.parent.mkdir(parents=True, exist_ok=True)
+        scratch = Path(tempfile.mkdtemp(prefix=f".{self.out_dir.name}.fusion-", dir=self.out_dir.parent))
+        try:
+            with self.stage("map"):
+                # Moving volumes are mapped by their own voxels (not the resampled ones, which would need
+                # the whole volume on the fixed grid in memory), then resampled, mapped and written to the
+                # scratch files slab by slab: from here on no volume is held whole in memory.
+                mappings = [choose_mapping(v, window=options.window if v.modality == "CT" else None)
+                            for v in volumes]
+                staged = stage_on_grid(scratch, fixed, [(v, r.transform) for v, r in zip(volumes[1:], registrations)],
+                                       mappings)
+                # Only geometry and references from here on; in place, as the caller's list holds the pixels too.
+                volumes[:] = [_geometry_only_volume(v) for v in volumes]
+                del fixed
+            z = staged.zyx[0]
+            with self.stage("fuse", total=z) as advance:
+                fuse_staged(staged, options.fusion, workers=options.workers, scheduler=options.scheduler,
+                            saliency_scope=options.saliency_scope, progress=advance)
+            arrays = [staged.source(k) for k in range(staged.k)]  # read-only maps of the scratch files
+            masks = [None] + [staged.cover(k) for k in range(1, staged.k)]
+            colour = None
+            if functional is not None:
+                with self.stage("colour", total=z) as advance:
+                    palette = Palette.hot_iron()
+                    indices = palette.indices(arrays[functional])
+                    lumas = list(arrays)
+                    lumas[functional] = palette.luma(indices)
+                    fused_luma = fuse_volume(lumas, masks, options.fusion, workers=options.workers,
+                                             scheduler=options.scheduler, saliency_scope=options.saliency_scope,
+                                             progress=advance, scratch_dir=scratch)
+                    del lumas
+                    colour = (fused_luma, indices, palette, functional)
+            with self.stage("write"):
+                result = self._write(volumes, arrays, masks, staged, registrations, mappings, inputs, colour)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
         return dataclasses.replace(result, timings=dict(self.timings))
 
-    def _write(self, volumes, arrays, masks, fused_image, registrations, mappings, inputs, colour) -> StudyResult:
+    def _write(self, volumes, arrays, masks, staged, registrations, mappings, inputs, colour) -> StudyResult:
         options, out_dir = self.options, self.out_dir
         fixed = volumes[0]
-        fused = sitk.GetArrayViewFromImage(fused_image)  # read-only; fused_image outlives it
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        fused = staged.fused_slices()  # writers read one slice at a time from the scratch file
         staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
         try:
             provenance = self._provenance(volumes, registrations, mappings, inputs)
@@ -418,7 +420,7 @@ class _Run:
                                    "sources; fused luma + the functional source's chroma -> RGB 8 bit",
                 }
             if "nifti" in options.formats:
-                write_nifti(fused_image, staging / "fused.nii.gz")
+                write_nifti(fixed.image, staging / "fused.nii.gz", array=fused)
                 provenance["outputs"]["nifti"] = {"file": "fused.nii.gz", "values": "fused intensity in [0, 1], float32"}
             provenance["timings_s"] = dict(self.timings)  # all stages before "write"
             report_path = None
@@ -426,7 +428,7 @@ class _Run:
                 from medfuse.study.report import build_report
 
                 provenance["outputs"]["report"] = {"file": "report.html"}
-                html = build_report(arrays, masks, fused, [v.label or v.modality for v in volumes],
+                html = build_report(arrays, masks, staged.fused(), [v.label or v.modality for v in volumes],
                                     options.fusion, options.saliency_scope, provenance, fixed.image)
                 (staging / "report.html").write_text(html, encoding="utf-8")
                 report_path = out_dir / "report.html"

@@ -27,17 +27,18 @@ available core, except for small jobs (fewer than
 because starting worker processes (each importing onnxruntime and loading the
 model) costs more than it saves there (5-15 s measured on a shared 2-core
 machine, against about 3 s for the whole sample study's fusion).
-**Local workers read and write through memory-mapped files.** For a local
-cluster the sources and coverage masks are written once, as ``.npy`` files, to
-a temporary folder (in ``scratch_dir``, e.g. beside the output, else the system
-temporary folder), together with a memory-mapped output file. Each task gets
-only the folder and a block of consecutive slices (:data:`BLOCKS_PER_WORKER`
-blocks per worker), maps the files itself, fuses the block chunk by chunk and
-writes the result into the output file, so the main process, which also hosts
-the scheduler, neither sends nor receives pixels. Sending every chunk through
-the graph from the main process cost a third of the second core on a 2-core
-machine (docs/fuse-study.md). The folder is removed afterwards, also on
-failure.
+**Local workers read and write files.** fuse-study stages the sources and
+coverage masks on the fixed grid in ``.npy`` files of a scratch folder
+(:mod:`medfuse.volume.staging`) and calls :func:`fuse_staged`; for in-memory
+arrays, :func:`fuse_volume` with a local cluster first writes them to such a
+folder (in ``scratch_dir``, else the system temporary folder) while the
+workers start. Each task gets only the folder and a block of consecutive
+slices (:data:`BLOCKS_PER_WORKER` blocks per worker), reads its chunks from
+the files, fuses them and writes the result into the folder's output file,
+so the main process, which also hosts the scheduler, neither sends nor
+receives pixels. Sending every chunk through the graph from the main process
+cost a third of the second core on a 2-core machine (docs/fuse-study.md).
+:func:`fuse_volume` removes its folder afterwards, also on failure.
 
 ``scheduler="tcp://host:port"`` sends tasks to an existing dask.distributed
 scheduler instead, with the chunks' pixels in the graph (the workers may be on
@@ -83,8 +84,9 @@ from medfuse.core.config import FusionConfig
 from medfuse.core.fusion import fuse_slices
 from medfuse.core.saliency import level_histogram
 from medfuse.errors import FusionError, InputError
+from medfuse.volume.staging import StagedVolumes
 
-__all__ = ["SALIENCY_SCOPES", "default_workers", "fuse_volume", "interslice_variation"]
+__all__ = ["SALIENCY_SCOPES", "default_workers", "fuse_staged", "fuse_volume", "interslice_variation"]
 
 SALIENCY_SCOPES = ("volume", "slice")
 #: A source's slice counts as empty air below this 99.5th percentile (fusion range [0, 1]).
@@ -166,36 +168,99 @@ def fuse_volume(
     config = config or FusionConfig()
     arrays = [np.asarray(a) for a in arrays]
     masks = list(masks) if masks is not None else [None] * len(arrays)
-    _check_inputs(arrays, masks, saliency_scope, workers, chunk_slices)
+    _check_inputs(arrays, masks)
+    _check_options(saliency_scope, workers, chunk_slices)
     z = arrays[0].shape[0]
-    histograms = _volume_histograms(arrays, masks, config) if saliency_scope == "volume" else None
-    if workers is None:
-        small = len(arrays) * arrays[0].size < LOCAL_CLUSTER_MIN_VOXELS
-        workers = 1 if small and scheduler is None else default_workers()
-    if chunk_slices is None:
-        chunk_slices = min(MAX_CHUNK_SLICES, max(1, CHUNK_PIXELS // (len(arrays) * arrays[0][0].size)))
-    bounds = [(start, min(start + chunk_slices, z)) for start in range(0, z, chunk_slices)]
-    fused = np.zeros(arrays[0].shape, np.float32)
+    shape = (len(arrays), *arrays[0].shape)
+    histograms = (_volume_histograms(_array_slabs(arrays, masks), len(arrays), config)
+                  if saliency_scope == "volume" else None)
+    workers = _resolve_workers(workers, scheduler, shape)
+    bounds = _chunk_bounds(shape, chunk_slices)
 
     def chunk_args(start: int, stop: int):
-        stack = np.stack([a[start:stop] for a in arrays]).astype(np.float32, copy=False)
-        cover = np.stack([_mask_chunk(m, a, start, stop) for m, a in zip(masks, arrays)])
-        return stack, cover
+        return next(_array_slabs(arrays, masks, start, stop, slab_slices=stop - start))
+
+    if scheduler is None and workers == 1:
+        fused = np.zeros(arrays[0].shape, np.float32)
+        for start, stop in bounds:
+            fused[start:stop] = fuse_chunk(*chunk_args(start, stop), config, histograms)
+            if progress is not None:
+                progress(stop - start, z)
+        return fused
+    if scheduler is None:
+        return _fuse_arrays_on_local_cluster(arrays, masks, bounds, config, histograms, workers, progress,
+                                             scratch_dir)
+    fused = np.zeros(arrays[0].shape, np.float32)
 
     def store(start: int, stop: int, result: np.ndarray) -> None:
         fused[start:stop] = result
         if progress is not None:
             progress(stop - start, z)
 
-    if scheduler is None and workers == 1:
-        for start, stop in bounds:
-            store(start, stop, fuse_chunk(*chunk_args(start, stop), config, histograms))
-        return fused
-    if scheduler is None:
-        del fused  # the workers write into a memory-mapped output instead
-        return _run_local_memmapped(arrays, masks, bounds, config, histograms, workers, progress, scratch_dir)
     _run_distributed(bounds, chunk_args, store, config, histograms, workers, scheduler)
     return fused
+
+
+def fuse_staged(
+    staged: StagedVolumes,
+    config: FusionConfig | None = None,
+    *,
+    workers: int | None = None,
+    scheduler: str | None = None,
+    saliency_scope: str = "volume",
+    chunk_slices: int | None = None,
+    progress=None,
+) -> None:
+    """Fuse staged sources into the staged output file (fuse-study's path).
+
+    As :func:`fuse_volume`, but the sources, masks and output are the files
+    of *staged* (:mod:`medfuse.volume.staging`): nothing of the volumes is
+    held in this process's memory beyond a chunk, and local workers read and
+    write the same files. Same pixels as :func:`fuse_volume` on the same
+    arrays, whatever runs it.
+
+    Parameters
+    ----------
+    staged : StagedVolumes
+        Sources and coverage filled (e.g. by :func:`medfuse.volume.staging.stage_on_grid`);
+        the result goes to its output (:meth:`StagedVolumes.fused`).
+    config, workers, scheduler, saliency_scope, chunk_slices, progress
+        As :func:`fuse_volume`.
+
+    Raises
+    ------
+    InputError
+        Fewer than two sources, bad options.
+    FusionError
+        A task failed, or the scheduler could not be reached.
+    """
+    config = config or FusionConfig()
+    if staged.k < 2:
+        raise InputError(f"fusion needs at least two volumes, got {staged.k}")
+    _check_options(saliency_scope, workers, chunk_slices)
+    z = staged.zyx[0]
+    histograms = (_volume_histograms(_staged_slabs(staged), staged.k, config)
+                  if saliency_scope == "volume" else None)
+    workers = _resolve_workers(workers, scheduler, staged.shape)
+    bounds = _chunk_bounds(staged.shape, chunk_slices)
+
+    def store(start: int, stop: int, result: np.ndarray) -> None:
+        staged.write_fused(start, result)
+        if progress is not None:
+            progress(stop - start, z)
+
+    if scheduler is None and workers == 1:
+        for start, stop in bounds:
+            store(start, stop, fuse_chunk(*staged.read(start, stop), config, histograms))
+    elif scheduler is None:
+        cluster, client = _local_client(workers)
+        try:
+            _run_blocks(client, staged, bounds, config, histograms, workers, progress)
+        finally:
+            client.close()
+            cluster.close()
+    else:
+        _run_distributed(bounds, staged.read, store, config, histograms, workers, scheduler)
 
 
 def fuse_chunk(stack: np.ndarray, cover: np.ndarray, config: FusionConfig,
@@ -277,31 +342,52 @@ def _extractor(config: FusionConfig):
     return load_extractor(config.model, config.depth, threads=1)
 
 
-def _mask_chunk(mask, array, start, stop) -> np.ndarray:
-    if mask is None:
-        return np.ones((stop - start,) + array.shape[1:], bool)
-    return np.asarray(mask[start:stop]).astype(bool, copy=False)
+def _array_slabs(arrays, masks, start: int = 0, stop: int | None = None, slab_slices: int = 8):
+    """(K, n, Y, X) float32 sources and bool coverage of in-memory volumes, slab by slab over ``start:stop``."""
+    stop = arrays[0].shape[0] if stop is None else stop
+    for first in range(start, stop, slab_slices):
+        last = min(first + slab_slices, stop)
+        stack = np.stack([a[first:last] for a in arrays]).astype(np.float32, copy=False)
+        cover = np.stack([np.ones((last - first,) + a.shape[1:], bool) if m is None
+                          else np.asarray(m[first:last]).astype(bool, copy=False) for m, a in zip(masks, arrays)])
+        yield stack, cover
 
 
-def _volume_histograms(arrays, masks, config, slab_slices: int = 8) -> np.ndarray:
-    """(K, levels) counts of every source's covered voxels, summed over slabs of slices.
+def _staged_slabs(staged: StagedVolumes, slab_slices: int = 8):
+    for start in range(0, staged.zyx[0], slab_slices):
+        yield staged.read(start, min(start + slab_slices, staged.zyx[0]))
+
+
+def _volume_histograms(slabs, k: int, config: FusionConfig) -> np.ndarray:
+    """(K, levels) counts of every source's covered voxels, summed over *slabs* of ``(stack, cover)``.
 
     Slab by slab so the quantised levels (int64) and the masked selection never
     exist for the whole volume at once (they would be 2-3x the volume's size).
     """
-    rows = []
-    for array, mask in zip(arrays, masks):
-        counts = np.zeros(config.saliency_levels, np.int64)
-        for start in range(0, array.shape[0], slab_slices):
-            values = array[start:start + slab_slices]
-            if mask is not None:
-                values = values[np.asarray(mask[start:start + slab_slices], bool)]
-            counts += level_histogram(values, config.saliency_levels)
-        rows.append(counts)
-    return np.stack(rows)
+    counts = np.zeros((k, config.saliency_levels), np.int64)
+    for stack, cover in slabs:
+        for source in range(k):
+            counts[source] += level_histogram(stack[source][cover[source]], config.saliency_levels)
+    return counts
 
 
-def _check_inputs(arrays, masks, saliency_scope, workers, chunk_slices) -> None:
+def _resolve_workers(workers: int | None, scheduler: str | None, shape: tuple[int, ...]) -> int:
+    if workers is not None:
+        return workers
+    small = int(np.prod(shape)) < LOCAL_CLUSTER_MIN_VOXELS
+    return 1 if small and scheduler is None else default_workers()
+
+
+def _chunk_bounds(shape: tuple[int, ...], chunk_slices: int | None) -> list[tuple[int, int]]:
+    """Slice ranges of the chunks for (K, Z, Y, X) sources (see module doc: depends only on the shape)."""
+    k, z = shape[0], shape[1]
+    plane = int(np.prod(shape[2:]))
+    if chunk_slices is None:
+        chunk_slices = min(MAX_CHUNK_SLICES, max(1, CHUNK_PIXELS // (k * plane)))
+    return [(start, min(start + chunk_slices, z)) for start in range(0, z, chunk_slices)]
+
+
+def _check_inputs(arrays, masks) -> None:
     if len(arrays) < 2:
         raise InputError(f"fusion needs at least two volumes, got {len(arrays)}")
     shapes = {a.shape for a in arrays}
@@ -312,6 +398,9 @@ def _check_inputs(arrays, masks, saliency_scope, workers, chunk_slices) -> None:
     for mask in masks:
         if mask is not None and np.shape(mask) != arrays[0].shape:
             raise InputError(f"mask shape {np.shape(mask)} differs from the volumes' {arrays[0].shape}")
+
+
+def _check_options(saliency_scope, workers, chunk_slices) -> None:
     if saliency_scope not in SALIENCY_SCOPES:
         raise InputError(f"saliency scope must be one of {', '.join(SALIENCY_SCOPES)}, got {saliency_scope!r}")
     for name, value in (("workers", workers), ("chunk_slices", chunk_slices)):
@@ -364,48 +453,14 @@ def _local_client(workers: int, while_starting=None):
         raise
 
 
-def _write_inputs(folder: Path, arrays, masks) -> None:
-    """Sources (K, Z, Y, X) float32 and coverage (K, Z, Y, X) bool as .npy files, slice by slice."""
-    shape = (len(arrays),) + arrays[0].shape
-    # Checked first: a memory-mapped write that finds the disk full kills the process (SIGBUS).
-    needed = int(np.prod(shape)) * 5 + int(np.prod(shape[1:])) * 4
-    free = shutil.disk_usage(folder).free
-    if free < needed + (needed >> 3):
-        raise FusionError(f"not enough disk space in {folder.parent} for the fusion's temporary files: "
-                          f"{needed / 2**20:.0f} MB needed, {free / 2**20:.0f} MB free")
-    try:
-        _fill_inputs(folder, arrays, masks, shape)
-    except OSError as exc:  # e.g. a full disk
-        raise FusionError(f"could not write the temporary fusion files in {folder}: {exc}") from exc
-
-
-def _fill_inputs(folder: Path, arrays, masks, shape) -> None:
-    # Written with plain file writes, slice by slice, not through a mapping: mapped pages would count in
-    # this process's resident memory (one end-to-end run of the 512 x 512 x 200 pair: 1312 vs 1193 MB peak).
-    from numpy.lib.format import dtype_to_descr, open_memmap, write_array_header_1_0
-
-    for name, dtype, slices in (
-        ("sources.npy", np.float32, (array[z] for array in arrays for z in range(shape[1]))),
-        ("cover.npy", bool, (np.ones(shape[2:], bool) if mask is None else mask[z]
-                             for mask in masks for z in range(shape[1]))),
-    ):
-        with open(folder / name, "wb") as file:
-            write_array_header_1_0(file, {"descr": dtype_to_descr(np.dtype(dtype)), "fortran_order": False,
-                                          "shape": shape})
-            for plane in slices:
-                np.ascontiguousarray(plane, dtype).tofile(file)
-    open_memmap(folder / "fused.npy", "w+", np.float32, shape[1:])  # the output file: header, zeros implicit
-
-
 def fuse_block(folder: str, chunks: Sequence[tuple[int, int]], config: FusionConfig,
                histograms: np.ndarray | None) -> int:
-    """Fuse chunks of the memory-mapped sources in *folder* into its output file (a local worker's task).
+    """Fuse chunks of the staged sources in *folder* into its output file (a local worker's task).
 
     Parameters
     ----------
     folder : str
-        Holds ``sources.npy`` (K, Z, Y, X) float32, ``cover.npy`` (K, Z, Y, X)
-        bool and ``fused.npy`` (Z, Y, X) float32, as written by the dispatcher.
+        A staging folder (:class:`medfuse.volume.staging.StagedVolumes`).
     chunks : sequence of (start, stop)
         Slice ranges, each fused with :func:`fuse_chunk` as one batch.
     config, histograms
@@ -416,43 +471,34 @@ def fuse_block(folder: str, chunks: Sequence[tuple[int, int]], config: FusionCon
     int
         The number of slices written.
     """
-    sources = np.load(os.path.join(folder, "sources.npy"), mmap_mode="r")
-    cover = np.load(os.path.join(folder, "cover.npy"), mmap_mode="r")
-    fused = np.load(os.path.join(folder, "fused.npy"), mmap_mode="r+")
+    staged = StagedVolumes.open(folder)
     done = 0
     for start, stop in chunks:
-        fused[start:stop] = fuse_chunk(np.asarray(sources[:, start:stop]), np.asarray(cover[:, start:stop]),
-                                       config, histograms)
+        staged.write_fused(start, fuse_chunk(*staged.read(start, stop), config, histograms))
         done += stop - start
     return done
 
 
-def _run_local_memmapped(arrays, masks, bounds, config, histograms, workers, progress, scratch_dir) -> np.ndarray:
-    """Fuse on a local cluster whose workers read and write memory-mapped files (see module doc)."""
-    from dask.distributed import as_completed
-
+def _fuse_arrays_on_local_cluster(arrays, masks, bounds, config, histograms, workers, progress,
+                                  scratch_dir) -> np.ndarray:
+    """Stage in-memory arrays to a temporary folder (while the workers start), fuse there, map the result."""
     parent = scratch_dir if scratch_dir is not None and os.path.isdir(scratch_dir) else None
     folder = Path(tempfile.mkdtemp(prefix=".medfuse-fuse-", dir=parent))
     cluster = client = None
     try:
-        cluster, client = _local_client(workers, lambda: _write_inputs(folder, arrays, masks))
-        per_block = -(-len(bounds) // (BLOCKS_PER_WORKER * workers))
-        blocks = [bounds[i:i + per_block] for i in range(0, len(bounds), per_block)]
-        futures = client.map(fuse_block, [str(folder)] * len(blocks), blocks, config=config,
-                             histograms=histograms, pure=False)
-        where = {future.key: block for future, block in zip(futures, blocks)}
-        total = arrays[0].shape[0]
-        for future in as_completed(futures):
-            block = where[future.key]
-            try:
-                done = future.result()
-            except Exception as exc:  # a worker-side failure, reported with its reason
-                raise FusionError(f"fusion of slices {block[0][0]}-{block[-1][1] - 1} failed: "
-                                  f"{' '.join(str(exc).split()) or type(exc).__name__}") from exc
-            if progress is not None:
-                progress(done, total)
-        # Returned as a copy-on-write mapping of the output file rather than read into memory (saves a
-        # copy and the time to make it); the mapping stays valid after the folder is removed below.
+        staged = StagedVolumes.create(folder, len(arrays), arrays[0].shape)
+
+        def write_inputs() -> None:
+            for start, stop in bounds:
+                stack, cover = next(_array_slabs(arrays, masks, start, stop, slab_slices=stop - start))
+                for k in range(len(arrays)):
+                    staged.write_source(k, start, stack[k])
+                    staged.write_cover(k, start, cover[k])
+
+        cluster, client = _local_client(workers, write_inputs)
+        _run_blocks(client, staged, bounds, config, histograms, workers, progress)
+        # A copy-on-write mapping of the output file rather than a read into memory (saves a copy and
+        # the time to make it); the mapping stays valid after the folder is removed below.
         return np.asarray(np.load(folder / "fused.npy", mmap_mode="c"))
     finally:
         if client is not None:
@@ -460,6 +506,26 @@ def _run_local_memmapped(arrays, masks, bounds, config, histograms, workers, pro
         if cluster is not None:
             cluster.close()
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def _run_blocks(client, staged: StagedVolumes, bounds, config, histograms, workers, progress) -> None:
+    """Hand blocks of chunks of a staging folder to local workers (see module doc); wait for all."""
+    from dask.distributed import as_completed
+
+    per_block = -(-len(bounds) // (BLOCKS_PER_WORKER * workers))
+    blocks = [bounds[i:i + per_block] for i in range(0, len(bounds), per_block)]
+    futures = client.map(fuse_block, [str(staged.folder)] * len(blocks), blocks, config=config,
+                         histograms=histograms, pure=False)
+    where = {future.key: block for future, block in zip(futures, blocks)}
+    for future in as_completed(futures):
+        block = where[future.key]
+        try:
+            done = future.result()
+        except Exception as exc:  # a worker-side failure, reported with its reason
+            raise FusionError(f"fusion of slices {block[0][0]}-{block[-1][1] - 1} failed: "
+                              f"{' '.join(str(exc).split()) or type(exc).__name__}") from exc
+        if progress is not None:
+            progress(done, staged.zyx[0])
 
 
 def _run_distributed(bounds, chunk_args, store, config, histograms, workers, scheduler) -> None:

@@ -19,12 +19,11 @@ Values outside the range are clipped; NaN maps to 0 so the output is
 always inside [0, 1]. :meth:`IntensityMapping.inverse`
 maps [0, 1] back to scanner units (clipped values stay at the range ends).
 
-Memory: :func:`map_to_unit` allocates the float32 output once and uses it
-first as the scratch buffer for the exact percentiles (the finite voxels
-are copied into it and partitioned in place), then fills it with the
-mapped values. Everything else works on slabs of :data:`SLAB_VOXELS`
-voxels, so the extra memory is the output plus a few slabs, whatever the
-input's dtype.
+Memory: the exact percentiles are found by histogram refinement in a few
+slab-wise passes (:func:`_order_statistics`), and everything else works on
+slabs of :data:`SLAB_VOXELS` voxels, so :func:`choose_mapping` needs a few
+slabs and :func:`map_to_unit` the output plus a few slabs, whatever the
+input's size and dtype.
 """
 
 from __future__ import annotations
@@ -176,10 +175,39 @@ def map_to_unit(
 
     Notes
     -----
-    Percentiles are exact (NumPy's linear interpolation over all finite
-    voxels, as float32). The output array doubles as their scratch buffer,
-    so the peak extra memory is about the output's size (4 bytes/voxel).
+    Percentiles are exact: NumPy's "linear" definition (interpolation
+    between the two nearest order statistics of all finite voxels, as
+    float32, computed in float64).
     """
+    values, modality, extra = _values_and_facts(volume_or_array, modality)
+    out = np.empty(values.shape, dtype=np.float32)
+    mapping = _choose_mapping(values, modality, window, percentiles, suv_range, extra)
+    return mapping.apply(values, out=out), mapping
+
+
+def choose_mapping(
+    volume_or_array: Volume | np.ndarray,
+    modality: str | None = None,
+    *,
+    window: str | tuple[float, float] | None = None,
+    percentiles: tuple[float, float] = DEFAULT_PERCENTILES,
+    suv_range: tuple[float, float] | None = DEFAULT_SUV_RANGE,
+) -> IntensityMapping:
+    """The mapping :func:`map_to_unit` would apply, without applying it.
+
+    For callers that map a volume piece by piece (e.g. slab by slab as it is
+    resampled). Parameters as :func:`map_to_unit`. Needs no memory beyond a
+    few slabs, also for percentiles.
+
+    Returns
+    -------
+    IntensityMapping
+    """
+    values, modality, extra = _values_and_facts(volume_or_array, modality)
+    return _choose_mapping(values, modality, window, percentiles, suv_range, extra)
+
+
+def _values_and_facts(volume_or_array, modality):
     if isinstance(volume_or_array, Volume):
         values = sitk.GetArrayViewFromImage(volume_or_array.image)
         modality = modality if modality is not None else volume_or_array.modality
@@ -187,13 +215,10 @@ def map_to_unit(
     else:
         values = np.asarray(volume_or_array)
         extra = None
-    modality = (modality or "").upper()
-    out = np.empty(values.shape, dtype=np.float32)
-    mapping = _choose_mapping(values, modality, window, percentiles, suv_range, extra, out)
-    return mapping.apply(values, out=out), mapping
+    return values, (modality or "").upper(), extra
 
 
-def _choose_mapping(values, modality, window, percentiles, suv_range, extra, scratch) -> IntensityMapping:
+def _choose_mapping(values, modality, window, percentiles, suv_range, extra) -> IntensityMapping:
     if modality == "CT" and window is None:
         window = DEFAULT_CT_WINDOW
     if window is not None:
@@ -210,37 +235,112 @@ def _choose_mapping(values, modality, window, percentiles, suv_range, extra, scr
                 modality, "suv", lo / factor, hi / factor,
                 {"suv_range": [lo, hi], "suv_factor": factor, "suv_type": "SUVbw"},
             )
-        mapping = _percentile_mapping(values, modality, percentiles, scratch)
+        mapping = _percentile_mapping(values, modality, percentiles)
         return IntensityMapping(mapping.modality, mapping.method, mapping.low, mapping.high,
                                 {**mapping.details, "suv_not_used": why_not})
-    return _percentile_mapping(values, modality, percentiles, scratch)
+    return _percentile_mapping(values, modality, percentiles)
 
 
-def _percentile_mapping(values, modality, percentiles, scratch) -> IntensityMapping:
-    """Exact percentiles of the finite voxels (as float32), partitioned in *scratch* (float32, values' size)."""
+def _percentile_mapping(values, modality, percentiles) -> IntensityMapping:
+    """Exact percentiles of the finite voxels (as float32), NumPy's "linear" definition.
+
+    The order statistics are found by :func:`_order_statistics` in a few
+    slab-wise passes, without a copy of the volume.
+    """
     p_lo, p_hi = (float(p) for p in percentiles)
     if not 0.0 <= p_lo < p_hi <= 100.0:
         raise InputError(f"percentiles {percentiles}: need 0 <= low < high <= 100")
-    finite = _gather_finite(np.asarray(values), scratch.reshape(-1))
-    if finite.size == 0:
+    values = np.asarray(values)
+    count, smallest, largest = _finite_extent(values)
+    if count == 0:
         raise InputError("volume has no finite voxel")
-    low, high = (float(v) for v in np.percentile(finite, [p_lo, p_hi], overwrite_input=True))
+    positions = [(count - 1) * p / 100.0 for p in (p_lo, p_hi)]
+    ranks = sorted({r for h in positions for r in (math.floor(h), min(math.floor(h) + 1, count - 1))})
+    ordered = _order_statistics(values, ranks, smallest, largest, 0)
+    low, high = (ordered[math.floor(h)] + (ordered[min(math.floor(h) + 1, count - 1)] - ordered[math.floor(h)])
+                 * (h - math.floor(h)) for h in positions)
     if high <= low:
         # A mostly constant volume (e.g. large zero background): widen to the full range.
-        low, high = float(finite.min()), float(finite.max())
+        low, high = smallest, largest
     return IntensityMapping(modality, "percentile", low, high, {"percentiles": [p_lo, p_hi]})
 
 
-def _gather_finite(values: np.ndarray, scratch: np.ndarray) -> np.ndarray:
-    """The finite float32 values of *values*, copied slab by slab to the start of 1-D *scratch*; returns that prefix."""
-    flat, count = values.reshape(-1), 0
-    for start in range(0, flat.size, SLAB_VOXELS):
-        slab = flat[start:start + SLAB_VOXELS].astype(np.float32, copy=False)
+#: Histogram bins per refinement step of :func:`_order_statistics`.
+SELECT_BINS = 4096
+#: At most this many candidate values are gathered into memory for the final selection.
+SELECT_GATHER_LIMIT = 1 << 20
+#: Voxels per slab of the selection passes (their temporaries are a few times this, in 4-byte values).
+SELECT_SLAB_VOXELS = 1 << 18
+
+
+def _finite_slabs(values: np.ndarray):
+    """The finite voxels of *values* as float32, in 1-D slabs of at most :data:`SELECT_SLAB_VOXELS`."""
+    flat = values.reshape(-1)
+    for start in range(0, flat.size, SELECT_SLAB_VOXELS):
+        slab = flat[start:start + SELECT_SLAB_VOXELS].astype(np.float32, copy=False)
         finite = np.isfinite(slab)
-        kept = int(np.count_nonzero(finite))
-        scratch[count:count + kept] = slab if kept == slab.size else slab[finite]
-        count += kept
-    return scratch[:count]
+        yield slab if finite.all() else slab[finite]
+
+
+def _finite_extent(values: np.ndarray) -> tuple[int, float, float]:
+    """(count, min, max) of the finite voxels; (0, nan, nan) when there are none."""
+    count, smallest, largest = 0, math.inf, -math.inf
+    for slab in _finite_slabs(values):
+        if slab.size:
+            count += slab.size
+            smallest, largest = min(smallest, float(slab.min())), max(largest, float(slab.max()))
+    return (count, smallest, largest) if count else (0, math.nan, math.nan)
+
+
+def _order_statistics(values: np.ndarray, ranks: list[int], low: float, high: float, below: int) -> dict[int, float]:
+    """The finite values of 0-based *ranks* in sorted order, all known to lie in [low, high].
+
+    *below* finite values are smaller than *low*. Exact selection by histogram
+    refinement: one pass counts the candidates in :data:`SELECT_BINS` bins of
+    [low, high]; a bin holding a wanted rank is either gathered (at most
+    :data:`SELECT_GATHER_LIMIT` values) and partitioned, or narrowed to the
+    exact range of its values and refined again. A bin's values are exactly
+    those in that range, because the bin index is monotonic in the value.
+    Memory: a few slabs plus the gathered values, never a copy of the volume.
+    """
+    if low == high:
+        return {rank: low for rank in ranks}
+    scale = SELECT_BINS / (high - low)
+
+    def in_range(slab):
+        return slab[(slab >= low) & (slab <= high)]
+
+    def bin_of(inside):
+        # float32 arithmetic is enough: rounding is monotonic, so the bin index is monotonic in the value.
+        position = inside - np.float32(low)
+        position *= np.float32(scale)
+        index = position.astype(np.int32)
+        return np.minimum(index, SELECT_BINS - 1, out=index)
+
+    counts = np.zeros(SELECT_BINS, np.int64)
+    for slab in _finite_slabs(values):
+        counts += np.bincount(bin_of(in_range(slab)), minlength=SELECT_BINS)
+    if counts.sum() <= SELECT_GATHER_LIMIT:
+        gathered = np.concatenate([in_range(slab) for slab in _finite_slabs(values)])
+        relative = [rank - below for rank in ranks]
+        ordered = np.partition(gathered, relative)
+        return {rank: float(ordered[r]) for rank, r in zip(ranks, relative)}
+    cumulative = np.cumsum(counts)
+    wanted: dict[int, list[int]] = {}
+    for rank in ranks:
+        wanted.setdefault(int(np.searchsorted(cumulative, rank - below, side="right")), []).append(rank)
+    bins = np.array(sorted(wanted))
+    extent = {b: [math.inf, -math.inf] for b in wanted}
+    for slab in _finite_slabs(values):
+        inside = in_range(slab)
+        which = bin_of(inside)
+        for b in bins[np.isin(bins, which)]:
+            members = inside[which == b]
+            extent[int(b)] = [min(extent[int(b)][0], float(members.min())), max(extent[int(b)][1], float(members.max()))]
+    found = {}
+    for b, bin_ranks in wanted.items():
+        found.update(_order_statistics(values, bin_ranks, *extent[b], below + (int(cumulative[b - 1]) if b else 0)))
+    return found
 
 
 def suv_factor(extra: dict | None) -> tuple[float | None, str]:

@@ -28,6 +28,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from medfuse.errors import InputError
+from medfuse.volume.model import as_float32
 
 
 @dataclass(frozen=True)
@@ -117,7 +118,7 @@ def foreground_mask(image: sitk.Image, config: MaskConfig | None = None) -> sitk
         If the image is constant, or nothing is brighter than the threshold.
     """
     config = config or MaskConfig()
-    work = _coarse_copy(sitk.Cast(image, sitk.sitkFloat32), config.working_spacing_mm)
+    work = _coarse_copy(as_float32(image), config.working_spacing_mm)
     values = sitk.GetArrayViewFromImage(work)
     # Padding (CT -3024 outside the reconstruction circle, zeros around a
     # resampled MR) is not air: leave the image minimum out of the statistics.
@@ -126,7 +127,9 @@ def foreground_mask(image: sitk.Image, config: MaskConfig | None = None) -> sitk
     if content.size == 0:
         raise InputError("cannot compute a foreground mask: the image is constant")
     threshold = _background_threshold(content, config)
+    del content, values  # freed before the morphology's own peak
     above = sitk.Cast(work > threshold, sitk.sitkUInt8)
+    del work
     joined = _morphology(above, sitk.BinaryDilate, config.closing_radius_mm)
     filled = sitk.BinaryFillhole(joined, fullyConnected=False, foregroundValue=1)
     solid = _morphology(filled, sitk.BinaryErode, config.closing_radius_mm)
@@ -147,12 +150,15 @@ def _background_threshold(content: np.ndarray, config: MaskConfig) -> float:
     """The intensity separating background from the object: the lowest multi-class Otsu threshold.
 
     *content* is the (N,) array of non-padding intensities; the histogram is
-    taken of them alone (a (1, 1, N) image), so padding never counts.
+    taken of them alone (a (1, 1, N) image), so padding never counts. It is a
+    scratch copy, reordered and clipped in place (a histogram ignores order):
+    two fewer copies of it at the stage's memory peak.
     """
-    low, high = np.percentile(content, config.clip_percentiles)
+    content = content.astype(np.float32, copy=False)
+    low, high = np.percentile(content, config.clip_percentiles, overwrite_input=True)
     if not high > low:
         low, high = float(content.min()), float(content.max())
-    clipped = np.clip(content, low, high).astype(np.float32).reshape(1, 1, -1)
+    clipped = np.clip(content, low, high, out=content).reshape(1, 1, -1)
     otsu = sitk.OtsuMultipleThresholdsImageFilter()
     otsu.SetNumberOfThresholds(config.threshold_classes - 1)
     otsu.SetNumberOfHistogramBins(config.histogram_bins)
@@ -185,8 +191,13 @@ def _morphology(binary: sitk.Image, operation, radius_mm: float) -> sitk.Image:
 
 
 def _largest_component(binary: sitk.Image) -> sitk.Image | None:
-    components = sitk.RelabelComponent(sitk.ConnectedComponent(binary), sortByObjectSize=True)
-    largest = sitk.Cast(components == 1, sitk.sitkUInt8)
-    if not np.any(sitk.GetArrayViewFromImage(largest)):
+    components = sitk.ConnectedComponent(binary)
+    shapes = sitk.LabelShapeStatisticsImageFilter()
+    shapes.Execute(components)
+    labels = shapes.GetLabels()
+    if not labels:
         return None
-    return largest
+    # The largest; among equal sizes the first label, as RelabelComponent would rank them (without its
+    # second full-size label image).
+    largest = max(labels, key=lambda label: (shapes.GetNumberOfPixels(label), -label))
+    return sitk.Cast(components == largest, sitk.sitkUInt8)

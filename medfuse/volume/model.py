@@ -101,3 +101,12 @@ class Volume:
     def shape_zyx(self) -> tuple[int, int, int]:
         x, y, z = self.image.GetSize()
         return (z, y, x)
+
+
+def as_float32(image: sitk.Image) -> sitk.Image:
+    """*image* itself when its pixel type is float32, else a float32 copy.
+
+    ``sitk.Cast`` copies even when the type already matches; a 512 x 512 x 200
+    volume is 200 MB per needless copy.
+    """
+    return image if image.GetPixelID() == sitk.sitkFloat32 else sitk.Cast(image, sitk.sitkFloat32)

@@ -43,7 +43,7 @@ import SimpleITK as sitk
 from medfuse.atomic import atomic_output
 from medfuse.errors import InputError, RegistrationError
 from medfuse.volume.masks import MaskConfig, foreground_mask
-from medfuse.volume.model import Volume
+from medfuse.volume.model import Volume, as_float32
 
 INITIALIZATIONS = ("auto", "geometry", "moments", "none")
 INTERPOLATORS = {
@@ -499,7 +499,7 @@ def resample_onto(
     """
     if interpolation not in INTERPOLATORS:
         raise InputError(f"interpolation must be one of {tuple(INTERPOLATORS)}, got {interpolation!r}")
-    moving_image = sitk.Cast(moving.image, sitk.sitkFloat32)
+    moving_image = as_float32(moving.image)
     if default_value is None:
         default_value = float(np.min(sitk.GetArrayViewFromImage(moving_image)))
     if _same_grid(fixed.image, moving_image) and _is_identity(transform):
@@ -516,6 +516,68 @@ def resample_onto(
         coverage = coverage_mask(fixed.image, moving_image, transform)
     label = f"{moving.label or 'moving'} on the grid of {fixed.label or 'fixed'}"
     return Volume(image=moved, modality=moving.modality, references=moving.references, source=moving.source, label=label), coverage
+
+
+def resample_slabs(
+    fixed_image: sitk.Image,
+    moving: Volume,
+    transform: sitk.Transform,
+    slab_slices: int,
+    *,
+    interpolation: str = "linear",
+    default_value: float | None = None,
+):
+    """:func:`resample_onto`, a slab of fixed slices at a time, as arrays.
+
+    Each slab is resampled onto its own part of the fixed grid (same spacing
+    and direction, origin at its first slice), so the moving volume on the
+    fixed grid never exists whole in memory. The voxels are those of
+    :func:`resample_onto` (tested equal).
+
+    Parameters
+    ----------
+    fixed_image : SimpleITK.Image
+        The fixed grid (its pixels are not used).
+    moving : Volume
+    transform : SimpleITK.Transform
+        Fixed-to-moving, as :func:`register` returns it.
+    slab_slices : int
+        Fixed slices per slab.
+    interpolation, default_value
+        As :func:`resample_onto`.
+
+    Yields
+    ------
+    start, stop : int
+        The slab's fixed slice range.
+    values : ndarray (stop - start, Y, X) float32
+    coverage : ndarray (stop - start, Y, X) bool
+        Where the moving image has data.
+    """
+    if interpolation not in INTERPOLATORS:
+        raise InputError(f"interpolation must be one of {tuple(INTERPOLATORS)}, got {interpolation!r}")
+    moving_image = as_float32(moving.image)
+    if default_value is None:
+        default_value = float(np.min(sitk.GetArrayViewFromImage(moving_image)))
+    nx, ny, nz = fixed_image.GetSize()
+    unmoved = _same_grid(fixed_image, moving_image) and _is_identity(transform)
+    ones = None
+    if not unmoved:
+        ones = sitk.Image(moving_image.GetSize(), sitk.sitkUInt8) + 1
+        ones.CopyInformation(moving_image)
+    for start in range(0, nz, slab_slices):
+        stop = min(start + slab_slices, nz)
+        if unmoved:  # as resample_onto: the voxels as they are
+            values = sitk.GetArrayViewFromImage(moving_image)[start:stop].copy()
+            yield start, stop, values, np.ones(values.shape, bool)
+            continue
+        size, origin = (nx, ny, stop - start), fixed_image.TransformIndexToPhysicalPoint((0, 0, start))
+        spacing, direction = fixed_image.GetSpacing(), fixed_image.GetDirection()
+        values = sitk.Resample(moving_image, size, transform, INTERPOLATORS[interpolation], origin, spacing,
+                               direction, float(default_value), sitk.sitkFloat32)
+        coverage = sitk.Resample(ones, size, transform, sitk.sitkNearestNeighbor, origin, spacing, direction,
+                                 0, sitk.sitkUInt8)
+        yield start, stop, sitk.GetArrayFromImage(values), sitk.GetArrayViewFromImage(coverage).astype(bool)
 
 
 def _same_grid(a: sitk.Image, b: sitk.Image, tolerance: float = 1e-6) -> bool:
@@ -728,7 +790,7 @@ def _checked_image(volume: Volume, role: str, config: RegistrationConfig) -> sit
             f"{role} image of size {'x'.join(map(str, size))} is not a 3-D volume "
             f"(needs at least {config.min_voxels_per_axis} voxels along every axis)"
         )
-    image = sitk.Cast(image, sitk.sitkFloat32)
+    image = as_float32(image)
     values = sitk.GetArrayViewFromImage(image)
     if not np.all(np.isfinite(values)):
         raise InputError(f"{role} volume contains NaN or infinite values")
@@ -835,7 +897,8 @@ def _mask_on(mask: sitk.Image | None, grid: sitk.Image) -> sitk.Image | None:
         return None
     if mask.GetSize() == grid.GetSize() and mask.GetSpacing() == grid.GetSpacing():
         return mask
-    fraction = sitk.Resample(sitk.Cast(mask, sitk.sitkFloat32), grid, sitk.Transform(), sitk.sitkLinear, 0.0)
+    # Interpolated straight into float32 output: no float32 copy of the full-resolution mask.
+    fraction = sitk.Resample(mask, grid, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
     return sitk.Cast(fraction > 0.5, sitk.sitkUInt8)
 
 

@@ -198,9 +198,10 @@ def write_fused_series(
 
     Parameters
     ----------
-    fused : ndarray (Z, Y, X) float32
+    fused : ndarray (Z, Y, X) float32, or a sequence of Z (Y, X) arrays
         Fused intensities in [0, 1] on *geometry*'s grid (values outside are
-        clipped). May be a memory map: slices are read one at a time.
+        clipped). Slices are read one at a time (``fused[z]``), so a memory
+        map or a sequence that reads each slice from a file is enough.
     geometry : SimpleITK.Image
         The fixed grid (origin, spacing, direction in LPS); size (X, Y, Z).
     sources : sequence of SeriesReference or None
@@ -236,19 +237,19 @@ def write_fused_series(
         (then nothing is left behind).
     """
     out_dir = Path(out_dir)
-    fused = np.asanyarray(fused)
     size_xyz = geometry.GetSize()
-    if fused.ndim != 3 or fused.shape != (size_xyz[2], size_xyz[1], size_xyz[0]):
-        raise WriteError(f"fused array shape {fused.shape} does not match the fixed grid (z, y, x) = "
+    shape = (len(fused), *np.shape(fused[0])) if len(fused) else (0,)
+    if shape != (size_xyz[2], size_xyz[1], size_xyz[0]):
+        raise WriteError(f"fused array shape {shape} does not match the fixed grid (z, y, x) = "
                          f"{(size_xyz[2], size_xyz[1], size_xyz[0])}")
-    _check_common(out_dir, fused.shape[0], derivation_description, provenance_comment, slice_sources)
+    _check_common(out_dir, shape[0], derivation_description, provenance_comment, slice_sources)
     reference = anatomical_reference(sources)
     modalities = list(modalities) if modalities is not None else [s.modality if s else "" for s in sources]
     when = content_datetime or datetime.now()
     uid = _uid_maker(uid_entropy)
     series_uid = uid("series")
-    stride = max(1, fused.shape[0] // 64)
-    window = display_window(to_stored(fused[::stride]))
+    stride = max(1, shape[0] // 64)
+    window = display_window(to_stored(np.stack([fused[z] for z in range(0, shape[0], stride)])))
     modality = reference.modality
     template = _series_template(
         reference, sources, geometry, series_uid, when, derivation_description or (
