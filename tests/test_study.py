@@ -43,6 +43,7 @@ def run(tmp_path_factory):
 def test_outputs_are_complete_and_documented(run):
     assert sorted(p.name for p in run.out_dir.iterdir()) == [
         "dicom", "fused.nii.gz", "provenance.json", "report.html", "transforms"]
+    assert [p.name for p in run.out_dir.parent.iterdir()] == ["out"]  # scratch and staging folders are gone
     provenance = json.loads(run.provenance_path.read_text())
     assert provenance["model"]["sha256"] and len(provenance["model"]["sha256"]) == 64
     assert [i["role"] for i in provenance["inputs"]] == ["fixed", "moving"]

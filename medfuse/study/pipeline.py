@@ -24,7 +24,7 @@ Stages, each timed and reported, each failing with its own exit code
 
 **Memory.** No volume on the fixed grid is held whole in memory: sources,
 coverage masks and the fused volume live in a hidden scratch folder beside
-``out_dir`` (``.<name>.fusion-*``, about 9 bytes per fixed voxel per source;
+``out_dir`` (``.<name>.fusion-*``: 5 bytes per fixed voxel per source plus 4 for the output;
 removed at the end, also on failure), read and written slab by slab; the
 writers read the fused volume one slice at a time.
 
