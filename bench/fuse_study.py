@@ -21,13 +21,14 @@ Cases:
   sources (inside the second source's coverage), on the sample and on the large pair.
 * ``dispatch``: the fusion stage alone (``fuse_volume``) on the large pair, the MR resampled onto the CT
   grid without registration (timing only), in one fresh subprocess: 1 worker (in-process), 2 local
-  workers (memory-mapped path), and 2 local workers reached as an external scheduler (pixels sent in the
+  workers (staged-files path), and 2 local workers reached as an external scheduler (pixels sent in the
   graph from this process, which hosts the scheduler: the path every local run took before); each
   ``--repeat`` times, with the load average before each run and a check that all give identical pixels.
 
-Each pipeline run happens in a fresh subprocess so its peak RSS (``ru_maxrss`` of the process, and of
-the largest Dask worker process when there are workers) is its own. Numbers are printed as a table and
-as JSON; every ratio compares runs made in the same invocation.
+Each pipeline run happens in a fresh subprocess so its memory is its own: ``ru_maxrss`` of the main
+process, and a 20 ms psutil sampling of the main process per stage, of each child process (the Dask
+workers) and of the whole process tree. Numbers are printed as JSON as soon as known; every ratio
+compares runs made in the same invocation.
 """
 
 from __future__ import annotations
@@ -78,12 +79,49 @@ def make_large_pair(folder: Path) -> tuple[Path, Path]:
 
 
 def run_case(kind: str, inputs: list[str], workers: int, out: Path, scope: str = "volume") -> dict:
-    """One pipeline run in a fresh subprocess; returns its timings and peak RSS."""
+    """One pipeline run in a fresh subprocess; returns its timings and peak memory.
+
+    Memory is sampled every 20 ms with psutil (a dask dependency): the main process's RSS per stage,
+    each child process's peak (the Dask workers, the nannies' helpers), and the peak of the sum over
+    the whole process tree. ``ru_maxrss`` of the main process is reported too.
+    """
     code = f"""
-import json, resource, sys, time
+import json, resource, threading, time
+import psutil
 from medfuse.study.pipeline import StudyOptions, fuse_study, fuse_volumes
+from medfuse.study.progress import Progress
+
+stage, per_stage, children, tree = ["start"], {{}}, {{}}, [0.0]
+running = True
+
+def sample():
+    me = psutil.Process()
+    while running:
+        try:
+            main = me.memory_info().rss / 2**20
+            total = main
+            for child in me.children(recursive=True):
+                try:
+                    rss = child.memory_info().rss / 2**20
+                except psutil.Error:
+                    continue
+                total += rss
+                children[child.pid] = max(children.get(child.pid, 0.0), rss)
+            per_stage[stage[0]] = max(per_stage.get(stage[0], 0.0), main)
+            tree[0] = max(tree[0], total)
+        except psutil.Error:
+            pass
+        time.sleep(0.02)
+
+class StageProgress(Progress):
+    def stage(self, name, total=None):
+        stage[0] = name
+        return super().stage(name, total)
+
 if __name__ == "__main__":
-    options = StudyOptions(workers={workers}, saliency_scope={scope!r},
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    options = StudyOptions(workers={workers}, saliency_scope={scope!r}, progress=StageProgress("quiet"),
                            formats={('dicom', 'nifti') if kind == 'study' else ('nifti',)!r})
     started = time.perf_counter()
     if {kind!r} == "study":
@@ -91,17 +129,21 @@ if __name__ == "__main__":
     else:
         result = fuse_volumes({inputs!r}, {str(out)!r}, options)
     total = time.perf_counter() - started
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    workers_rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    print(json.dumps({{"timings_s": result.timings, "total_s": round(total, 2), "peak_rss_mb": round(rss),
-                      "largest_child_rss_mb": round(workers_rss)}}))
+    running = False
+    sampler.join()
+    print(json.dumps({{"timings_s": result.timings, "total_s": round(total, 2),
+                      "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+                      "main_rss_by_stage_mb": {{k: round(v) for k, v in per_stage.items()}},
+                      "child_peaks_mb": sorted(round(v) for v in children.values()),
+                      "tree_peak_mb": round(tree[0]), "load_after": [round(x, 2) for x in psutil.getloadavg()]}}))
 """
     script = out.parent / f"run_{out.name}.py"
     script.write_text(code)
+    load = os.getloadavg()[0]
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, cwd=REPO, check=False)
     if done.returncode != 0:
         raise SystemExit(f"{kind} run failed:\n{done.stderr[-3000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return {"load_before": round(load, 2), **json.loads(done.stdout.strip().splitlines()[-1])}
 
 
 def scope_consistency(fixed_path: str, moving_path: str) -> dict:
@@ -170,7 +212,7 @@ def timed(name, **kw):
 
 for _ in range(repeat):
     timed("w1_in_process", workers=1)
-    timed("w2_memmap", workers=2)
+    timed("w2_files", workers=2)
     timed("w2_graph_via_scheduler")
 print(json.dumps(results))
 """
@@ -184,7 +226,7 @@ def dispatch_case(fixed_path: str, moving_path: str, repeat: int) -> dict:
         raise SystemExit(f"dispatch run failed:\n{done.stderr[-3000:]}")
     runs = json.loads(done.stdout.strip().splitlines()[-1])
     best = {name: min(r["s"] for r in rows) for name, rows in runs.items()}
-    runs["speedup_1_to_2_memmap"] = round(best["w1_in_process"] / best["w2_memmap"], 2)
+    runs["speedup_1_to_2_files"] = round(best["w1_in_process"] / best["w2_files"], 2)
     runs["speedup_1_to_2_graph"] = round(best["w1_in_process"] / best["w2_graph_via_scheduler"], 2)
     return runs
 
@@ -196,7 +238,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="Worker counts to run (default 1 2).")
     args = parser.parse_args()
     results = _Results()
-    results["machine"] = f"{os.cpu_count()} cores (shared with other jobs while measured)"
+    results["machine"] = f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f} at the start"
     with tempfile.TemporaryDirectory(prefix="medfuse-bench-") as tmp:
         tmp = Path(tmp)
         large = None

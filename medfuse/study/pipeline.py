@@ -82,7 +82,7 @@ from medfuse.io.select import describe_candidates, find_series, select_series
 from medfuse.io.volumes import load_volume
 from medfuse.study.colour import Palette, functional_source, rgb_slices
 from medfuse.study.progress import Progress
-from medfuse.volume.dispatch import SALIENCY_SCOPES, fuse_staged, fuse_volume
+from medfuse.volume.dispatch import SALIENCY_SCOPES, fuse_staged, fuse_volume, local_workers_for
 from medfuse.volume.intensity import choose_mapping
 from medfuse.volume.model import Volume
 from medfuse.volume.registration import RegistrationConfig, register, write_transform
@@ -333,7 +333,12 @@ class _Run:
                 advance(1, len(volumes) - 1)
         self.out_dir.parent.mkdir(parents=True, exist_ok=True)
         scratch = Path(tempfile.mkdtemp(prefix=f".{self.out_dir.name}.fusion-", dir=self.out_dir.parent))
+        x, y, z = fixed.image.GetSize()
+        # Local workers (when the job uses them) start now and boot while the map stage stages the inputs.
+        workers = local_workers_for(options.workers, options.scheduler, (len(volumes), z, y, x))
         try:
+            if workers is not None:
+                workers.start()
             with self.stage("map"):
                 # Moving volumes are mapped by their own voxels (not the resampled ones, which would need
                 # the whole volume on the fixed grid in memory), then resampled, mapped and written to the
@@ -345,10 +350,9 @@ class _Run:
                 # Only geometry and references from here on; in place, as the caller's list holds the pixels too.
                 volumes[:] = [_geometry_only_volume(v) for v in volumes]
                 del fixed
-            z = staged.zyx[0]
             with self.stage("fuse", total=z) as advance:
                 fuse_staged(staged, options.fusion, workers=options.workers, scheduler=options.scheduler,
-                            saliency_scope=options.saliency_scope, progress=advance)
+                            saliency_scope=options.saliency_scope, progress=advance, local_workers=workers)
             arrays = [staged.source(k) for k in range(staged.k)]  # read-only maps of the scratch files
             masks = [None] + [staged.cover(k) for k in range(1, staged.k)]
             colour = None
@@ -360,12 +364,16 @@ class _Run:
                     lumas[functional] = palette.luma(indices)
                     fused_luma = fuse_volume(lumas, masks, options.fusion, workers=options.workers,
                                              scheduler=options.scheduler, saliency_scope=options.saliency_scope,
-                                             progress=advance, scratch_dir=scratch)
+                                             progress=advance, scratch_dir=scratch, local_workers=workers)
                     del lumas
                     colour = (fused_luma, indices, palette, functional)
+            if workers is not None:
+                workers.close()  # before writing: the workers' memory is not needed any more
             with self.stage("write"):
                 result = self._write(volumes, arrays, masks, staged, registrations, mappings, inputs, colour)
         finally:
+            if workers is not None:
+                workers.close()
             shutil.rmtree(scratch, ignore_errors=True)
         return dataclasses.replace(result, timings=dict(self.timings))
 

@@ -86,7 +86,8 @@ from medfuse.core.saliency import level_histogram
 from medfuse.errors import FusionError, InputError
 from medfuse.volume.staging import StagedVolumes
 
-__all__ = ["SALIENCY_SCOPES", "default_workers", "fuse_staged", "fuse_volume", "interslice_variation"]
+__all__ = ["SALIENCY_SCOPES", "LocalWorkers", "default_workers", "fuse_staged", "fuse_volume", "interslice_variation",
+           "local_workers_for"]
 
 SALIENCY_SCOPES = ("volume", "slice")
 #: A source's slice counts as empty air below this 99.5th percentile (fusion range [0, 1]).
@@ -124,6 +125,7 @@ def fuse_volume(
     chunk_slices: int | None = None,
     progress=None,
     scratch_dir: str | os.PathLike | None = None,
+    local_workers: LocalWorkers | None = None,
 ) -> np.ndarray:
     """Fuse K co-registered volumes slice by slice.
 
@@ -149,10 +151,13 @@ def fuse_volume(
         Called as ``progress(done_slices, total_slices)`` after each chunk
         (after each block of slices on a local cluster).
     scratch_dir : path, optional
-        Where a local cluster's temporary memory-mapped files go (a folder
-        that is created and removed inside it; default: the system temporary
-        folder, also when *scratch_dir* does not exist). Needs about the size
-        of the sources, masks and output on disk.
+        Where a local cluster's temporary files go (a staging folder that is
+        created and removed inside it, :mod:`medfuse.volume.staging`; default:
+        the system temporary folder, also when *scratch_dir* does not exist).
+        Needs about the size of the sources, masks and output on disk. The
+        result is then a copy-on-write memory map of the output file.
+    local_workers : LocalWorkers, optional
+        Already started local workers (see :func:`fuse_staged`); not closed.
 
     Returns
     -------
@@ -180,7 +185,7 @@ def fuse_volume(
     def chunk_args(start: int, stop: int):
         return next(_array_slabs(arrays, masks, start, stop, slab_slices=stop - start))
 
-    if scheduler is None and workers == 1:
+    if scheduler is None and workers == 1 and local_workers is None:
         fused = np.zeros(arrays[0].shape, np.float32)
         for start, stop in bounds:
             fused[start:stop] = fuse_chunk(*chunk_args(start, stop), config, histograms)
@@ -189,7 +194,7 @@ def fuse_volume(
         return fused
     if scheduler is None:
         return _fuse_arrays_on_local_cluster(arrays, masks, bounds, config, histograms, workers, progress,
-                                             scratch_dir)
+                                             scratch_dir, local_workers)
     fused = np.zeros(arrays[0].shape, np.float32)
 
     def store(start: int, stop: int, result: np.ndarray) -> None:
@@ -210,6 +215,7 @@ def fuse_staged(
     saliency_scope: str = "volume",
     chunk_slices: int | None = None,
     progress=None,
+    local_workers: LocalWorkers | None = None,
 ) -> None:
     """Fuse staged sources into the staged output file (fuse-study's path).
 
@@ -226,6 +232,9 @@ def fuse_staged(
         the result goes to its output (:meth:`StagedVolumes.fused`).
     config, workers, scheduler, saliency_scope, chunk_slices, progress
         As :func:`fuse_volume`.
+    local_workers : LocalWorkers, optional
+        Already started local workers to use (see :func:`local_workers_for`)
+        instead of starting a cluster here; they are not closed.
 
     Raises
     ------
@@ -239,28 +248,30 @@ def fuse_staged(
         raise InputError(f"fusion needs at least two volumes, got {staged.k}")
     _check_options(saliency_scope, workers, chunk_slices)
     z = staged.zyx[0]
-    histograms = (_volume_histograms(_staged_slabs(staged), staged.k, config)
-                  if saliency_scope == "volume" else None)
     workers = _resolve_workers(workers, scheduler, staged.shape)
     bounds = _chunk_bounds(staged.shape, chunk_slices)
+    pool = local_workers
+    if pool is None and scheduler is None and workers > 1:
+        pool = LocalWorkers(workers).start()  # closed below; starts while the histograms are counted
+    try:
+        histograms = (_volume_histograms(_staged_slabs(staged), staged.k, config)
+                      if saliency_scope == "volume" else None)
 
-    def store(start: int, stop: int, result: np.ndarray) -> None:
-        staged.write_fused(start, result)
-        if progress is not None:
-            progress(stop - start, z)
+        def store(start: int, stop: int, result: np.ndarray) -> None:
+            staged.write_fused(start, result)
+            if progress is not None:
+                progress(stop - start, z)
 
-    if scheduler is None and workers == 1:
-        for start, stop in bounds:
-            store(start, stop, fuse_chunk(*staged.read(start, stop), config, histograms))
-    elif scheduler is None:
-        cluster, client = _local_client(workers)
-        try:
-            _run_blocks(client, staged, bounds, config, histograms, workers, progress)
-        finally:
-            client.close()
-            cluster.close()
-    else:
-        _run_distributed(bounds, staged.read, store, config, histograms, workers, scheduler)
+        if scheduler is not None:
+            _run_distributed(bounds, staged.read, store, config, histograms, workers, scheduler)
+        elif pool is not None:
+            _run_blocks(pool.client(), staged, bounds, config, histograms, pool.workers, progress)
+        else:
+            for start, stop in bounds:
+                store(start, stop, fuse_chunk(*staged.read(start, stop), config, histograms))
+    finally:
+        if pool is not None and pool is not local_workers:
+            pool.close()
 
 
 def fuse_chunk(stack: np.ndarray, cover: np.ndarray, config: FusionConfig,
@@ -423,34 +434,83 @@ def _worker_environ() -> dict:
     return {key: value for key, value in environ.items() if key != "MALLOC_TRIM_THRESHOLD_"}
 
 
-def _local_client(workers: int, while_starting=None):
-    """A local cluster of *workers* one-thread worker processes, and its client.
+class LocalWorkers:
+    """A local dask.distributed cluster of one-thread worker processes, started in the background.
 
-    ``while_starting()`` (optional) runs in this process while the worker
-    processes start (they import onnxruntime and the rest: about a second).
+    ``start()`` returns at once while the worker processes import onnxruntime
+    and the rest (about a second each), so a caller can stage its inputs
+    meanwhile; :meth:`client` then waits for them. Use as a context manager
+    (closed on exit, also on failure: no worker process is left behind).
+
+    Parameters
+    ----------
+    workers : int
+        Worker processes, each with one thread (and onnxruntime with one).
     """
-    import dask
-    from dask.distributed import Client, LocalCluster
 
-    cluster = client = None
-    try:
-        with dask.config.set({"distributed.nanny.pre-spawn-environ": _worker_environ()}):
-            cluster = LocalCluster(n_workers=0, threads_per_worker=1, processes=True,
-                                   dashboard_address=None, silence_logs=40)
-            client = Client(cluster)
-            cluster.scale(workers)  # returns at once; the workers start in the background
-            if while_starting is not None:
-                while_starting()
-            client.wait_for_workers(workers, timeout=WORKER_START_TIMEOUT_S)
-        return cluster, client
-    except BaseException as exc:  # never leave worker processes behind
-        if client is not None:
-            client.close()
-        if cluster is not None:
-            cluster.close()
-        if isinstance(exc, OSError):  # includes TimeoutError
-            raise FusionError(f"could not start {workers} local Dask workers: {exc}") from exc
-        raise
+    def __init__(self, workers: int):
+        self.workers = workers
+        self._cluster = self._client = self._environ = None
+
+    def start(self) -> "LocalWorkers":
+        import dask
+        from dask.distributed import Client, LocalCluster
+
+        # The nannies read this setting when they are created, in the background after scale(): it
+        # stays set until every worker has started (client() or close() restores the previous value).
+        self._environ = dask.config.set({"distributed.nanny.pre-spawn-environ": _worker_environ()})
+        try:
+            self._cluster = LocalCluster(n_workers=0, threads_per_worker=1, processes=True,
+                                         dashboard_address=None, silence_logs=40)
+            self._client = Client(self._cluster)
+            self._cluster.scale(self.workers)  # returns at once; the workers start in the background
+        except BaseException as exc:
+            self.close()
+            if isinstance(exc, OSError):
+                raise FusionError(f"could not start {self.workers} local Dask workers: {exc}") from exc
+            raise
+        return self
+
+    def client(self):
+        """The cluster's client, once every worker has started."""
+        try:
+            self._client.wait_for_workers(self.workers, timeout=WORKER_START_TIMEOUT_S)
+        except OSError as exc:  # includes TimeoutError
+            self.close()
+            raise FusionError(f"could not start {self.workers} local Dask workers: {exc}") from exc
+        self._restore_environ()
+        return self._client
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+        if self._cluster is not None:
+            self._cluster.close()
+        self._cluster = self._client = None
+        self._restore_environ()
+
+    def _restore_environ(self) -> None:
+        if self._environ is not None:
+            self._environ.__exit__(None, None, None)
+            self._environ = None
+
+    def __enter__(self) -> "LocalWorkers":
+        return self.start()
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+
+def local_workers_for(workers: int | None, scheduler: str | None, shape: tuple[int, ...]) -> LocalWorkers | None:
+    """The local cluster :func:`fuse_staged` would start for (K, Z, Y, X) sources, not started; None in-process.
+
+    For callers that start the workers early (``with local_workers_for(...) as pool``)
+    so that their start-up overlaps other work, and hand them to :func:`fuse_staged`.
+    """
+    if scheduler is not None:
+        return None
+    workers = _resolve_workers(workers, scheduler, shape)
+    return LocalWorkers(workers) if workers > 1 else None
 
 
 def fuse_block(folder: str, chunks: Sequence[tuple[int, int]], config: FusionConfig,
@@ -480,11 +540,10 @@ def fuse_block(folder: str, chunks: Sequence[tuple[int, int]], config: FusionCon
 
 
 def _fuse_arrays_on_local_cluster(arrays, masks, bounds, config, histograms, workers, progress,
-                                  scratch_dir) -> np.ndarray:
+                                  scratch_dir, local_workers=None) -> np.ndarray:
     """Stage in-memory arrays to a temporary folder (while the workers start), fuse there, map the result."""
     parent = scratch_dir if scratch_dir is not None and os.path.isdir(scratch_dir) else None
     folder = Path(tempfile.mkdtemp(prefix=".medfuse-fuse-", dir=parent))
-    cluster = client = None
     try:
         staged = StagedVolumes.create(folder, len(arrays), arrays[0].shape)
 
@@ -495,16 +554,17 @@ def _fuse_arrays_on_local_cluster(arrays, masks, bounds, config, histograms, wor
                     staged.write_source(k, start, stack[k])
                     staged.write_cover(k, start, cover[k])
 
-        cluster, client = _local_client(workers, write_inputs)
-        _run_blocks(client, staged, bounds, config, histograms, workers, progress)
+        if local_workers is not None:
+            write_inputs()
+            _run_blocks(local_workers.client(), staged, bounds, config, histograms, local_workers.workers, progress)
+        else:
+            with LocalWorkers(workers) as pool:
+                write_inputs()  # while the workers start
+                _run_blocks(pool.client(), staged, bounds, config, histograms, workers, progress)
         # A copy-on-write mapping of the output file rather than a read into memory (saves a copy and
         # the time to make it); the mapping stays valid after the folder is removed below.
         return np.asarray(np.load(folder / "fused.npy", mmap_mode="c"))
     finally:
-        if client is not None:
-            client.close()
-        if cluster is not None:
-            cluster.close()
         shutil.rmtree(folder, ignore_errors=True)
 
 
