@@ -75,7 +75,8 @@ def test_one_and_two_local_workers_give_identical_pixels(pair, in_process, tmp_p
 
 def test_block_task_on_staged_files_equals_the_chunk_task(pair, tmp_path):
     """The local workers' task (files in, file out) writes exactly what the in-graph chunk task returns."""
-    from medfuse.volume.dispatch import fuse_block, fuse_chunk
+    from medfuse.volume.chunk_task import fuse_chunk
+    from medfuse.volume.dispatch import fuse_block
     from medfuse.volume.staging import StagedVolumes
 
     t1, synthetic = pair

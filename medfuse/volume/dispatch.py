@@ -8,8 +8,8 @@ of the output fuses slice z of every source with the core's
 
 **Chunks.** Consecutive slices are grouped into chunks of ``chunk_slices``;
 each chunk is one task and goes through the CNN in one batch. The default
-holds about :data:`CHUNK_PIXELS` source pixels per chunk (K x slices x Y x X,
-at least one slice, at most :data:`MAX_CHUNK_SLICES`): fusing a chunk needs
+holds about :data:`~medfuse.volume.chunk_task.CHUNK_PIXELS` source pixels per chunk (K x slices x Y x X,
+at least one slice, at most :data:`~medfuse.volume.chunk_task.MAX_CHUNK_SLICES`): fusing a chunk needs
 a few hundred bytes of working memory per source pixel (measured: +1.6 GB for
 8 slices of two 512 x 512 sources; a 2-slice chunk's peak is about 190 MB above
 a 1-slice chunk's), while the time per slice
@@ -53,7 +53,7 @@ with one thread.
 its mask is set (``masks[k] is None`` means everywhere). In each slice, source
 k takes part only if it covers at least one voxel there and the slice is not
 empty air, i.e. its covered voxels' 99.5th percentile reaches
-:data:`EMPTY_SLICE_LEVEL`. Then:
+:data:`~medfuse.volume.chunk_task.EMPTY_SLICE_LEVEL`. Then:
 
 * two or more sources take part: they are fused; afterwards every voxel covered
   by exactly one taking-part source takes that source's value, and voxels
@@ -81,29 +81,23 @@ from pathlib import Path
 import numpy as np
 
 from medfuse.core.config import FusionConfig
-from medfuse.core.fusion import fuse_slices
 from medfuse.core.saliency import level_histogram
 from medfuse.errors import FusionError, InputError
+from medfuse.volume.chunk_task import chunk_bounds, fuse_chunk
 from medfuse.volume.staging import StagedVolumes
 
 __all__ = ["SALIENCY_SCOPES", "LocalWorkers", "default_workers", "fuse_staged", "fuse_volume", "interslice_variation",
            "local_workers_for"]
 
 SALIENCY_SCOPES = ("volume", "slice")
-#: A source's slice counts as empty air below this 99.5th percentile (fusion range [0, 1]).
-EMPTY_SLICE_LEVEL = 0.02
 #: Below this many source voxels (K x Z x Y x X) the default runs in-process.
 LOCAL_CLUSTER_MIN_VOXELS = 20_000_000
-#: Source pixels per chunk by default (one slice of two 512 x 512 sources).
-CHUNK_PIXELS = 2 * 512 * 512
 #: Chunks submitted ahead per worker to an external scheduler (keeps workers busy while the next chunk is sent).
 IN_FLIGHT_PER_WORKER = 2
-#: Blocks of slices per local worker (memory-mapped path): few tasks, yet work left to balance at the end.
+#: Blocks of slices per local worker (staged-files path): few tasks, yet work left to balance at the end.
 BLOCKS_PER_WORKER = 4
 #: Seconds to wait for local worker processes to start.
 WORKER_START_TIMEOUT_S = 120
-#: Most slices in one default chunk.
-MAX_CHUNK_SLICES = 16
 
 
 def default_workers() -> int:
@@ -180,7 +174,7 @@ def fuse_volume(
     histograms = (_volume_histograms(_array_slabs(arrays, masks), len(arrays), config)
                   if saliency_scope == "volume" else None)
     workers = _resolve_workers(workers, scheduler, shape)
-    bounds = _chunk_bounds(shape, chunk_slices)
+    bounds = chunk_bounds(shape, chunk_slices)
 
     def chunk_args(start: int, stop: int):
         return next(_array_slabs(arrays, masks, start, stop, slab_slices=stop - start))
@@ -249,7 +243,7 @@ def fuse_staged(
     _check_options(saliency_scope, workers, chunk_slices)
     z = staged.zyx[0]
     workers = _resolve_workers(workers, scheduler, staged.shape)
-    bounds = _chunk_bounds(staged.shape, chunk_slices)
+    bounds = chunk_bounds(staged.shape, chunk_slices)
     pool = local_workers
     if pool is None and scheduler is None and workers > 1:
         pool = LocalWorkers(workers).start()  # closed below; starts while the histograms are counted
@@ -274,53 +268,6 @@ def fuse_staged(
             pool.close()
 
 
-def fuse_chunk(stack: np.ndarray, cover: np.ndarray, config: FusionConfig,
-               histograms: np.ndarray | None) -> np.ndarray:
-    """Fuse one chunk under the slices-without-data rule (the task each worker runs).
-
-    Parameters
-    ----------
-    stack : ndarray (K, n, Y, X) float32 in [0, 1]
-    cover : ndarray (K, n, Y, X) bool
-        Where each source has data.
-    config : FusionConfig
-    histograms : ndarray (K, levels) or None
-        Volume-wide histograms, or None for per-slice saliency.
-
-    Returns
-    -------
-    ndarray (n, Y, X) float32
-    """
-    k, n = stack.shape[:2]
-    taking_part = np.zeros((k, n), bool)
-    for source in range(k):
-        for index in range(n):
-            covered = stack[source, index][cover[source, index]]
-            taking_part[source, index] = covered.size > 0 and np.percentile(covered, 99.5) >= EMPTY_SLICE_LEVEL
-    out = np.zeros(stack.shape[1:], np.float32)
-    groups: dict[tuple[int, ...], list[int]] = {}
-    for index in range(n):
-        groups.setdefault(tuple(np.flatnonzero(taking_part[:, index])), []).append(index)
-    for members, slices in sorted(groups.items()):
-        if len(members) == 0:
-            continue
-        part = stack[list(members)][:, slices]
-        part_cover = cover[list(members)][:, slices]
-        if len(members) == 1:
-            out[slices] = np.where(part_cover[0], part[0], 0.0)
-            continue
-        extractor = _extractor(config)
-        hist = histograms[list(members)] if histograms is not None else None
-        result = fuse_slices(part, config, extractor, saliency_histograms=hist)
-        # Voxels that only one source covers take that source's value; none: 0.
-        count = part_cover.sum(axis=0)
-        only = np.argmax(part_cover, axis=0)
-        single = np.take_along_axis(part, only[None], axis=0)[0]
-        result = np.where(count >= 2, result, np.where(count == 1, single, 0.0))
-        out[slices] = result
-    return out
-
-
 def interslice_variation(volume: np.ndarray, mask: np.ndarray | None = None) -> float:
     """Mean absolute difference between adjacent slices (along axis 0).
 
@@ -343,14 +290,6 @@ def interslice_variation(volume: np.ndarray, mask: np.ndarray | None = None) -> 
         return float(diff.mean())
     both = mask[1:] & mask[:-1]
     return float(diff[both].mean()) if both.any() else 0.0
-
-
-def _extractor(config: FusionConfig):
-    if config.detail_rule != "cnn":
-        return None
-    from medfuse.features.registry import load_extractor  # cached per process by the registry
-
-    return load_extractor(config.model, config.depth, threads=1)
 
 
 def _array_slabs(arrays, masks, start: int = 0, stop: int | None = None, slab_slices: int = 8):
@@ -387,15 +326,6 @@ def _resolve_workers(workers: int | None, scheduler: str | None, shape: tuple[in
         return workers
     small = int(np.prod(shape)) < LOCAL_CLUSTER_MIN_VOXELS
     return 1 if small and scheduler is None else default_workers()
-
-
-def _chunk_bounds(shape: tuple[int, ...], chunk_slices: int | None) -> list[tuple[int, int]]:
-    """Slice ranges of the chunks for (K, Z, Y, X) sources (see module doc: depends only on the shape)."""
-    k, z = shape[0], shape[1]
-    plane = int(np.prod(shape[2:]))
-    if chunk_slices is None:
-        chunk_slices = min(MAX_CHUNK_SLICES, max(1, CHUNK_PIXELS // (k * plane)))
-    return [(start, min(start + chunk_slices, z)) for start in range(0, z, chunk_slices)]
 
 
 def _check_inputs(arrays, masks) -> None:
