@@ -5,7 +5,9 @@ from __future__ import annotations
 import importlib.util
 import json
 import shutil
+import signal
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -157,3 +159,33 @@ def test_selection_picks_the_larger_of_two_same_modality_series_and_refuses_to_g
         choose_series(index, "1", ("1",))
     fixed, moving, _ = choose_series(index, "2", ("1",))
     assert (fixed.series_number, moving[0].series_number) == (2, 1)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_sigterm_during_fusion_cleans_up_and_exits_143(tmp_path, workers):
+    """A scheduler stopping the job (SIGTERM) mid-fusion: no output, no scratch or partial folder, no worker left."""
+    import psutil
+
+    out = tmp_path / "out"
+    command = [sys.executable, "-c", "from medfuse.cli.app import main; main()", "fuse-study", str(SAMPLE),
+               "-o", str(out), "--workers", str(workers), "--json-log"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    fusing = False
+    for line in process.stderr:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if record.get("event") == "start" and record.get("stage") == "fuse":
+            fusing = True
+            break
+    assert fusing, "the run ended before its fuse stage"
+    children = psutil.Process(process.pid).children(recursive=True)
+    assert len(children) >= (2 if workers == 2 else 0)  # the local Dask workers exist at this point
+    process.send_signal(signal.SIGTERM)
+    _, rest = process.communicate(timeout=120)
+    assert process.returncode == 143
+    assert "medfuse: terminated (SIGTERM)" in rest
+    assert list(tmp_path.iterdir()) == []  # neither OUT_DIR nor .out.partial-* nor .out.fusion-*
+    _, alive = psutil.wait_procs(children, timeout=20)
+    assert alive == []

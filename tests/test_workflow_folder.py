@@ -153,3 +153,41 @@ retries: {{max_attempts: 1}}
     assert outcomes[tie]["outcome"] == "failed"
     assert "ambiguous fixed series: 2 equally large candidates" in outcomes[tie]["reason"]
     assert tied_uid in outcomes[tie]["reason"]  # the candidates are listed
+
+
+def test_an_interrupted_job_leaves_no_images_and_is_recorded_for_retry(incoming, tmp_path, monkeypatch, capsys):
+    """SIGTERM (raised by the CLI as medfuse.cli.app.Terminated) during a job: work folder gone, attempt failed."""
+    from medfuse.cli.app import Terminated
+    from medfuse.workflow import runner
+
+    root, good, _ = incoming
+    wf = tmp_path / "wf.yaml"
+    wf.write_text(f"""\
+version: 1
+name: folder-interrupted
+schedule: "@hourly"
+state_dir: {tmp_path / 'state'}
+source:
+  folder: {{path: {root / 'good'}, stable_after_s: 0}}
+select:
+  fixed: {{modality: MR, description: '(?i)t1', orientation: axial}}
+  moving: {{modality: MR, description: '(?i)synthetic'}}
+fusion: {{workers: 1}}
+outputs: {{folder: {tmp_path / 'out'}, nifti: true}}
+retries: {{max_attempts: 2}}
+""")
+
+    def stopped_mid_job(plan, workflow, ledger, source, work):
+        work.mkdir(parents=True)
+        (work / "retrieved.dcm").write_bytes(b"patient image")  # what a real job has fetched by then
+        raise Terminated()
+
+    monkeypatch.setattr(runner, "_process", stopped_mid_job)
+    capsys.readouterr()
+    assert main(["workflow", "run", str(wf), "--json"]) == 143
+    assert "terminated (SIGTERM)" in capsys.readouterr().err
+    assert not list((tmp_path / "state" / "work").iterdir())  # the fetched images are gone
+    assert main(["workflow", "status", str(wf), "--json"]) == 0
+    (job,) = json.loads(capsys.readouterr().out)
+    assert job["study_uid"] == good
+    assert (job["state"], job["attempts"], job["reason"]) == ("failed", 1, "interrupted (Terminated)")

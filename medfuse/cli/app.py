@@ -8,7 +8,9 @@ line on stderr and the error's exit code; nothing prints a traceback.
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import threading
 
 import typer
 
@@ -51,8 +53,23 @@ for _module in (fuse_images, fuse_study, scan, convert, register, evaluate, mode
     _module.register(app)
 
 
+class Terminated(BaseException):
+    """SIGTERM arrived (a scheduler stopping the job): unwind so every clean-up runs."""
+
+
+def _terminate(signum, frame) -> None:
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run the CLI; return (and exit with) the process exit code."""
+    """Run the CLI; return (and exit with) the process exit code.
+
+    SIGTERM (how cron, systemd and batch schedulers stop a job) is turned into
+    an exception for the run's duration, so the clean-ups of an interrupted
+    run happen as for Ctrl-C: partial and scratch folders removed, local Dask
+    workers closed. Exit code 143 (128 + SIGTERM), as a shell reports it.
+    """
+    previous = _install(signal.SIGTERM, _terminate)
     try:
         # Standalone mode lets Typer handle usage errors and --help; our own
         # errors pass through it untouched and are reported here in one line.
@@ -66,6 +83,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         typer.echo("medfuse: interrupted", err=True)
         code = 130
+    except Terminated:
+        typer.echo("medfuse: terminated (SIGTERM)", err=True)
+        code = 128 + signal.SIGTERM
     except Exception as exc:
         # A bug or an unforeseen system error: still one line, never a
         # traceback for the user; MEDFUSE_DEBUG=1 shows it to a developer.
@@ -73,9 +93,18 @@ def main(argv: list[str] | None = None) -> int:
             raise
         typer.echo(f"medfuse: internal error: {type(exc).__name__}: {_one_line(exc)} (set MEDFUSE_DEBUG=1 for details)", err=True)
         code = 70
+    finally:
+        _install(signal.SIGTERM, previous)
     if argv is None:
         sys.exit(code)
     return code
+
+
+def _install(signum: int, handler):
+    """Set a signal handler where Python allows it (the main thread); returns the previous one."""
+    if handler is None or threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signum, handler)
 
 
 def _one_line(exc: BaseException) -> str:

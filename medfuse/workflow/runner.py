@@ -254,6 +254,10 @@ def _run_plan(plan: JobPlan, workflow: Workflow, ledger: Ledger, source: Source,
         summary.outcomes[study] = "failed"
         log.study(workflow.name, plan.candidate, "failed", duration, attempt=job.attempts, reason=reason)
         return
+    except BaseException as exc:  # Ctrl-C or SIGTERM (medfuse.cli.app): clean up, record the attempt, stop the pass
+        shutil.rmtree(work, ignore_errors=True)
+        ledger.fail(plan.key, f"interrupted ({type(exc).__name__})", time.monotonic() - started)
+        raise
     duration = time.monotonic() - started
     ledger.finish(plan.key, outputs, duration)
     summary.done += 1
