@@ -40,17 +40,16 @@ def run(*args: str, capsys) -> tuple[int, list[dict]]:
     return code, [json.loads(line) for line in out.splitlines() if line.startswith("{")]
 
 
-@pytest.mark.slow
-def test_folder_workflow_writes_nifti_and_isolates_a_poisoned_study(incoming, tmp_path, capsys):
-    root, good, poisoned = incoming
+def _folder_workflow(tmp_path: Path, name: str, folder: Path) -> Path:
+    """A watched-folder workflow (T1 fixed, synthetic contrast moving) to NIfTI + DICOM under *tmp_path*."""
     wf = tmp_path / "wf.yaml"
     wf.write_text(f"""\
 version: 1
-name: folder-nifti
+name: {name}
 schedule: "@hourly"
 state_dir: {tmp_path / 'state'}
 source:
-  folder: {{path: {root}, stable_after_s: 0}}
+  folder: {{path: {folder}, stable_after_s: 0}}
 select:
   fixed: {{modality: MR, description: '(?i)t1', orientation: axial}}
   moving: {{modality: MR, description: '(?i)synthetic'}}
@@ -58,6 +57,13 @@ fusion: {{workers: 1}}
 outputs: {{folder: {tmp_path / 'out'}, nifti: true}}
 retries: {{max_attempts: 2}}
 """)
+    return wf
+
+
+@pytest.mark.slow
+def test_folder_workflow_writes_nifti_and_isolates_a_poisoned_study(incoming, tmp_path, capsys):
+    root, good, poisoned = incoming
+    wf = _folder_workflow(tmp_path, "folder-nifti", root)
     code, lines = run("workflow", "run", str(wf), "--json", capsys=capsys)
     outcomes = {r["study_uid"]: r for r in lines if r["event"] == "study"}
     assert code == 8  # a failed study makes the pass exit non-zero, for monitoring
@@ -161,21 +167,7 @@ def test_an_interrupted_job_leaves_no_images_and_is_recorded_for_retry(incoming,
     from medfuse.workflow import runner
 
     root, good, _ = incoming
-    wf = tmp_path / "wf.yaml"
-    wf.write_text(f"""\
-version: 1
-name: folder-interrupted
-schedule: "@hourly"
-state_dir: {tmp_path / 'state'}
-source:
-  folder: {{path: {root / 'good'}, stable_after_s: 0}}
-select:
-  fixed: {{modality: MR, description: '(?i)t1', orientation: axial}}
-  moving: {{modality: MR, description: '(?i)synthetic'}}
-fusion: {{workers: 1}}
-outputs: {{folder: {tmp_path / 'out'}, nifti: true}}
-retries: {{max_attempts: 2}}
-""")
+    wf = _folder_workflow(tmp_path, "folder-interrupted", root / "good")
 
     def stopped_mid_job(plan, workflow, ledger, source, work):
         work.mkdir(parents=True)

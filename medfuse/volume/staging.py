@@ -192,31 +192,27 @@ class StagedVolumes:
             raise InputError(f"source {k} out of range: {self.k} sources are staged")
 
     def _write(self, name: str, k: int | None, start: int, values: np.ndarray) -> None:
-        values = np.ascontiguousarray(values, dtype=_FILES[name])
-        self._check_range(k, start, values.shape[0], values.shape[1:])
-        data = memoryview(values).cast("B")
-        position = self._position(name, k, start)
-        fd = os.open(self.folder / f"{name}.npy", os.O_WRONLY)
-        try:
-            while data:
-                written = os.pwrite(fd, data, position)
-                data, position = data[written:], position + written
-        except OSError as exc:  # e.g. a full disk
-            raise FusionError(f"could not write the temporary fusion file {self.folder / name}.npy: {exc}") from exc
-        finally:
-            os.close(fd)
+        self._transfer(name, k, start, np.ascontiguousarray(values, dtype=_FILES[name]), write=True)
 
     def _read_into(self, name: str, k: int | None, start: int, out: np.ndarray) -> None:
-        self._check_range(k, start, out.shape[0], out.shape[1:])
-        view = memoryview(out).cast("B")
+        self._transfer(name, k, start, out, write=False)
+
+    def _transfer(self, name: str, k: int | None, start: int, array: np.ndarray, *, write: bool) -> None:
+        """Write *array* to, or read it from, slices ``start:`` of source *k* in file *name* (positioned I/O)."""
+        self._check_range(k, start, array.shape[0], array.shape[1:])
+        view = memoryview(array).cast("B")
         position = self._position(name, k, start)
-        fd = os.open(self.folder / f"{name}.npy", os.O_RDONLY)
+        path = self.folder / f"{name}.npy"
+        fd = os.open(path, os.O_WRONLY if write else os.O_RDONLY)
         try:
             while view:
-                got = os.preadv(fd, [view], position)
-                if got == 0:
-                    raise FusionError(f"{self.folder / name}.npy is shorter than its header says")
-                view, position = view[got:], position + got
+                done = os.pwrite(fd, view, position) if write else os.preadv(fd, [view], position)
+                if done == 0:
+                    raise FusionError(f"{path} is shorter than its header says")
+                view, position = view[done:], position + done
+        except OSError as exc:  # e.g. a full disk
+            raise FusionError(f"could not {'write' if write else 'read'} the temporary fusion file {path}: "
+                              f"{exc}") from exc
         finally:
             os.close(fd)
 
