@@ -189,3 +189,16 @@ def test_sigterm_during_fusion_cleans_up_and_exits_143(tmp_path, workers):
     assert list(tmp_path.iterdir()) == []  # neither OUT_DIR nor .out.partial-* nor .out.fusion-*
     _, alive = psutil.wait_procs(children, timeout=20)
     assert alive == []
+
+
+def test_an_output_path_through_a_file_is_refused_before_any_work(tmp_path, capsys, monkeypatch):
+    def no_work(*args, **kwargs):
+        raise AssertionError("the folder was scanned although the output cannot be written")
+
+    monkeypatch.setattr("medfuse.study.pipeline.scan_folder", no_work)
+    blocker = tmp_path / "notes.txt"
+    blocker.write_text("not a folder")
+    code = main(["fuse-study", str(SAMPLE), "-o", str(blocker / "fused" / "out"), "--workers", "1", "--quiet"])
+    assert code == 6  # WriteError, not an internal error
+    assert f"{blocker} is not a folder" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]

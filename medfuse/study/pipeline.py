@@ -305,6 +305,7 @@ class _Run:
         self.timings: dict[str, float] = {}
         if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
             raise InputError(f"output folder {out_dir} already exists and is not empty")
+        _check_output_location(out_dir)
         self.started = datetime.now(timezone.utc)
 
     @contextmanager
@@ -331,8 +332,11 @@ class _Run:
             for index in range(1, len(volumes)):
                 registrations.append(register(fixed, volumes[index], options.registration))
                 advance(1, len(volumes) - 1)
-        self.out_dir.parent.mkdir(parents=True, exist_ok=True)
-        scratch = Path(tempfile.mkdtemp(prefix=f".{self.out_dir.name}.fusion-", dir=self.out_dir.parent))
+        try:
+            self.out_dir.parent.mkdir(parents=True, exist_ok=True)
+            scratch = Path(tempfile.mkdtemp(prefix=f".{self.out_dir.name}.fusion-", dir=self.out_dir.parent))
+        except OSError as exc:
+            raise WriteError(f"cannot create a scratch folder beside {self.out_dir}: {exc.strerror or exc}") from exc
         x, y, z = fixed.image.GetSize()
         # Local workers (when the job uses them) start now and boot while the map stage stages the inputs.
         workers = local_workers_for(options.workers, options.scheduler, (len(volumes), z, y, x))
@@ -534,6 +538,21 @@ def _uid_policy(options: StudyOptions) -> str:
     if options.deterministic_uids:
         return "derived from inputs, options and version"
     return "random (pydicom generate_uid)"
+
+
+def _check_output_location(out_dir: Path) -> None:
+    """Refuse, before any work, an OUT_DIR that could not be created (a file in its path, a read-only folder).
+
+    Missing folders on the way are fine (they are created when writing); the
+    nearest existing one must be a writable folder.
+    """
+    existing = out_dir.parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise WriteError(f"cannot write {out_dir}: {existing} is not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise WriteError(f"cannot write {out_dir}: folder {existing} is not writable")
 
 
 def _geometry_only_volume(volume: Volume) -> Volume:
