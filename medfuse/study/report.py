@@ -3,9 +3,9 @@
 Sections: inputs and outputs; mid-section montages of every source and the
 fused volume in three orientations (axial = the fixed grid's slice plane,
 coronal and sagittal = the other two image axes; pixels resampled to square
-millimetres); the base and detail weight maps of the middle slice (exact:
-that slice is re-fused with the same options, so its weights are the ones the
-fused volume used); the registration overlay of each moving volume on the
+millimetres); the base and detail weight maps on the same three planes
+(exact: every slice is re-fused with the same options, see
+:func:`weight_planes`); the registration overlay of each moving volume on the
 fixed one (fixed in green, moving in magenta: grey where they agree) with its
 coverage outline; the fusion metrics of :mod:`medfuse.metrics` on three
 representative slices (25 %, 50 %, 75 % of the slices); timings per stage; and
@@ -28,8 +28,9 @@ from medfuse.core.config import FusionConfig
 from medfuse.core.fusion import fuse_stack
 from medfuse.core.saliency import level_histogram
 from medfuse.metrics import compute_all
+from medfuse.volume.chunk_task import taking_part
 
-__all__ = ["build_report", "png_data_uri", "sections"]
+__all__ = ["build_report", "png_data_uri", "sections", "weight_planes"]
 
 _CSS = """
 body{font-family:system-ui,sans-serif;margin:1.5em;background:#fafafa;color:#222}
@@ -137,9 +138,33 @@ def _figure(image: np.ndarray, caption: str) -> str:
             f"alt='{html.escape(caption)}'><figcaption>{html.escape(caption)}</figcaption></figure>")
 
 
-def _weights_section(arrays, masks, labels, config, saliency_scope, spacing) -> str:
-    z = arrays[0].shape[0] // 2
-    stack = np.stack([a[z] for a in arrays])
+def weight_planes(arrays, masks, config: FusionConfig, saliency_scope: str) -> dict[str, np.ndarray]:
+    """The base and detail weights the fusion used, on the three mid planes of the fixed grid.
+
+    Every axial slice is re-fused with the run's options and rule for slices
+    without data (:func:`medfuse.volume.chunk_task.taking_part`), one slice
+    at a time, keeping only its middle row (coronal plane), middle column
+    (sagittal plane) and, for the middle slice, the whole map: the weights of
+    all slices never exist at once. Where a source does not take part its
+    weight is 0; a voxel covered by one taking-part source only has weight 1
+    for it, as the fused value is that source's there.
+
+    Parameters
+    ----------
+    arrays : K arrays (Z, Y, X) float32 in [0, 1] (memory maps are fine)
+    masks : K arrays (Z, Y, X) bool or None
+    config : FusionConfig
+    saliency_scope : {'volume', 'slice'}
+
+    Returns
+    -------
+    dict
+        'axial' (2, K, Y, X), 'coronal' (2, K, Z, X), 'sagittal' (2, K, Z, Y)
+        float32 arrays; index 0 = base weights, 1 = detail weights (clipped
+        to [0, 1] for display).
+    """
+    k = len(arrays)
+    z_size, y_size, x_size = arrays[0].shape
     histograms = None
     if saliency_scope == "volume":
         histograms = np.stack([level_histogram(a if m is None else a[m], config.saliency_levels)
@@ -149,15 +174,50 @@ def _weights_section(arrays, masks, labels, config, saliency_scope, spacing) -> 
         from medfuse.features.registry import load_extractor
 
         extractor = load_extractor(config.model, config.depth, threads=1)
-    result = fuse_stack(stack, config, extractor, saliency_histograms=histograms)
-    figures = []
-    for k, label in enumerate(labels):
-        for kind, weights in (("base", result.base_weights[k]), ("detail", np.clip(result.detail_weights[k], 0, 1))):
-            figures.append(_figure(sections(weights[None], spacing)["axial"], f"{kind} weight: {label}"))
-    return ("<h2>Weight maps (middle slice, axial)</h2><p class='note'>Slice "
-            f"{z}: re-fused with the run's options, so these are the weights the fused volume used there "
-            "(white = 1). Coronal and sagittal weight maps are not shown: the volume is fused slice by slice "
-            "in the axial plane, so weights exist only per axial slice.</p><div>" + "".join(figures) + "</div>")
+    planes = {"axial": np.zeros((2, k, y_size, x_size), np.float32),
+              "coronal": np.zeros((2, k, z_size, x_size), np.float32),
+              "sagittal": np.zeros((2, k, z_size, y_size), np.float32)}
+    for z in range(z_size):
+        stack = np.stack([np.asarray(a[z], np.float32) for a in arrays])
+        cover = np.stack([np.ones((y_size, x_size), bool) if m is None else np.asarray(m[z], bool) for m in masks])
+        members = np.flatnonzero(taking_part(stack[:, None], cover[:, None])[:, 0])
+        weights = np.zeros((2, k, y_size, x_size), np.float32)
+        if len(members) >= 2:
+            result = fuse_stack(stack[members], config, extractor,
+                                saliency_histograms=histograms[members] if histograms is not None else None)
+            weights[0, members] = result.base_weights
+            weights[1, members] = np.clip(result.detail_weights, 0.0, 1.0)
+        if len(members) >= 1:
+            count = cover[members].sum(axis=0)
+            only = members[np.argmax(cover[members], axis=0)]
+            single = np.zeros((k, y_size, x_size), bool)
+            np.put_along_axis(single, only[None], True, axis=0)
+            single &= count == 1
+            for kind in range(2):
+                weights[kind] = np.where(count >= 2, weights[kind], single.astype(np.float32))
+        planes["coronal"][:, :, z] = weights[:, :, y_size // 2]
+        planes["sagittal"][:, :, z] = weights[:, :, :, x_size // 2]
+        if z == z_size // 2:
+            planes["axial"] = weights
+    return planes
+
+
+def _weights_section(arrays, masks, labels, config, saliency_scope, spacing) -> str:
+    planes = weight_planes(arrays, masks, config, saliency_scope)
+    # Pseudo-volumes with one row (coronal) or one column (sagittal) let sections() lay them out and
+    # scale them like the source montages.
+    views = {"axial": lambda w: sections(w[None], spacing)["axial"],
+             "coronal": lambda w: sections(w[:, None, :], spacing)["coronal"],
+             "sagittal": lambda w: sections(w[:, :, None], spacing)["sagittal"]}
+    parts = []
+    for orientation, view in views.items():
+        figures = [_figure(view(planes[orientation][kind, source]), f"{name} weight: {label} ({orientation})")
+                   for source, label in enumerate(labels) for kind, name in enumerate(("base", "detail"))]
+        parts.append("<div>" + "".join(figures) + "</div>")
+    return ("<h2>Weight maps (mid sections)</h2><p class='note'>Every axial slice re-fused with the run's "
+            "options and its rule for slices without data, so these are the weights the fused volume used "
+            "(white = 1; detail weights clipped to [0, 1] for display). Coronal and sagittal planes stack "
+            "the middle row and column of each slice's weights.</p>" + "".join(parts))
 
 
 def _overlay_section(arrays, masks, labels, spacing) -> str:

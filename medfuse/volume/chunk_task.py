@@ -12,7 +12,7 @@ import numpy as np
 from medfuse.core.config import FusionConfig
 from medfuse.core.fusion import fuse_slices
 
-__all__ = ["CHUNK_PIXELS", "EMPTY_SLICE_LEVEL", "MAX_CHUNK_SLICES", "chunk_bounds", "fuse_chunk"]
+__all__ = ["CHUNK_PIXELS", "EMPTY_SLICE_LEVEL", "MAX_CHUNK_SLICES", "chunk_bounds", "fuse_chunk", "taking_part"]
 
 #: A source's slice counts as empty air below this 99.5th percentile (fusion range [0, 1]).
 EMPTY_SLICE_LEVEL = 0.02
@@ -29,6 +29,29 @@ def chunk_bounds(shape: tuple[int, ...], chunk_slices: int | None) -> list[tuple
     if chunk_slices is None:
         chunk_slices = min(MAX_CHUNK_SLICES, max(1, CHUNK_PIXELS // (k * plane)))
     return [(start, min(start + chunk_slices, z)) for start in range(0, z, chunk_slices)]
+
+
+def taking_part(stack: np.ndarray, cover: np.ndarray) -> np.ndarray:
+    """Which sources take part in each slice (the slices-without-data rule, see :mod:`medfuse.volume.dispatch`).
+
+    Parameters
+    ----------
+    stack : ndarray (K, n, Y, X) float32 in [0, 1]
+    cover : ndarray (K, n, Y, X) bool
+
+    Returns
+    -------
+    ndarray (K, n) bool
+        True where source k covers some voxel of slice i and is not empty
+        air there (99.5th percentile of its covered voxels >= :data:`EMPTY_SLICE_LEVEL`).
+    """
+    k, n = stack.shape[:2]
+    members = np.zeros((k, n), bool)
+    for source in range(k):
+        for index in range(n):
+            covered = stack[source, index][cover[source, index]]
+            members[source, index] = covered.size > 0 and np.percentile(covered, 99.5) >= EMPTY_SLICE_LEVEL
+    return members
 
 
 def fuse_chunk(stack: np.ndarray, cover: np.ndarray, config: FusionConfig,
@@ -48,16 +71,12 @@ def fuse_chunk(stack: np.ndarray, cover: np.ndarray, config: FusionConfig,
     -------
     ndarray (n, Y, X) float32
     """
-    k, n = stack.shape[:2]
-    taking_part = np.zeros((k, n), bool)
-    for source in range(k):
-        for index in range(n):
-            covered = stack[source, index][cover[source, index]]
-            taking_part[source, index] = covered.size > 0 and np.percentile(covered, 99.5) >= EMPTY_SLICE_LEVEL
+    n = stack.shape[1]
+    members_of = taking_part(stack, cover)
     out = np.zeros(stack.shape[1:], np.float32)
     groups: dict[tuple[int, ...], list[int]] = {}
     for index in range(n):
-        groups.setdefault(tuple(np.flatnonzero(taking_part[:, index])), []).append(index)
+        groups.setdefault(tuple(np.flatnonzero(members_of[:, index])), []).append(index)
     for members, slices in sorted(groups.items()):
         if len(members) == 0:
             continue
