@@ -103,11 +103,19 @@ def test_registration_recovers_the_sample_offset(run, shared_data):
 
 
 def test_rerun_gives_identical_pixels_and_new_uids(run, tmp_path):
-    # 1 vs 2 workers giving identical pixels is tested on the dispatch itself (tests/test_dispatch.py).
     again = fuse_study(SAMPLE, tmp_path / "again", StudyOptions(workers=1, formats=("dicom",)))
     np.testing.assert_array_equal(_pixels(again.dicom_dir), _pixels(run.dicom_dir))
     assert again.series_instance_uid != run.series_instance_uid
     assert again.study_instance_uid == run.study_instance_uid
+
+
+def test_two_local_workers_give_the_pixels_of_one(run, tmp_path):
+    """The pipeline's own path: workers started with the map stage, staged files, blocks on 2 workers."""
+    two = fuse_study(SAMPLE, tmp_path / "two", StudyOptions(workers=2, formats=("dicom", "nifti")))
+    np.testing.assert_array_equal(_pixels(two.dicom_dir), _pixels(run.dicom_dir))
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(two.nifti_path))),
+                                  sitk.GetArrayFromImage(sitk.ReadImage(str(run.nifti_path))))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["two"]  # no scratch folder left
 
 
 def test_cli_main_command_prints_where_outputs_are(tmp_path, capsys):
