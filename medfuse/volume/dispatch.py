@@ -44,7 +44,7 @@ cost a third of the second core on a 2-core machine (docs/fuse-study.md).
 scheduler instead, with the chunks' pixels in the graph (the workers may be on
 other machines, where the temporary files do not exist): at most
 :data:`IN_FLIGHT_PER_WORKER` chunks per worker are in flight, and every
-finished chunk is copied straight into the output array. Every path gives
+finished chunk is copied straight into the output (array or staged file). Every path gives
 identical pixels: each chunk is fused by the same pure function
 (:func:`fuse_chunk`) with the same chunk bounds, and onnxruntime always runs
 with one thread.
