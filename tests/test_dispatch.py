@@ -118,12 +118,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.slow
-def test_external_scheduler_and_worker_processes(pair, in_process, tmp_path):
+@pytest.fixture(scope="module")
+def external_scheduler(tmp_path_factory):
+    """A real ``dask scheduler`` and one ``dask worker`` (1 thread) as subprocesses on 127.0.0.1; its address."""
+    logs_dir = tmp_path_factory.mktemp("dask")
     port = _free_port()
     address = f"tcp://127.0.0.1:{port}"
     dask = [sys.executable, "-m", "distributed.cli.dask_scheduler"]
-    logs = [open(tmp_path / name, "w") for name in ("scheduler.log", "worker.log")]
+    logs = [open(logs_dir / name, "w") for name in ("scheduler.log", "worker.log")]
     scheduler = subprocess.Popen([*dask, "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"],
                                  stdout=logs[0], stderr=subprocess.STDOUT)
     worker = subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_worker", address, "--nworkers", "1",
@@ -131,8 +133,7 @@ def test_external_scheduler_and_worker_processes(pair, in_process, tmp_path):
                               stdout=logs[1], stderr=subprocess.STDOUT)
     try:
         _wait_for_worker(address)
-        remote = fuse_volume(list(pair), None, scheduler=address, chunk_slices=4)
-        np.testing.assert_array_equal(remote, in_process)
+        yield address
     finally:
         for process in (worker, scheduler):
             process.terminate()
@@ -142,6 +143,26 @@ def test_external_scheduler_and_worker_processes(pair, in_process, tmp_path):
                 process.kill()
         for log in logs:
             log.close()
+
+
+@pytest.mark.slow
+def test_external_scheduler_and_worker_processes(pair, in_process, external_scheduler):
+    remote = fuse_volume(list(pair), None, scheduler=external_scheduler, chunk_slices=4)
+    np.testing.assert_array_equal(remote, in_process)
+
+
+@pytest.mark.slow
+def test_fuse_study_through_an_external_scheduler(external_scheduler, tmp_path):
+    """``medfuse fuse-study --scheduler``: the staged path sends chunks with their pixels; same pixels as in-process."""
+    from medfuse.cli.app import main
+    from medfuse.study.pipeline import StudyOptions, fuse_study
+
+    assert main(["fuse-study", str(SAMPLE), "-o", str(tmp_path / "remote"), "--scheduler", external_scheduler,
+                 "--format", "nifti", "--quiet"]) == 0
+    local = fuse_study(SAMPLE, tmp_path / "local", StudyOptions(workers=1, formats=("nifti",)))
+    remote = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "remote" / "fused.nii.gz")))
+    np.testing.assert_array_equal(remote, sitk.GetArrayFromImage(sitk.ReadImage(str(local.nifti_path))))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["local", "remote"]  # no scratch folder left
 
 
 def _wait_for_worker(address: str, timeout: float = 60.0) -> None:
