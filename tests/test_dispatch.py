@@ -226,15 +226,13 @@ def test_mismatched_shapes_raise(pair):
 
 def test_volume_histograms_by_slabs_equal_the_whole_volume_histogram(pair):
     from medfuse.core.saliency import level_histogram
-    from medfuse.volume.dispatch import _volume_histograms
+    from medfuse.volume.dispatch import volume_histograms
 
     t1, synthetic = pair
     cover = synthetic > 0.05  # an irregular mask, as a coverage mask can be
     config = FusionConfig()
-    # 5-slice slabs over 12 slices: the last slab is partial.
-    from medfuse.volume.dispatch import _array_slabs
-
-    slabbed = _volume_histograms(_array_slabs([t1, synthetic], [None, cover], slab_slices=5), 2, config)
+    # 8-slice slabs over 12 slices: the last slab is partial.
+    slabbed = volume_histograms([t1, synthetic], [None, cover], config.saliency_levels)
     whole = np.stack([level_histogram(t1, config.saliency_levels),
                       level_histogram(synthetic[cover], config.saliency_levels)])
     np.testing.assert_array_equal(slabbed, whole)

@@ -26,9 +26,9 @@ from PIL import Image
 
 from medfuse.core.config import FusionConfig
 from medfuse.core.fusion import fuse_stack
-from medfuse.core.saliency import level_histogram
 from medfuse.metrics import compute_all
 from medfuse.volume.chunk_task import taking_part
+from medfuse.volume.dispatch import volume_histograms
 
 __all__ = ["build_report", "png_data_uri", "sections", "weight_planes"]
 
@@ -165,10 +165,7 @@ def weight_planes(arrays, masks, config: FusionConfig, saliency_scope: str) -> d
     """
     k = len(arrays)
     z_size, y_size, x_size = arrays[0].shape
-    histograms = None
-    if saliency_scope == "volume":
-        histograms = np.stack([level_histogram(a if m is None else a[m], config.saliency_levels)
-                               for a, m in zip(arrays, masks)])
+    histograms = volume_histograms(arrays, masks, config.saliency_levels) if saliency_scope == "volume" else None
     extractor = None
     if config.detail_rule == "cnn":
         from medfuse.features.registry import load_extractor

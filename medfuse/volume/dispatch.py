@@ -87,7 +87,7 @@ from medfuse.volume.chunk_task import chunk_bounds, fuse_chunk
 from medfuse.volume.staging import StagedVolumes
 
 __all__ = ["SALIENCY_SCOPES", "LocalWorkers", "default_workers", "fuse_staged", "fuse_volume", "interslice_variation",
-           "local_workers_for"]
+           "local_workers_for", "volume_histograms"]
 
 SALIENCY_SCOPES = ("volume", "slice")
 #: Below this many source voxels (K x Z x Y x X) the default runs in-process.
@@ -171,24 +171,16 @@ def fuse_volume(
     _check_options(saliency_scope, workers, chunk_slices)
     z = arrays[0].shape[0]
     shape = (len(arrays), *arrays[0].shape)
-    histograms = (_volume_histograms(_array_slabs(arrays, masks), len(arrays), config)
-                  if saliency_scope == "volume" else None)
     workers = _resolve_workers(workers, scheduler, shape)
-    bounds = chunk_bounds(shape, chunk_slices)
+    if scheduler is None and (workers > 1 or local_workers is not None):
+        return _fuse_arrays_on_local_cluster(arrays, masks, config, workers, saliency_scope, chunk_slices, progress,
+                                             scratch_dir, local_workers)
 
     def chunk_args(start: int, stop: int):
-        return next(_array_slabs(arrays, masks, start, stop, slab_slices=stop - start))
+        return _array_chunk(arrays, masks, start, stop)
 
-    if scheduler is None and workers == 1 and local_workers is None:
-        fused = np.zeros(arrays[0].shape, np.float32)
-        for start, stop in bounds:
-            fused[start:stop] = fuse_chunk(*chunk_args(start, stop), config, histograms)
-            if progress is not None:
-                progress(stop - start, z)
-        return fused
-    if scheduler is None:
-        return _fuse_arrays_on_local_cluster(arrays, masks, bounds, config, histograms, workers, progress,
-                                             scratch_dir, local_workers)
+    histograms = volume_histograms(arrays, masks, config.saliency_levels) if saliency_scope == "volume" else None
+    bounds = chunk_bounds(shape, chunk_slices)
     fused = np.zeros(arrays[0].shape, np.float32)
 
     def store(start: int, stop: int, result: np.ndarray) -> None:
@@ -196,7 +188,11 @@ def fuse_volume(
         if progress is not None:
             progress(stop - start, z)
 
-    _run_distributed(bounds, chunk_args, store, config, histograms, workers, scheduler)
+    if scheduler is None:
+        for start, stop in bounds:
+            store(start, stop, fuse_chunk(*chunk_args(start, stop), config, histograms))
+    else:
+        _run_distributed(bounds, chunk_args, store, config, histograms, workers, scheduler)
     return fused
 
 
@@ -248,7 +244,7 @@ def fuse_staged(
     if pool is None and scheduler is None and workers > 1:
         pool = LocalWorkers(workers).start()  # closed below; starts while the histograms are counted
     try:
-        histograms = (_volume_histograms(_staged_slabs(staged), staged.k, config)
+        histograms = (_counted_levels(_slabs(staged.read, z), staged.k, config.saliency_levels)
                       if saliency_scope == "volume" else None)
 
         def store(start: int, stop: int, result: np.ndarray) -> None:
@@ -292,32 +288,54 @@ def interslice_variation(volume: np.ndarray, mask: np.ndarray | None = None) -> 
     return float(diff[both].mean()) if both.any() else 0.0
 
 
-def _array_slabs(arrays, masks, start: int = 0, stop: int | None = None, slab_slices: int = 8):
-    """(K, n, Y, X) float32 sources and bool coverage of in-memory volumes, slab by slab over ``start:stop``."""
-    stop = arrays[0].shape[0] if stop is None else stop
-    for first in range(start, stop, slab_slices):
-        last = min(first + slab_slices, stop)
-        stack = np.stack([a[first:last] for a in arrays]).astype(np.float32, copy=False)
-        cover = np.stack([np.ones((last - first,) + a.shape[1:], bool) if m is None
-                          else np.asarray(m[first:last]).astype(bool, copy=False) for m, a in zip(masks, arrays)])
-        yield stack, cover
+def _array_chunk(arrays, masks, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+    """Slices ``start:stop`` of in-memory volumes: (K, n, Y, X) float32 sources and bool coverage."""
+    stack = np.stack([a[start:stop] for a in arrays]).astype(np.float32, copy=False)
+    cover = np.stack([np.ones((stop - start,) + a.shape[1:], bool) if m is None
+                      else np.asarray(m[start:stop]).astype(bool, copy=False) for m, a in zip(masks, arrays)])
+    return stack, cover
 
 
-def _staged_slabs(staged: StagedVolumes, slab_slices: int = 8):
-    for start in range(0, staged.zyx[0], slab_slices):
-        yield staged.read(start, min(start + slab_slices, staged.zyx[0]))
+def _slab_bounds(z: int, slab_slices: int = 8):
+    """(start, stop) of consecutive slabs of at most *slab_slices* of *z* slices."""
+    return ((start, min(start + slab_slices, z)) for start in range(0, z, slab_slices))
 
 
-def _volume_histograms(slabs, k: int, config: FusionConfig) -> np.ndarray:
+def _slabs(read, z: int, slab_slices: int = 8):
+    """``read(start, stop)`` over the slabs of *z* slices (staged files or in-memory volumes)."""
+    return (read(start, stop) for start, stop in _slab_bounds(z, slab_slices))
+
+
+def volume_histograms(arrays, masks, levels: int) -> np.ndarray:
+    """Volume-wide grey-level histograms of the covered voxels (the ``"volume"`` saliency scope).
+
+    Parameters
+    ----------
+    arrays : K arrays (Z, Y, X) float in [0, 1] (memory maps are fine)
+    masks : K arrays (Z, Y, X) bool or None (None: everywhere)
+    levels : int
+        ``FusionConfig.saliency_levels``.
+
+    Returns
+    -------
+    ndarray (K, levels) int64
+        What :func:`fuse_volume` passes to the core as ``saliency_histograms``.
+    """
+    z = np.shape(arrays[0])[0]
+    return _counted_levels(_slabs(lambda start, stop: _array_chunk(arrays, masks, start, stop), z), len(arrays),
+                           levels)
+
+
+def _counted_levels(slabs, k: int, levels: int) -> np.ndarray:
     """(K, levels) counts of every source's covered voxels, summed over *slabs* of ``(stack, cover)``.
 
     Slab by slab so the quantised levels (int64) and the masked selection never
     exist for the whole volume at once (they would be 2-3x the volume's size).
     """
-    counts = np.zeros((k, config.saliency_levels), np.int64)
+    counts = np.zeros((k, levels), np.int64)
     for stack, cover in slabs:
         for source in range(k):
-            counts[source] += level_histogram(stack[source][cover[source]], config.saliency_levels)
+            counts[source] += level_histogram(stack[source][cover[source]], levels)
     return counts
 
 
@@ -469,32 +487,29 @@ def fuse_block(folder: str, chunks: Sequence[tuple[int, int]], config: FusionCon
     return done
 
 
-def _fuse_arrays_on_local_cluster(arrays, masks, bounds, config, histograms, workers, progress,
-                                  scratch_dir, local_workers=None) -> np.ndarray:
-    """Stage in-memory arrays to a temporary folder (while the workers start), fuse there, map the result."""
+def _fuse_arrays_on_local_cluster(arrays, masks, config, workers, saliency_scope, chunk_slices, progress,
+                                  scratch_dir, local_workers) -> np.ndarray:
+    """Stage in-memory arrays in a temporary folder (while the workers start), fuse it there, map the result."""
     parent = scratch_dir if scratch_dir is not None and os.path.isdir(scratch_dir) else None
     folder = Path(tempfile.mkdtemp(prefix=".medfuse-fuse-", dir=parent))
+    pool = local_workers
     try:
+        if pool is None:
+            pool = LocalWorkers(workers).start()
         staged = StagedVolumes.create(folder, len(arrays), arrays[0].shape)
-
-        def write_inputs() -> None:
-            for start, stop in bounds:
-                stack, cover = next(_array_slabs(arrays, masks, start, stop, slab_slices=stop - start))
-                for k in range(len(arrays)):
-                    staged.write_source(k, start, stack[k])
-                    staged.write_cover(k, start, cover[k])
-
-        if local_workers is not None:
-            write_inputs()
-            _run_blocks(local_workers.client(), staged, bounds, config, histograms, local_workers.workers, progress)
-        else:
-            with LocalWorkers(workers) as pool:
-                write_inputs()  # while the workers start
-                _run_blocks(pool.client(), staged, bounds, config, histograms, workers, progress)
+        for start, stop in _slab_bounds(arrays[0].shape[0]):
+            stack, cover = _array_chunk(arrays, masks, start, stop)
+            for k in range(len(arrays)):
+                staged.write_source(k, start, stack[k])
+                staged.write_cover(k, start, cover[k])
+        fuse_staged(staged, config, saliency_scope=saliency_scope, chunk_slices=chunk_slices, progress=progress,
+                    local_workers=pool)
         # A copy-on-write mapping of the output file rather than a read into memory (saves a copy and
         # the time to make it); the mapping stays valid after the folder is removed below.
         return np.asarray(np.load(folder / "fused.npy", mmap_mode="c"))
     finally:
+        if pool is not None and pool is not local_workers:
+            pool.close()
         shutil.rmtree(folder, ignore_errors=True)
 
 

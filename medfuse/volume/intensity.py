@@ -179,10 +179,8 @@ def map_to_unit(
     between the two nearest order statistics of all finite voxels, as
     float32, computed in float64).
     """
-    values, modality, extra = _values_and_facts(volume_or_array, modality)
-    out = np.empty(values.shape, dtype=np.float32)
-    mapping = _choose_mapping(values, modality, window, percentiles, suv_range, extra)
-    return mapping.apply(values, out=out), mapping
+    mapping = choose_mapping(volume_or_array, modality, window=window, percentiles=percentiles, suv_range=suv_range)
+    return mapping.apply(_values_and_facts(volume_or_array, modality)[0]), mapping
 
 
 def choose_mapping(
@@ -254,11 +252,11 @@ def _percentile_mapping(values, modality, percentiles) -> IntensityMapping:
     count, smallest, largest = _finite_extent(values)
     if count == 0:
         raise InputError("volume has no finite voxel")
-    positions = [(count - 1) * p / 100.0 for p in (p_lo, p_hi)]
-    ranks = sorted({r for h in positions for r in (math.floor(h), min(math.floor(h) + 1, count - 1))})
-    ordered = _order_statistics(values, ranks, smallest, largest, 0)
-    low, high = (ordered[math.floor(h)] + (ordered[min(math.floor(h) + 1, count - 1)] - ordered[math.floor(h)])
-                 * (h - math.floor(h)) for h in positions)
+    # Each percentile lies at position h of the sorted values: between ranks floor(h) and the next.
+    neighbours = [(h, math.floor(h), min(math.floor(h) + 1, count - 1))
+                  for h in ((count - 1) * p / 100.0 for p in (p_lo, p_hi))]
+    ordered = _order_statistics(values, sorted({r for _, *pair in neighbours for r in pair}), smallest, largest, 0)
+    low, high = (ordered[below] + (ordered[above] - ordered[below]) * (h - below) for h, below, above in neighbours)
     if high <= low:
         # A mostly constant volume (e.g. large zero background): widen to the full range.
         low, high = smallest, largest

@@ -497,18 +497,14 @@ def resample_onto(
         uint8 on the fixed grid, 1 where the moving image has data, 0 where
         the fixed voxel maps outside the moving field of view.
     """
-    if interpolation not in INTERPOLATORS:
-        raise InputError(f"interpolation must be one of {tuple(INTERPOLATORS)}, got {interpolation!r}")
-    moving_image = as_float32(moving.image)
-    if default_value is None:
-        default_value = float(np.min(sitk.GetArrayViewFromImage(moving_image)))
-    if _same_grid(fixed.image, moving_image) and _is_identity(transform):
+    moving_image, default_value, unmoved = _resampling_inputs(fixed.image, moving, transform, interpolation,
+                                                              default_value)
+    if unmoved:
         # Same grid, no motion (e.g. one Frame of Reference): the voxels as they are,
         # without the last-bit noise of interpolating at integer positions.
         moved = sitk.Image(moving_image)
         moved.CopyInformation(fixed.image)
-        coverage = sitk.Image(fixed.image.GetSize(), sitk.sitkUInt8) + 1
-        coverage.CopyInformation(fixed.image)
+        coverage = _ones_like(fixed.image)
     else:
         moved = sitk.Resample(
             moving_image, fixed.image, transform, INTERPOLATORS[interpolation], float(default_value), sitk.sitkFloat32
@@ -554,17 +550,10 @@ def resample_slabs(
     coverage : ndarray (stop - start, Y, X) bool
         Where the moving image has data.
     """
-    if interpolation not in INTERPOLATORS:
-        raise InputError(f"interpolation must be one of {tuple(INTERPOLATORS)}, got {interpolation!r}")
-    moving_image = as_float32(moving.image)
-    if default_value is None:
-        default_value = float(np.min(sitk.GetArrayViewFromImage(moving_image)))
+    moving_image, default_value, unmoved = _resampling_inputs(fixed_image, moving, transform, interpolation,
+                                                              default_value)
     nx, ny, nz = fixed_image.GetSize()
-    unmoved = _same_grid(fixed_image, moving_image) and _is_identity(transform)
-    ones = None
-    if not unmoved:
-        ones = sitk.Image(moving_image.GetSize(), sitk.sitkUInt8) + 1
-        ones.CopyInformation(moving_image)
+    ones = None if unmoved else _ones_like(moving_image)
     for start in range(0, nz, slab_slices):
         stop = min(start + slab_slices, nz)
         if unmoved:  # as resample_onto: the voxels as they are
@@ -578,6 +567,29 @@ def resample_slabs(
         coverage = sitk.Resample(ones, size, transform, sitk.sitkNearestNeighbor, origin, spacing, direction,
                                  0, sitk.sitkUInt8)
         yield start, stop, sitk.GetArrayFromImage(values), sitk.GetArrayViewFromImage(coverage).astype(bool)
+
+
+def _resampling_inputs(fixed_image: sitk.Image, moving: Volume, transform: sitk.Transform, interpolation: str,
+                       default_value: float | None) -> tuple[sitk.Image, float, bool]:
+    """The checks and choices of :func:`resample_onto` and :func:`resample_slabs`.
+
+    Returns the moving image as float32, the value outside its field of view
+    (its minimum unless given), and whether no resampling is needed (same
+    grid, identity transform: the voxels are used as they are).
+    """
+    if interpolation not in INTERPOLATORS:
+        raise InputError(f"interpolation must be one of {tuple(INTERPOLATORS)}, got {interpolation!r}")
+    moving_image = as_float32(moving.image)
+    if default_value is None:
+        default_value = float(np.min(sitk.GetArrayViewFromImage(moving_image)))
+    return moving_image, float(default_value), _same_grid(fixed_image, moving_image) and _is_identity(transform)
+
+
+def _ones_like(image: sitk.Image) -> sitk.Image:
+    """A uint8 image of ones on the grid of *image* (resampled, it marks the field of view)."""
+    ones = sitk.Image(image.GetSize(), sitk.sitkUInt8) + 1
+    ones.CopyInformation(image)
+    return ones
 
 
 def _same_grid(a: sitk.Image, b: sitk.Image, tolerance: float = 1e-6) -> bool:
@@ -594,9 +606,7 @@ def _is_identity(transform: sitk.Transform) -> bool:
 
 def coverage_mask(fixed_image: sitk.Image, moving_image: sitk.Image, transform: sitk.Transform) -> sitk.Image:
     """uint8 mask on the fixed grid: 1 where *transform* lands inside *moving_image*."""
-    ones = sitk.Image(moving_image.GetSize(), sitk.sitkUInt8) + 1
-    ones.CopyInformation(moving_image)
-    return sitk.Resample(ones, fixed_image, transform, sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+    return sitk.Resample(_ones_like(moving_image), fixed_image, transform, sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
 
 
 def summarize_transform(transform: sitk.Transform) -> TransformSummary:
