@@ -65,15 +65,37 @@ def check_writable(path: str | os.PathLike) -> None:
         The folder is missing, not a folder or not writable, or *path* is a folder.
     """
     path = Path(path)
-    folder = path.parent
+    _check_folder(path, path.parent)
+    if path.is_dir():
+        raise WriteError(f"cannot write {path}: it is a directory")
+
+
+def check_folder_creatable(folder: str | os.PathLike) -> None:
+    """Refuse, before any work is spent, an output *folder* that could not be created.
+
+    Missing folders on the way are fine (the writer creates them); the
+    nearest existing one above *folder* must be a writable folder. Whether
+    *folder* itself may already exist is the caller's rule.
+
+    Raises
+    ------
+    WriteError
+        A file in the path, or a folder that is not writable.
+    """
+    folder = Path(folder)
+    existing = folder.parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    _check_folder(folder, existing)
+
+
+def _check_folder(path: Path, folder: Path) -> None:
     if not folder.exists():
         raise WriteError(f"cannot write {path}: folder {folder} does not exist")
     if not folder.is_dir():
         raise WriteError(f"cannot write {path}: {folder} is not a folder")
     if not os.access(folder, os.W_OK | os.X_OK):
         raise WriteError(f"cannot write {path}: folder {folder} is not writable")
-    if path.is_dir():
-        raise WriteError(f"cannot write {path}: it is a directory")
 
 
 def _create_beside(path: Path) -> Path:

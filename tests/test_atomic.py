@@ -7,7 +7,7 @@ import stat
 
 import pytest
 
-from medfuse.atomic import atomic_open, atomic_output
+from medfuse.atomic import atomic_open, atomic_output, check_folder_creatable
 from medfuse.errors import WriteError
 
 
@@ -55,3 +55,13 @@ def test_missing_folder_and_directory_target_are_write_errors(tmp_path):
     with pytest.raises(WriteError, match="is a directory"):
         with atomic_output(tmp_path / "folder"):
             pass
+
+
+def test_a_folder_to_create_needs_a_writable_folder_above_it_not_its_parents(tmp_path):
+    check_folder_creatable(tmp_path / "not" / "yet" / "there")  # missing folders are created when writing
+    blocker = tmp_path / "notes.txt"
+    blocker.write_text("a file")
+    with pytest.raises(WriteError, match="notes.txt is not a folder"):
+        check_folder_creatable(blocker / "out")
+    with pytest.raises(WriteError, match="notes.txt is not a folder"):
+        check_folder_creatable(blocker / "deeper" / "out")

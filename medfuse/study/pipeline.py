@@ -64,6 +64,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from medfuse import __version__
+from medfuse.atomic import check_folder_creatable
 from medfuse.core.config import FusionConfig
 from medfuse.errors import (
     FusionError,
@@ -305,7 +306,7 @@ class _Run:
         self.timings: dict[str, float] = {}
         if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
             raise InputError(f"output folder {out_dir} already exists and is not empty")
-        _check_output_location(out_dir)
+        check_folder_creatable(out_dir)  # before any work, not at the write stage
         self.started = datetime.now(timezone.utc)
 
     @contextmanager
@@ -538,21 +539,6 @@ def _uid_policy(options: StudyOptions) -> str:
     if options.deterministic_uids:
         return "derived from inputs, options and version"
     return "random (pydicom generate_uid)"
-
-
-def _check_output_location(out_dir: Path) -> None:
-    """Refuse, before any work, an OUT_DIR that could not be created (a file in its path, a read-only folder).
-
-    Missing folders on the way are fine (they are created when writing); the
-    nearest existing one must be a writable folder.
-    """
-    existing = out_dir.parent
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        raise WriteError(f"cannot write {out_dir}: {existing} is not a folder")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise WriteError(f"cannot write {out_dir}: folder {existing} is not writable")
 
 
 def _geometry_only_volume(volume: Volume) -> Volume:
