@@ -237,3 +237,31 @@ def test_volume_histograms_by_slabs_equal_the_whole_volume_histogram(pair):
                       level_histogram(synthetic[cover], config.saliency_levels)])
     np.testing.assert_array_equal(slabbed, whole)
     assert slabbed[1].sum() == cover.sum()
+
+
+def _worker_settings():
+    import os
+
+    import dask
+
+    return (os.environ.get("MALLOC_TRIM_THRESHOLD_"), os.environ.get("OMP_NUM_THREADS"),
+            dask.config.get("distributed.worker.profile.enabled"))
+
+
+@pytest.mark.slow
+def test_local_workers_start_with_medfuse_settings_and_restore_the_callers():
+    """The worker process gets glibc's dynamic mmap threshold (no trim variable), one-thread libraries and no
+    statistical profiler; the calling process's dask settings are back as they were once the workers are up."""
+    import dask
+
+    from medfuse.volume.dispatch import LocalWorkers
+
+    before = (dask.config.get("distributed.nanny.pre-spawn-environ"),
+              dask.config.get("distributed.worker.profile.enabled"))
+    with LocalWorkers(1) as pool:
+        client = pool.client()
+        (settings,) = client.run(_worker_settings).values()
+        after = (dask.config.get("distributed.nanny.pre-spawn-environ"),
+                 dask.config.get("distributed.worker.profile.enabled"))
+    assert settings == (None, "1", False)
+    assert after == before
