@@ -127,3 +127,40 @@ def test_simpleitk_reads_the_colour_series_onto_the_grey_grid(colour_run):
     for a, b in ((colour.GetOrigin(), grey.GetOrigin()), (colour.GetSpacing(), grey.GetSpacing()),
                  (colour.GetDirection(), grey.GetDirection())):
         assert np.allclose(a, b, atol=1e-3)
+
+
+@pytest.mark.slow
+def test_orthanc_stores_orders_and_renders_the_colour_series(colour_run, tmp_path):
+    """A real PACS and its viewer back end: Orthanc accepts every instance, orders the series as a volume from
+    its plane information (its ordered-slices answer), and its renderer shows each slice in colour, equal to
+    the stored RGB pixels."""
+    from io import BytesIO
+
+    from orthanc_support import OrthancServer, orthanc_missing_reason
+    from PIL import Image
+
+    reason = orthanc_missing_reason()
+    if reason:
+        pytest.skip(reason)
+    colour = _series(colour_run.colour_dir)
+    server = OrthancServer(tmp_path / "orthanc").start()
+    try:
+        assert server.upload(colour_run.colour_dir) == len(colour)
+        (series,) = server.find("Series", {"SeriesInstanceUID": colour[0].SeriesInstanceUID})
+        ordered = server.session.get(f"{server.url}/series/{series['ID']}/ordered-slices", timeout=30).json()
+        assert ordered["Type"] == "Volume"  # sorted by position along the slice normal, not by instance number
+        order = [path.split("/")[2] for path in ordered["Dicom"]]
+        uid_of = {server.session.get(f"{server.url}/instances/{i}", timeout=30).json()["MainDicomTags"]
+                  ["SOPInstanceUID"]: i for i in order}
+        normal = np.cross(*np.reshape(np.asarray(colour[0].ImageOrientationPatient, float), (2, 3)))
+        by_position = sorted(colour, key=lambda ds: float(np.dot(normal, np.asarray(ds.ImagePositionPatient, float))))
+        assert [uid_of[ds.SOPInstanceUID] for ds in by_position] in (order, order[::-1])
+        for ds in (colour[0], colour[len(colour) // 2]):
+            rendered = server.session.get(f"{server.url}/instances/{uid_of[ds.SOPInstanceUID]}/preview", timeout=30)
+            rendered.raise_for_status()
+            image = np.asarray(Image.open(BytesIO(rendered.content)).convert("RGB")).astype(int)
+            assert image.shape == ds.pixel_array.shape
+            assert np.abs(image - ds.pixel_array.astype(int)).max() <= 1
+            assert (np.abs(image[..., 0] - image[..., 2]) > 16).any()  # colour, not grey
+    finally:
+        server.stop()
