@@ -198,7 +198,8 @@ results, reference = {}, None
 def graph_via_scheduler():
     # The cluster's start is timed too, as fuse_volume's own local paths include it.
     with dask.config.set(local_worker_config()):
-        cluster = LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None, silence_logs=40)
+        cluster = LocalCluster(n_workers=2, threads_per_worker=1, host="127.0.0.1",
+                               dashboard_address="127.0.0.1:0", silence_logs=40)
     try:
         return fuse_volume(arrays, masks, scheduler=cluster.scheduler_address)
     finally:

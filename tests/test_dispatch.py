@@ -251,7 +251,8 @@ def _worker_settings():
 @pytest.mark.slow
 def test_local_workers_start_with_medfuse_settings_and_restore_the_callers():
     """The worker process gets glibc's dynamic mmap threshold (no trim variable), one-thread libraries and no
-    statistical profiler; the calling process's dask settings are back as they were once the workers are up."""
+    statistical profiler; the calling process's dask settings are back as they were once the workers are up;
+    the cluster listens on loopback only."""
     import dask
 
     from medfuse.volume.dispatch import LocalWorkers
@@ -261,7 +262,12 @@ def test_local_workers_start_with_medfuse_settings_and_restore_the_callers():
     with LocalWorkers(1) as pool:
         client = pool.client()
         (settings,) = client.run(_worker_settings).values()
+        addresses = [client.scheduler.address, *client.scheduler_info()["workers"]]
+        dashboard = client.dashboard_link
         after = (dask.config.get("distributed.nanny.pre-spawn-environ"),
                  dask.config.get("distributed.worker.profile.enabled"))
     assert settings == (None, "1", False)
     assert after == before
+    # Everything listens on loopback only, the HTTP server on a free port rather than dask's usual 8787.
+    assert all(address.startswith("tcp://127.0.0.1:") for address in addresses), addresses
+    assert dashboard.startswith("http://127.0.0.1:") and ":8787/" not in dashboard

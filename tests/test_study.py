@@ -210,3 +210,37 @@ def test_an_output_path_through_a_file_is_refused_before_any_work(tmp_path, caps
     assert code == 6  # WriteError, not an internal error
     assert f"{blocker} is not a folder" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
+UNGUARDED_SCRIPT = """
+import sys
+from medfuse.study.pipeline import StudyOptions, fuse_study
+fuse_study(sys.argv[1], sys.argv[2], StudyOptions(workers=2, formats=("nifti",)))
+"""
+
+
+def test_a_script_without_main_guard_gets_a_clear_error_not_a_job_per_worker(tmp_path):
+    """A script that calls fuse_study at import time: each spawned worker re-imports it; the workers refuse to
+    run the job again, so the caller is told why at once (not after the 120 s start-up timeout) and nothing is
+    left behind."""
+    script = tmp_path / "unguarded.py"
+    script.write_text(UNGUARDED_SCRIPT)
+    out = tmp_path / "out"
+    done = subprocess.run([sys.executable, str(script), str(SAMPLE), str(out)], capture_output=True, text=True,
+                          cwd=tmp_path, timeout=100, check=False)
+    assert done.returncode != 0
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("medfuse.errors.FusionError: could not start 2 local Dask workers") and \
+        'if __name__ == "__main__":' in last, done.stderr[-2000:]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["unguarded.py"]
+
+
+def test_a_worker_being_started_refuses_to_run_a_job(tmp_path, monkeypatch):
+    import multiprocessing
+
+    from medfuse.errors import FusionError
+
+    monkeypatch.setattr(multiprocessing.current_process(), "_inheriting", True, raising=False)
+    with pytest.raises(FusionError, match="while a worker process was starting"):
+        fuse_study(SAMPLE, tmp_path / "out", StudyOptions(workers=1))
+    assert not (tmp_path / "out").exists()

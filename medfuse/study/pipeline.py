@@ -83,7 +83,8 @@ from medfuse.io.select import describe_candidates, find_series, select_series
 from medfuse.io.volumes import load_volume
 from medfuse.study.colour import Palette, functional_source, rgb_slices
 from medfuse.study.progress import Progress
-from medfuse.volume.dispatch import SALIENCY_SCOPES, fuse_staged, fuse_volume, local_workers_for
+from medfuse.volume.dispatch import (SALIENCY_SCOPES, fuse_staged, fuse_volume, local_workers_for,
+                                     refuse_in_starting_worker)
 from medfuse.volume.intensity import choose_mapping
 from medfuse.volume.model import Volume
 from medfuse.volume.registration import RegistrationConfig, register, write_transform
@@ -300,6 +301,7 @@ class _Run:
     """One run's state: options, stage timings, the staging folder."""
 
     def __init__(self, options: StudyOptions, out_dir: Path):
+        refuse_in_starting_worker()  # an unguarded script re-imported by a local worker: stop before any work
         self.options = options
         self.out_dir = out_dir
         self.progress = options.progress or Progress("quiet")

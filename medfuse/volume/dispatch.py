@@ -75,6 +75,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -87,7 +88,8 @@ from medfuse.volume.chunk_task import chunk_bounds, fuse_chunk
 from medfuse.volume.staging import StagedVolumes
 
 __all__ = ["SALIENCY_SCOPES", "LocalWorkers", "default_workers", "fuse_staged", "fuse_volume", "interslice_variation",
-           "local_worker_config", "local_workers_for", "volume_histograms"]
+           "local_worker_config", "local_workers_for", "refuse_in_starting_worker",
+           "volume_histograms"]
 
 SALIENCY_SCOPES = ("volume", "slice")
 #: Below this many source voxels (K x Z x Y x X) the default runs in-process.
@@ -391,6 +393,30 @@ def local_worker_config() -> dict:
             "distributed.worker.profile.enabled": False}
 
 
+#: What a Python script that starts local workers needs (worker processes are spawned and re-import the script).
+BOOTSTRAP_HINT = "a Python script that runs medfuse must call it under `if __name__ == \"__main__\":`"
+
+
+def refuse_in_starting_worker() -> None:
+    """Refuse to run while this process is a worker process being started.
+
+    Dask spawns local worker processes, and each re-imports the main script;
+    a script that calls medfuse at import time would start a whole job (and
+    more workers) in every worker. This stops that job at once, so the worker
+    fails, the caller is told why (:meth:`LocalWorkers.client`), and nothing
+    runs twice.
+
+    Raises
+    ------
+    FusionError
+        While a spawned process is importing its parent's main module.
+    """
+    import multiprocessing
+
+    if getattr(multiprocessing.current_process(), "_inheriting", False):
+        raise FusionError(f"medfuse was called while a worker process was starting: {BOOTSTRAP_HINT}")
+
+
 class LocalWorkers:
     """A local dask.distributed cluster of one-thread worker processes, started in the background.
 
@@ -413,12 +439,16 @@ class LocalWorkers:
         import dask
         from dask.distributed import Client, LocalCluster
 
+        refuse_in_starting_worker()
+
         # The nannies read these settings when they are created, in the background after scale(): they
         # stay set until every worker has started (client() or close() restores the previous values).
         self._settings = dask.config.set(local_worker_config())
         try:
-            self._cluster = LocalCluster(n_workers=0, threads_per_worker=1, processes=True,
-                                         dashboard_address=None, silence_logs=40)
+            # The scheduler's HTTP server always runs (dashboard_address=None does not stop it, dask/distributed
+            # issue 8136): on a free loopback port, not on 8787 where another service or cluster may listen.
+            self._cluster = LocalCluster(n_workers=0, threads_per_worker=1, processes=True, host="127.0.0.1",
+                                         dashboard_address="127.0.0.1:0", silence_logs=40)
             self._client = Client(self._cluster)
             self._cluster.scale(self.workers)  # returns at once; the workers start in the background
         except BaseException as exc:
@@ -429,12 +459,24 @@ class LocalWorkers:
         return self
 
     def client(self):
-        """The cluster's client, once every worker has started."""
-        try:
-            self._client.wait_for_workers(self.workers, timeout=WORKER_START_TIMEOUT_S)
-        except OSError as exc:  # includes TimeoutError
-            self.close()
-            raise FusionError(f"could not start {self.workers} local Dask workers: {exc}") from exc
+        """The cluster's client, once every worker has started.
+
+        Raises :class:`FusionError` as soon as a worker process fails at
+        start-up (not after the whole start-up timeout).
+        """
+        deadline = time.monotonic() + WORKER_START_TIMEOUT_S
+        while True:
+            try:
+                self._client.wait_for_workers(self.workers, timeout=1)
+                break
+            except OSError as exc:  # includes TimeoutError
+                failed = any(str(getattr(nanny, "status", "")).endswith("failed")
+                             for nanny in self._cluster.workers.values())
+                if failed or time.monotonic() > deadline:
+                    self.close()
+                    reason = (f"their processes failed at start-up ({BOOTSTRAP_HINT}; the log above says more)"
+                              if failed else str(exc))
+                    raise FusionError(f"could not start {self.workers} local Dask workers: {reason}") from exc
         self._restore_settings()
         return self._client
 
