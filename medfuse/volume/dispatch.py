@@ -381,9 +381,9 @@ def local_worker_config() -> dict:
       (64 slices, 11.6 s vs 8.1 s on the shared 2-core machine). The
       one-thread-per-library variables (OMP_NUM_THREADS...) are kept.
     * The workers' statistical profiler is off: it wakes every 10 ms, takes
-      the GIL and walks the task's stack. Two workers side by side fused a
-      512 x 512 pair in 0.110-0.116 s without it against 0.118-0.129 s with
-      it (40 slices each, three runs, 2-core machine).
+      the GIL and walks the task's stack, and nobody looks at its profiles
+      (there is no dashboard user). Its cost was not measurable above the
+      host's noise (``bench/worker_overhead.py``, docs/fuse-study.md).
     """
     import dask
 
