@@ -67,3 +67,19 @@ class WorkflowError(MedfuseError):
 
 class PacsError(WorkflowError):
     """A PACS could not be reached or refused a request."""
+
+
+def os_error_reason(exc: BaseException) -> str:
+    """The operating system's reason behind *exc*, on one line (e.g. ``No space left on device``).
+
+    Libraries re-raise OSErrors with their own text around them (pydicom puts
+    the whole traceback of the original error into the message and drops its
+    errno); the first OSError with an ``strerror`` in the chain of causes is
+    the one a user can act on. Falls back to the message of *exc* itself.
+    """
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.strerror:
+            return f"{seen.strerror}: {seen.filename}" if seen.filename else seen.strerror
+        seen = seen.__cause__ or seen.__context__
+    return " ".join(str(exc).split()) or type(exc).__name__

@@ -112,6 +112,36 @@ def test_fuse_staged_equals_fuse_volume_and_leaves_the_inputs(pair, tmp_path):
     assert seen == [(4, 12), (4, 12), (4, 12)]
 
 
+def test_a_full_disk_in_a_worker_is_reported_as_a_write_error(pair, tmp_path, monkeypatch):
+    """A failure inside a worker task keeps its kind: a full disk while writing the output file is a
+    WriteError (exit 6) naming the slices and the reason, not a generic fusion failure. (Workers in threads
+    of this process, so that the disk can be made to fill up here.)"""
+    import errno
+
+    from dask.distributed import Client, LocalCluster
+
+    from medfuse.errors import WriteError
+    from medfuse.volume.chunk_task import chunk_bounds
+    from medfuse.volume.dispatch import _run_blocks
+    from medfuse.volume.staging import StagedVolumes
+
+    t1, synthetic = pair
+    staged = StagedVolumes.create(tmp_path, 2, t1.shape)
+    for k, values in enumerate((t1, synthetic)):
+        staged.write_source(k, 0, values)
+        staged.write_cover(k, 0, np.ones(values.shape, bool))
+
+    def full_disk(*args):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr("medfuse.volume.staging.os.pwrite", full_disk)
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
+                      dashboard_address="127.0.0.1:0") as cluster, Client(cluster) as client:
+        with pytest.raises(WriteError, match=r"fusion of slices \d+-\d+ failed: could not write the temporary "
+                                             r"fusion file .*fused.npy: No space left on device"):
+            _run_blocks(client, staged, chunk_bounds(staged.shape, 4), FusionConfig(), None, 1, None)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -244,3 +244,37 @@ def test_a_worker_being_started_refuses_to_run_a_job(tmp_path, monkeypatch):
     with pytest.raises(FusionError, match="while a worker process was starting"):
         fuse_study(SAMPLE, tmp_path / "out", StudyOptions(workers=1))
     assert not (tmp_path / "out").exists()
+
+
+def test_too_little_disk_for_the_scratch_files_is_a_write_error_before_fusing(tmp_path, capsys, monkeypatch):
+    """The staging check sees 1 MB free (the sample needs about 16 MB): exit 6 with both figures, nothing left."""
+    real = shutil.disk_usage
+    monkeypatch.setattr("medfuse.volume.staging.shutil.disk_usage",
+                        lambda path: real(path)._replace(free=2**20))
+    code = main(["fuse-study", str(SAMPLE), "-o", str(tmp_path / "out"), "--workers", "1", "--quiet"])
+    assert code == 6
+    err = capsys.readouterr().err.strip()
+    assert "not enough disk space" in err and "MB needed, 1 MB free" in err and len(err.splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 16 MB file system (tmpfs): room for the sample's scratch files, not for them and the outputs."""
+    mount_point = tmp_path / "small"
+    mount_point.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mount_point)],
+                          capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here (needs root and mount rights): {done.stderr.strip()}")
+    yield mount_point
+    subprocess.run(["umount", str(mount_point)], check=False)
+
+
+@pytest.mark.skipif(shutil.which("mount") is None, reason="no mount command")
+def test_a_disk_that_fills_up_while_writing_gives_exit_6_and_leaves_nothing(small_disk, capsys):
+    code = main(["fuse-study", str(SAMPLE), "-o", str(small_disk / "out"), "--workers", "1", "--quiet", "--report"])
+    assert code == 6
+    err = capsys.readouterr().err.strip()
+    assert err.endswith("No space left on device") and len(err.splitlines()) == 1, err
+    assert list(small_disk.iterdir()) == []

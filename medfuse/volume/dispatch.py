@@ -83,7 +83,7 @@ import numpy as np
 
 from medfuse.core.config import FusionConfig
 from medfuse.core.saliency import level_histogram
-from medfuse.errors import FusionError, InputError
+from medfuse.errors import FusionError, InputError, MedfuseError
 from medfuse.volume.chunk_task import chunk_bounds, fuse_chunk
 from medfuse.volume.staging import StagedVolumes
 
@@ -577,9 +577,10 @@ def _run_blocks(client, staged: StagedVolumes, bounds, config, histograms, worke
         block = where[future.key]
         try:
             done = future.result()
-        except Exception as exc:  # a worker-side failure, reported with its reason
-            raise FusionError(f"fusion of slices {block[0][0]}-{block[-1][1] - 1} failed: "
-                              f"{' '.join(str(exc).split()) or type(exc).__name__}") from exc
+        except Exception as exc:  # a worker-side failure, reported with its reason (and kind, e.g. a full disk)
+            error = type(exc) if isinstance(exc, MedfuseError) else FusionError
+            raise error(f"fusion of slices {block[0][0]}-{block[-1][1] - 1} failed: "
+                        f"{' '.join(str(exc).split()) or type(exc).__name__}") from exc
         if progress is not None:
             progress(done, staged.zyx[0])
 

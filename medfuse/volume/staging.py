@@ -37,7 +37,7 @@ import numpy as np
 import SimpleITK as sitk
 from numpy.lib.format import dtype_to_descr, read_array_header_1_0, read_magic, write_array_header_1_0
 
-from medfuse.errors import FusionError, InputError
+from medfuse.errors import FusionError, InputError, WriteError, os_error_reason
 from medfuse.volume.intensity import IntensityMapping
 from medfuse.volume.model import Volume
 from medfuse.volume.registration import resample_slabs
@@ -86,18 +86,19 @@ class StagedVolumes:
 
         Raises
         ------
-        FusionError
+        WriteError
             The disk has not room for the files (checked first: writing into
             a file on a full disk would fail half-way through the fusion).
         """
         folder = Path(folder)
         shape = (int(k), *(int(n) for n in zyx))
         voxels = int(np.prod(shape[1:]))
-        needed = shape[0] * voxels * 5 + voxels * 4  # float32 + bool per source, float32 output
+        files = shape[0] * voxels * 5 + voxels * 4  # float32 + bool per source, float32 output
+        needed = files + (files >> 3)  # and an eighth more for what is written beside them (the outputs)
         free = shutil.disk_usage(folder).free
-        if free < needed + (needed >> 3):
-            raise FusionError(f"not enough disk space in {folder.parent} for the fusion's temporary files: "
-                              f"{needed / 2**20:.0f} MB needed, {free / 2**20:.0f} MB free")
+        if free < needed:
+            raise WriteError(f"not enough disk space in {folder.parent} for the fusion's temporary files: "
+                             f"{-(-needed // 2**20)} MB needed, {free // 2**20} MB free")
         offsets = {}
         try:
             for name, dtype in _FILES.items():
@@ -108,7 +109,7 @@ class StagedVolumes:
                     offsets[name] = handle.tell()
                     handle.truncate(offsets[name] + int(np.prod(file_shape)) * np.dtype(dtype).itemsize)
         except OSError as exc:
-            raise FusionError(f"could not create the temporary fusion files in {folder}: {exc}") from exc
+            raise WriteError(f"could not create the temporary fusion files in {folder}: {os_error_reason(exc)}") from exc
         return cls(folder, shape, offsets)
 
     @classmethod
@@ -117,10 +118,14 @@ class StagedVolumes:
         folder = Path(folder)
         offsets, shape = {}, None
         for name in _FILES:
-            with open(folder / f"{name}.npy", "rb") as handle:
-                read_magic(handle)
-                file_shape, _, _ = read_array_header_1_0(handle)
-                offsets[name] = handle.tell()
+            try:
+                with open(folder / f"{name}.npy", "rb") as handle:
+                    read_magic(handle)
+                    file_shape, _, _ = read_array_header_1_0(handle)
+                    offsets[name] = handle.tell()
+            except (OSError, ValueError) as exc:  # ValueError: not a .npy header
+                raise FusionError(f"could not read the temporary fusion file {folder / f'{name}.npy'}: "
+                                  f"{os_error_reason(exc)}") from exc
             if name == "sources":
                 shape = file_shape
         return cls(folder, shape, offsets)
@@ -210,9 +215,10 @@ class StagedVolumes:
                 if done == 0:
                     raise FusionError(f"{path} is shorter than its header says")
                 view, position = view[done:], position + done
-        except OSError as exc:  # e.g. a full disk
-            raise FusionError(f"could not {'write' if write else 'read'} the temporary fusion file {path}: "
-                              f"{exc}") from exc
+        except OSError as exc:  # e.g. a full disk: an output-location problem when writing (exit code 6)
+            error = WriteError if write else FusionError
+            raise error(f"could not {'write' if write else 'read'} the temporary fusion file {path}: "
+                        f"{os_error_reason(exc)}") from exc
         finally:
             os.close(fd)
 

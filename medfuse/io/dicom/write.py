@@ -67,7 +67,7 @@ from pydicom.uid import (
 from pydicom.valuerep import format_number_as_ds
 
 from medfuse import __version__
-from medfuse.errors import WriteError
+from medfuse.errors import WriteError, os_error_reason
 from medfuse.volume.model import SeriesReference
 
 #: Root of every UID medfuse writes (pydicom's registered root for generated UIDs).
@@ -433,7 +433,7 @@ def _write_instances(out_dir: Path, template: Dataset, geometry: sitk.Image, sou
         os.replace(staging, out_dir)
     except OSError as exc:
         shutil.rmtree(staging, ignore_errors=True)
-        raise WriteError(f"could not write the fused series to {out_dir}: {exc}") from exc
+        raise WriteError(f"could not write the fused series to {out_dir}: {os_error_reason(exc)}") from exc
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
