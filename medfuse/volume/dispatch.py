@@ -464,14 +464,15 @@ class LocalWorkers:
         Raises :class:`FusionError` as soon as a worker process fails at
         start-up (not after the whole start-up timeout).
         """
+        from distributed.core import Status
+
         deadline = time.monotonic() + WORKER_START_TIMEOUT_S
         while True:
             try:
                 self._client.wait_for_workers(self.workers, timeout=1)
                 break
             except OSError as exc:  # includes TimeoutError
-                failed = any(str(getattr(nanny, "status", "")).endswith("failed")
-                             for nanny in self._cluster.workers.values())
+                failed = any(nanny.status == Status.failed for nanny in self._cluster.workers.values())
                 if failed or time.monotonic() > deadline:
                     self.close()
                     reason = (f"their processes failed at start-up ({BOOTSTRAP_HINT}; the log above says more)"
