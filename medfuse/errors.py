@@ -69,6 +69,11 @@ class PacsError(WorkflowError):
     """A PACS could not be reached or refused a request."""
 
 
+def one_line(exc: BaseException) -> str:
+    """The message of *exc* on one line (its type name when it has none), for error reports."""
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
 def os_error_reason(exc: BaseException) -> str:
     """The operating system's reason behind *exc*, on one line (e.g. ``No space left on device``).
 
@@ -82,4 +87,4 @@ def os_error_reason(exc: BaseException) -> str:
         if isinstance(seen, OSError) and seen.strerror:
             return f"{seen.strerror}: {seen.filename}" if seen.filename else seen.strerror
         seen = seen.__cause__ or seen.__context__
-    return " ".join(str(exc).split()) or type(exc).__name__
+    return one_line(exc)

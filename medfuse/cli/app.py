@@ -25,7 +25,7 @@ from medfuse.cli import (
     scan,
     workflow,
 )
-from medfuse.errors import MedfuseError
+from medfuse.errors import MedfuseError, one_line
 
 app = typer.Typer(
     name="medfuse",
@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     except MedfuseError as exc:
-        typer.echo(f"medfuse: error: {_one_line(exc)}", err=True)
+        typer.echo(f"medfuse: error: {one_line(exc)}", err=True)
         code = exc.exit_code
     except KeyboardInterrupt:
         typer.echo("medfuse: interrupted", err=True)
@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         # traceback for the user; MEDFUSE_DEBUG=1 shows it to a developer.
         if os.environ.get("MEDFUSE_DEBUG"):
             raise
-        typer.echo(f"medfuse: internal error: {type(exc).__name__}: {_one_line(exc)} (set MEDFUSE_DEBUG=1 for details)", err=True)
+        typer.echo(f"medfuse: internal error: {type(exc).__name__}: {one_line(exc)} (set MEDFUSE_DEBUG=1 for details)", err=True)
         code = 70
     finally:
         _install(signal.SIGTERM, previous)
@@ -106,6 +106,3 @@ def _install(signum: int, handler):
         return None
     return signal.signal(signum, handler)
 
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__

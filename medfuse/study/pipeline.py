@@ -74,6 +74,7 @@ from medfuse.errors import (
     ScanError,
     SelectionError,
     WriteError,
+    one_line,
 )
 from medfuse.io.dicom.index import FolderIndex, SeriesInfo, scan_folder
 from medfuse.io.dicom.read import read_series
@@ -322,7 +323,7 @@ class _Run:
         except MemoryError as exc:
             raise _STAGE_ERRORS[name](f"{name}: out of memory") from exc
         except Exception as exc:  # unexpected library failure: report it as this stage's error
-            raise _STAGE_ERRORS[name](f"{name} failed: {' '.join(str(exc).split()) or type(exc).__name__}") from exc
+            raise _STAGE_ERRORS[name](f"{name} failed: {one_line(exc)}") from exc
         finally:
             self.timings[name] = round(time.perf_counter() - started, 3)
 

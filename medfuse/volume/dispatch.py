@@ -83,7 +83,7 @@ import numpy as np
 
 from medfuse.core.config import FusionConfig
 from medfuse.core.saliency import level_histogram
-from medfuse.errors import FusionError, InputError, MedfuseError
+from medfuse.errors import FusionError, InputError, MedfuseError, one_line
 from medfuse.volume.chunk_task import chunk_bounds, fuse_chunk
 from medfuse.volume.staging import StagedVolumes
 
@@ -580,8 +580,7 @@ def _run_blocks(client, staged: StagedVolumes, bounds, config, histograms, worke
             done = future.result()
         except Exception as exc:  # a worker-side failure, reported with its reason (and kind, e.g. a full disk)
             error = type(exc) if isinstance(exc, MedfuseError) else FusionError
-            raise error(f"fusion of slices {block[0][0]}-{block[-1][1] - 1} failed: "
-                        f"{' '.join(str(exc).split()) or type(exc).__name__}") from exc
+            raise error(f"fusion of slices {block[0][0]}-{block[-1][1] - 1} failed: {one_line(exc)}") from exc
         if progress is not None:
             progress(done, staged.zyx[0])
 
@@ -615,8 +614,7 @@ def _run_distributed(bounds, chunk_args, store, config, histograms, workers, sch
             try:
                 store(start, stop, future.result())
             except Exception as exc:  # a worker-side failure, reported with its reason
-                raise FusionError(f"fusion of slices {start}-{stop - 1} failed: "
-                                  f"{' '.join(str(exc).split()) or type(exc).__name__}") from exc
+                raise FusionError(f"fusion of slices {start}-{stop - 1} failed: {one_line(exc)}") from exc
             future.release()
             if pending:
                 submit_next()

@@ -34,7 +34,7 @@ from typing import TextIO
 import pydicom
 
 from medfuse import __version__
-from medfuse.errors import MedfuseError, PacsError, WorkflowError, os_error_reason
+from medfuse.errors import MedfuseError, PacsError, WorkflowError, one_line, os_error_reason
 from medfuse.io.dicom.write import derived_uid
 from medfuse.workflow.config import Workflow, orientation_of
 from medfuse.workflow.credentials import resolve_credentials
@@ -266,7 +266,7 @@ def _run_plan(plan: JobPlan, workflow: Workflow, ledger: Ledger, source: Source,
 
 
 def _one_line(exc: BaseException) -> str:
-    return os_error_reason(exc) if isinstance(exc, OSError) else " ".join(str(exc).split()) or type(exc).__name__
+    return os_error_reason(exc) if isinstance(exc, OSError) else one_line(exc)
 
 
 def _process(plan: JobPlan, workflow: Workflow, ledger: Ledger, source: Source, work: Path) -> tuple[dict, str]:
