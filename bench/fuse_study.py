@@ -175,7 +175,8 @@ def scope_consistency(fixed_path: str, moving_path: str) -> dict:
     from medfuse.io.volumes import load_volume
     from medfuse.volume.dispatch import fuse_volume, interslice_variation
     from medfuse.volume.intensity import map_to_unit
-    from medfuse.volume.registration import register, resample_onto
+    from medfuse.volume.registration import register
+    from medfuse.volume.resampling import resample_onto
 
     fixed, moving = load_volume(fixed_path), load_volume(moving_path)
     moved, coverage = resample_onto(fixed, moving, register(fixed, moving).transform)

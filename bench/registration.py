@@ -48,14 +48,9 @@ from medfuse.volume.masks import foreground_mask  # noqa: E402
 from medfuse.volume.model import Volume  # noqa: E402
 from medfuse.volume.overlay import OverlayConfig, registration_overlay  # noqa: E402
 from medfuse.volume.validation import inverted_contrast, moved_by, rigid_about_centre  # noqa: E402
-from medfuse.volume.registration import (  # noqa: E402
-    RegistrationConfig,
-    compose,
-    mask_points_mm,
-    register,
-    resample_onto,
-    target_registration_error,
-)
+from medfuse.volume.registration import RegistrationConfig, register  # noqa: E402
+from medfuse.volume.resampling import resample_onto  # noqa: E402
+from medfuse.volume.transforms import compose, mask_points_mm, target_registration_error  # noqa: E402
 
 SHARED = Path(os.environ.get("MEDFUSE_SHARED_DATA", REPO.parent / "shared" / "data"))
 DATA = SHARED / "volumes"

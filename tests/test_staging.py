@@ -11,7 +11,7 @@ import SimpleITK as sitk
 from medfuse.errors import InputError
 from medfuse.volume.intensity import choose_mapping, map_to_unit
 from medfuse.volume.model import Volume
-from medfuse.volume.registration import resample_onto, resample_slabs
+from medfuse.volume.resampling import resample_onto, resample_slabs
 from medfuse.volume.staging import StagedVolumes, stage_on_grid
 
 SAMPLE = Path(__file__).resolve().parents[1] / "sample_studies" / "mr-phantom-two-contrasts"

@@ -38,14 +38,9 @@ def register_command(
     from medfuse.io.nifti import is_nifti_path, write_nifti
     from medfuse.io.volumes import load_volume
     from medfuse.volume.overlay import registration_overlay
-    from medfuse.volume.registration import (
-        RegistrationConfig,
-        evaluate_transform,
-        read_transform,
-        register,
-        resample_onto,
-        write_transform,
-    )
+    from medfuse.volume.registration import RegistrationConfig, evaluate_transform, register
+    from medfuse.volume.resampling import resample_onto
+    from medfuse.volume.transforms import read_transform, write_transform
 
     _check_outputs(output, transform_out, coverage_out, overlay, overwrite, is_nifti_path)
     config = RegistrationConfig(

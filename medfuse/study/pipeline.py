@@ -88,7 +88,8 @@ from medfuse.volume.dispatch import (SALIENCY_SCOPES, fuse_staged, fuse_volume, 
                                      refuse_in_starting_worker)
 from medfuse.volume.intensity import choose_mapping
 from medfuse.volume.model import Volume
-from medfuse.volume.registration import RegistrationConfig, register, write_transform
+from medfuse.volume.registration import RegistrationConfig, register
+from medfuse.volume.transforms import write_transform
 from medfuse.volume.staging import stage_on_grid
 
 __all__ = ["FORMATS", "StudyOptions", "StudyResult", "fuse_study", "fuse_volumes"]

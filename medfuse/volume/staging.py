@@ -21,7 +21,7 @@ local Dask workers (each opens it by its path).
 
 :func:`stage_on_grid` fills a folder from the fixed volume and the moving
 volumes with their registration transforms, slab by slab: each moving slab is
-resampled (:func:`medfuse.volume.registration.resample_slabs`), mapped to
+resampled (:func:`medfuse.volume.resampling.resample_slabs`), mapped to
 [0, 1] with its :class:`~medfuse.volume.intensity.IntensityMapping`, and
 written.
 """
@@ -40,7 +40,7 @@ from numpy.lib.format import dtype_to_descr, read_array_header_1_0, read_magic, 
 from medfuse.errors import FusionError, InputError, WriteError, os_error_reason
 from medfuse.volume.intensity import IntensityMapping
 from medfuse.volume.model import Volume
-from medfuse.volume.registration import resample_slabs
+from medfuse.volume.resampling import resample_slabs
 
 __all__ = ["STAGE_SLAB_SLICES", "StagedSlices", "StagedVolumes", "stage_on_grid"]
 
@@ -243,7 +243,7 @@ def stage_on_grid(
         Sources 1..K-1 with their fixed-to-moving transforms (from
         :func:`medfuse.volume.registration.register`). Linear interpolation;
         outside its field of view a source reads as its minimum and is not
-        covered (as :func:`medfuse.volume.registration.resample_onto`).
+        covered (as :func:`medfuse.volume.resampling.resample_onto`).
     mappings : sequence of IntensityMapping
         One per source (fixed first): scanner units to [0, 1].
     slab_slices : int

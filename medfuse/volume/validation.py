@@ -14,7 +14,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from medfuse.volume.masks import foreground_mask
-from medfuse.volume.registration import mask_points_mm, target_registration_error, transform_geometry
+from medfuse.volume.transforms import mask_points_mm, target_registration_error, transform_geometry
 
 
 def rigid_about_centre(

@@ -1,0 +1,219 @@
+"""The multi-resolution optimisation behind :func:`medfuse.volume.registration.register`.
+
+Pyramid levels (block averaging toward isotropic voxels, Gaussian smoothing in
+mm), the Mattes mutual information metric with its masks and sampling, and
+the level-by-level regular-step gradient descent. Every number comes from a
+:class:`~medfuse.volume.registration_config.RegistrationConfig`.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import numpy as np
+import SimpleITK as sitk
+
+from medfuse.errors import RegistrationError
+from medfuse.volume.registration_config import SAMPLING_STRATEGIES, RegistrationConfig
+from medfuse.volume.transforms import itk_reason
+
+
+@dataclass(frozen=True)
+class LevelReport:
+    """What one pyramid level of one stage did."""
+
+    stage: str
+    level: int
+    shrink_factor: int
+    smoothing_sigma_mm: float
+    iterations: int
+    seconds: float
+    metric: float
+
+
+@contextmanager
+def itk_threads(threads: int):
+    """Set ITK's global default thread count for the duration (0 leaves it)."""
+    previous = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
+    if threads:
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(threads)
+    try:
+        yield
+    finally:
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(previous)
+
+
+def pyramid_level(image: sitk.Image, shrink_factor: int, sigma_mm: float, floor_mm: float = 0.0) -> sitk.Image:
+    """Block-average by *shrink_factor* (per axis, toward isotropic voxels), then smooth.
+
+    The factor applies to the finest axis; coarser axes (thick slices) shrink
+    less, so a 0.9 x 0.9 x 5.5 mm volume becomes 3.6 x 3.6 x 5.5 mm at factor 4
+    instead of 22 mm slices. Axes finer than *floor_mm* are shrunk at least
+    to about it. No axis drops below two voxels.
+    """
+    spacing = np.asarray(image.GetSpacing(), dtype=float)
+    factors = np.maximum(1, np.round(shrink_factor * spacing.min() / spacing)).astype(int)
+    factors = np.maximum(factors, np.floor(floor_mm / spacing)).astype(int)
+    factors = np.minimum(factors, np.maximum(1, np.asarray(image.GetSize()) // 2))
+    level = sitk.BinShrink(image, [int(f) for f in factors]) if np.any(factors > 1) else image
+    if sigma_mm > 0:
+        level = sitk.SmoothingRecursiveGaussian(level, float(sigma_mm))
+    return level
+
+
+def mask_on(mask: sitk.Image | None, grid: sitk.Image) -> sitk.Image | None:
+    if mask is None:
+        return None
+    if mask.GetSize() == grid.GetSize() and mask.GetSpacing() == grid.GetSpacing():
+        return mask
+    # Interpolated straight into float32 output: no float32 copy of the full-resolution mask.
+    fraction = sitk.Resample(mask, grid, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+    return sitk.Cast(fraction > 0.5, sitk.sitkUInt8)
+
+
+def metric_method(
+    config: RegistrationConfig,
+    fixed_mask: sitk.Image | None,
+    moving_mask: sitk.Image | None,
+    *,
+    sampling: str,
+    percentage: float,
+    gradient_images: bool,
+) -> sitk.ImageRegistrationMethod:
+    """A single-level registration method with the Mattes MI metric configured."""
+    method = sitk.ImageRegistrationMethod()
+    method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=config.histogram_bins)
+    # Mattes MI's derivative uses only the moving image's gradient, and a
+    # metric value alone needs none: never compute a fixed gradient image.
+    method.SetMetricUseFixedImageGradientFilter(False)
+    method.SetMetricUseMovingImageGradientFilter(gradient_images)
+    method.SetMetricSamplingStrategy(getattr(method, SAMPLING_STRATEGIES[sampling]))
+    if sampling != "none":
+        method.SetMetricSamplingPercentage(float(percentage), config.seed)
+    method.SetInterpolator(sitk.sitkLinear)
+    if fixed_mask is not None:
+        method.SetMetricFixedMask(fixed_mask)
+    if moving_mask is not None:
+        method.SetMetricMovingMask(moving_mask)
+    return method
+
+
+def evaluate_metric(method: sitk.ImageRegistrationMethod, fixed: sitk.Image, moving: sitk.Image, transform) -> float:
+    method.SetInitialTransform(transform, inPlace=False)
+    try:
+        return float(method.MetricEvaluate(fixed, moving))
+    except RuntimeError as exc:
+        raise RegistrationError(f"cannot evaluate the registration metric: {itk_reason(exc)}") from exc
+
+
+def metric_value(
+    fixed_image: sitk.Image,
+    moving_image: sitk.Image,
+    transform: sitk.Transform,
+    fixed_mask: sitk.Image | None,
+    moving_mask: sitk.Image | None,
+    config: RegistrationConfig,
+) -> float:
+    """Mattes MI on the finest pyramid level's images (comparable before/after).
+
+    SimpleITK's MetricEvaluate uses every (masked) voxel whatever the sampling
+    settings (checked: identical values for 1 %, 20 % and no sampling), so the
+    value is exact rather than the optimiser's sampled estimate.
+    """
+    fixed_floor, moving_floor = _resolution_floors(fixed_image, moving_image, config)
+    sigma = config.smoothing_sigmas_mm[-1]
+    level_fixed = pyramid_level(fixed_image, 1, sigma, fixed_floor)
+    level_moving = pyramid_level(moving_image, 1, sigma, moving_floor)
+    method = metric_method(
+        config, mask_on(fixed_mask, level_fixed), mask_on(moving_mask, level_moving), sampling="none",
+        percentage=1.0, gradient_images=False,
+    )
+    return evaluate_metric(method, level_fixed, level_moving, transform)
+
+
+def _capped_percentage(
+    percentage: float, image: sitk.Image, mask: sitk.Image | None, config: RegistrationConfig
+) -> float:
+    """The level's sampling fraction, lowered so that at most max_samples_per_level points are drawn."""
+    candidates = _sample_candidates(image, mask)
+    if candidates * percentage <= config.max_samples_per_level:
+        return percentage
+    return config.max_samples_per_level / candidates
+
+
+def _sample_candidates(image: sitk.Image, mask: sitk.Image | None) -> int:
+    if mask is not None:
+        return int(np.count_nonzero(sitk.GetArrayViewFromImage(mask)))
+    return int(np.prod(image.GetSize()))
+
+
+def _resolution_floors(
+    fixed_image: sitk.Image, moving_image: sitk.Image, config: RegistrationConfig
+) -> tuple[float, float]:
+    # Neither image needs voxels much finer than the other's: a 0.9 mm CT
+    # against a PET of 5.5 x 5.5 x 3.3 mm is registered on ~2.8 mm CT voxels.
+    return (
+        config.resolution_ratio * min(moving_image.GetSpacing()),
+        config.resolution_ratio * min(fixed_image.GetSpacing()),
+    )
+
+
+def optimise(
+    stage: str,
+    fixed_image: sitk.Image,
+    moving_image: sitk.Image,
+    initial: sitk.Transform,
+    fixed_mask: sitk.Image | None,
+    moving_mask: sitk.Image | None,
+    config: RegistrationConfig,
+    iterations: int,
+    levels: list[LevelReport],
+) -> tuple[sitk.Transform, str]:
+    """Run the pyramid one level at a time (own images, step length and timing per level)."""
+    transform = type(initial)(initial)
+    stop = ""
+    fixed_floor, moving_floor = _resolution_floors(fixed_image, moving_image, config)
+    for level, (factor, sigma) in enumerate(zip(config.shrink_factors, config.smoothing_sigmas_mm)):
+        started = time.perf_counter()
+        level_fixed = pyramid_level(fixed_image, factor, sigma, fixed_floor)
+        level_moving = pyramid_level(moving_image, factor, sigma, moving_floor)
+        # Whole-volume gradient images pay off on the small coarse levels, where
+        # many points are sampled; at full resolution central differences at
+        # the few sampled points are cheaper.
+        level_mask = mask_on(fixed_mask, level_fixed)
+        method = metric_method(
+            config,
+            level_mask,
+            mask_on(moving_mask, level_moving),
+            sampling=config.sampling,
+            percentage=_capped_percentage(config.sampling_percentages[level], level_fixed, level_mask, config),
+            gradient_images=factor > 1,
+        )
+        method.SetOptimizerAsRegularStepGradientDescent(
+            learningRate=config.step_mm[level],
+            minStep=config.min_step,
+            numberOfIterations=iterations,
+            relaxationFactor=config.relaxation,
+            gradientMagnitudeTolerance=config.gradient_tolerance,
+        )
+        method.SetOptimizerScalesFromPhysicalShift()
+        method.SetInitialTransform(transform, inPlace=True)
+        try:
+            method.Execute(level_fixed, level_moving)
+        except RuntimeError as exc:
+            raise RegistrationError(f"{stage} registration failed at level {level}: {itk_reason(exc)}") from exc
+        levels.append(
+            LevelReport(
+                stage=stage,
+                level=level,
+                shrink_factor=int(factor),
+                smoothing_sigma_mm=float(sigma),
+                iterations=int(method.GetOptimizerIteration()),
+                seconds=time.perf_counter() - started,
+                metric=float(method.GetMetricValue()),
+            )
+        )
+        stop = method.GetOptimizerStopConditionDescription()
+    return transform, stop
