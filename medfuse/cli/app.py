@@ -18,6 +18,7 @@ from medfuse import __version__
 from medfuse.cli import (
     convert,
     evaluate,
+    fuse_cohort,
     fuse_images,
     fuse_study,
     models,
@@ -49,7 +50,7 @@ def _root(
     """DICOM-aware zero-learning medical image fusion."""
 
 
-for _module in (fuse_images, fuse_study, scan, convert, register, evaluate, models, workflow):
+for _module in (fuse_images, fuse_study, fuse_cohort, scan, convert, register, evaluate, models, workflow):
     _module.register(app)
 
 
