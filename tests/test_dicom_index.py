@@ -14,6 +14,7 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from medfuse.errors import ScanError
 from medfuse.io.dicom.index import mask_identifier, scan_folder
+from medfuse.io.select import find_series
 
 PET_CT = "volumes/tcia_CCTH-A01_pet_ct"
 
@@ -205,8 +206,13 @@ def test_echoes_are_split_into_their_own_series(shared_data, tmp_path):
                          EchoNumbers=echo)
     index = scan_folder(tmp_path)
     assert len({s.series_instance_uid for s in index.series}) == 1
-    assert [(s.split_rule, s.split_value, s.usable, s.dimensions[2]) for s in index.series] == [
-        ("echo", "1", True, 4), ("echo", "2", True, 4)]
+    # Neither echo is taken silently: each part says what the series holds and how to pick it.
+    assert [(s.split_rule, s.split_value, s.usable, s.needs_split_choice, s.dimensions[2])
+            for s in index.series] == [("echo", "1", False, True, 4), ("echo", "2", False, True, 4)]
+    assert index.series[0].reason == ("series split by echo into 2 parts: 1 (4 slices), 2 (4 slices); none is "
+                                      "taken without a choice: read this one with --series '4:1'")
+    chosen = find_series(index, "4:2")
+    assert chosen.usable and chosen.split_value == "2" and chosen.dimensions[2] == 4
 
 
 def test_missing_middle_slice_is_reported(shared_data, tmp_path):

@@ -21,7 +21,7 @@ def scan_command(
     show_phi: bool = typer.Option(False, "--show-phi", help="Show patient IDs unmasked."),
 ) -> None:
     """List studies and series with their usability verdict; skipped files are named with the reason."""
-    from medfuse.io.dicom.index import mask_identifier, scan_folder
+    from medfuse.io.dicom.index import mask_identifier, scan_folder, skipped_note
 
     index = scan_folder(folder)
     if as_json:
@@ -29,7 +29,7 @@ def scan_command(
     else:
         _print_table(index, show_phi, mask_identifier)
     if not index.series:
-        raise ScanError(f"{folder}: no DICOM series found ({len(index.skipped)} file(s) skipped)")
+        raise ScanError(f"{folder}: no DICOM series found{skipped_note(index) or ' (no files)'}")
 
 
 def _print_table(index, show_phi: bool, mask) -> None:

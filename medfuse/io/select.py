@@ -32,7 +32,7 @@ import re
 from dataclasses import dataclass, field
 
 from medfuse.errors import SelectionError
-from medfuse.io.dicom.index import FolderIndex, SeriesInfo, mask_identifier
+from medfuse.io.dicom.index import FolderIndex, SeriesInfo, choose_split, mask_identifier
 
 ORIENTATIONS = ("axial", "coronal", "sagittal", "oblique")
 FIXED_MODALITY_PRIORITY = ("CT", "MR", "PT", "NM")
@@ -153,6 +153,7 @@ def find_series(index: FolderIndex, key: str | int) -> SeriesInfo:
         usable (each one's reason is given); several usable ones match.
     """
     text = str(key).strip()
+    text, colon, part = text.partition(":")
     matches = [s for s in index.series if s.series_instance_uid == text]
     if not matches:
         try:
@@ -163,6 +164,13 @@ def find_series(index: FolderIndex, key: str | int) -> SeriesInfo:
     if not matches:
         raise SelectionError(f"no series with number or UID {text!r}; series: "
                              f"{describe_candidates(index.series) or '(none)'}{_skipped_note(index)}")
+    if colon:
+        parts = [s for s in matches if s.split_rule and s.split_value.lower() == part.strip().lower()]
+        if len(parts) != 1:
+            values = ", ".join(repr(s.split_value) for s in matches if s.split_rule) or "none (not split)"
+            raise SelectionError(f"series {text!r} has {'no' if not parts else 'more than one'} part "
+                                 f"{part.strip()!r}; its parts: {values}")
+        return choose_split(parts[0])
     if len(matches) > 1:
         usable = [s for s in matches if s.usable]
         if len(usable) == 1:

@@ -28,6 +28,10 @@ SPACING_ABSOLUTE_TOLERANCE_MM = 0.01
 MISSING_SLICE_FACTOR = 1.5
 TILT_TOLERANCE_DEG = 0.1
 DUPLICATE_POSITION_TOLERANCE_MM = 1e-3
+#: Largest deviation of a direction cosine vector's length from 1.
+COSINE_LENGTH_TOLERANCE = 0.01
+#: Largest deviation from 90° between the row and column directions.
+PERPENDICULAR_TOLERANCE_DEG = 0.5
 #: Planes within this angle of an axis plane are named after it; beyond, "oblique".
 OBLIQUE_LIMIT_DEG = 30.0
 
@@ -52,8 +56,35 @@ def direction_matrix(orientation: np.ndarray) -> np.ndarray:
     return np.column_stack([row, col, slice_normal(orientation)])
 
 
+def orientation_problem(orientation: np.ndarray) -> str:
+    """Why ImageOrientationPatient cannot describe a plane ("" when it can).
+
+    The row and column cosines must each have unit length (within
+    :data:`COSINE_LENGTH_TOLERANCE`) and be perpendicular (within
+    :data:`PERPENDICULAR_TOLERANCE_DEG`); zero-length or parallel cosines
+    have no slice normal at all.
+    """
+    row = np.asarray(orientation[:3], dtype=np.float64)
+    col = np.asarray(orientation[3:], dtype=np.float64)
+    lengths = (float(np.linalg.norm(row)), float(np.linalg.norm(col)))
+    if min(lengths) < 1e-6:
+        return "ImageOrientationPatient has a zero-length direction (no plane)"
+    if max(abs(n - 1.0) for n in lengths) > COSINE_LENGTH_TOLERANCE:
+        return (f"ImageOrientationPatient direction cosines are not unit vectors "
+                f"(lengths {lengths[0]:.3g}, {lengths[1]:.3g})")
+    cos = abs(float(row @ col)) / (lengths[0] * lengths[1])
+    if cos > np.cos(np.deg2rad(1.0)):
+        return "ImageOrientationPatient row and column directions are parallel (no plane)"
+    angle = float(np.rad2deg(np.arccos(min(1.0, cos))))
+    if 90.0 - angle > PERPENDICULAR_TOLERANCE_DEG:
+        return f"ImageOrientationPatient row and column directions are not perpendicular ({angle:.1f}°)"
+    return ""
+
+
 def orientation_label(orientation: np.ndarray) -> str:
-    """'axial', 'coronal', 'sagittal' or 'oblique' from the slice normal (LPS)."""
+    """'axial', 'coronal', 'sagittal' or 'oblique' from the slice normal (LPS); 'invalid' without a plane."""
+    if orientation_problem(orientation):
+        return "invalid"
     normal = np.abs(slice_normal(orientation))
     axis = int(np.argmax(normal))
     if normal[axis] < np.cos(np.deg2rad(OBLIQUE_LIMIT_DEG)):

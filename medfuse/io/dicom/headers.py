@@ -12,15 +12,24 @@ records, never on pydicom datasets, so the rules are written once.
 from __future__ import annotations
 
 import dataclasses
-import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pydicom
+from pydicom.datadict import dictionary_VR
 from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
 from pydicom.filereader import read_partial
+
+from medfuse.io.dicom.source import (
+    NotDicomError,
+    bounded_file,
+    check_pixel_element,
+    deflated_dataset,
+    file_meta,
+    is_deflated,
+)
 
 #: SOP Class UIDs of the storage classes this reader turns into volumes.
 IMAGE_SOP_CLASSES = {
@@ -32,6 +41,10 @@ IMAGE_SOP_CLASSES = {
     "1.2.840.10008.5.1.4.1.1.130": "Enhanced PET Image Storage",
     "1.2.840.10008.5.1.4.1.1.20": "Nuclear Medicine Image Storage",
 }
+
+#: Largest number of frames in one file, and of pixels along an image side, that a header may declare.
+MAX_FRAMES = 100_000
+MAX_IMAGE_SIDE = 16_384
 
 #: The DICOMDIR media storage directory SOP class (an index file, not an image).
 MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"
@@ -81,10 +94,6 @@ EXTRA_KEYWORDS = (
     "ImageType",
     "SliceThickness",
 )
-
-
-class NotDicomError(Exception):
-    """A file is not DICOM, or is truncated; ``str()`` says which."""
 
 
 @dataclass(frozen=True)
@@ -158,6 +167,10 @@ class InstanceHeader:
     pixel_offset: int = -1
     #: True for enhanced multi-frame objects (per-frame functional groups).
     functional_groups: bool = False
+    photometric: str = ""
+    has_palette_lut: bool = False
+    #: Why this file cannot be part of a volume although its header parsed ("" when none).
+    problem: str = ""
 
     @property
     def is_multiframe(self) -> bool:
@@ -181,38 +194,66 @@ def read_header(path: Path) -> InstanceHeader:
     where a 12-byte check confirms it (offset, tag, VR and length) and so
     also proves the file is complete. Enhanced multi-frame objects (their
     functional groups come later), compressed pixels, and files with
-    anything after Pixel Data take the full header read instead.
+    anything after Pixel Data take the full header read instead. Files are
+    read within their bounds (:mod:`medfuse.io.dicom.source`): no declared
+    length is trusted beyond the file's size.
 
     Parameters
     ----------
     path : pathlib.Path
-        Any file; non-DICOM and truncated files raise :class:`NotDicomError`.
+        Any file; non-DICOM, truncated and self-contradicting files raise
+        :class:`NotDicomError`.
 
     Returns
     -------
     InstanceHeader
     """
     try:
-        with open(path, "rb") as handle:
-            size = os.fstat(handle.fileno()).st_size
-            ds = read_partial(handle, stop_when=_past_image_pixel_module)
-            if "NumberOfFrames" not in ds and "SOPClassUID" in ds:
-                header = _header(ds, path, -1)
-                if not header.has_pixel_data:
-                    return header
-                offset = _pixel_offset_from_end(handle, header, size)
-                if offset is not None:
-                    return dataclasses.replace(header, pixel_offset=offset)
-            handle.seek(0)
-            ds = pydicom.dcmread(handle, stop_before_pixels=True)
-            # pydicom stops at the start of the Pixel Data element, or at the
-            # end of a file that was cut short inside its header.
-            pixel_offset = handle.tell()
-    except InvalidDicomError:
-        return _read_without_file_meta(path)
-    except (EOFError, OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise NotDicomError(f"unreadable or truncated DICOM ({type(exc).__name__})") from exc
-    return _checked(ds, path, pixel_offset, size)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return _read_header(path)
+    except NotDicomError:
+        raise
+    except MemoryError:
+        raise NotDicomError("header needs more memory than is available (corrupt lengths?)") from None
+    except RecursionError:
+        raise NotDicomError("sequences nested too deeply") from None
+    except Exception as exc:  # parsing arbitrary bytes can fail in any way; the file is refused, with why
+        raise NotDicomError(f"unreadable or truncated DICOM ({type(exc).__name__}: "
+                            f"{_first_line(exc)})") from exc
+
+
+def _read_header(path: Path) -> InstanceHeader:
+    with bounded_file(path) as (handle, size):
+        found = file_meta(handle)
+        if found is None:
+            return _read_without_file_meta(path, handle, size)
+        meta, offset = found
+        if is_deflated(meta):
+            ds, body = deflated_dataset(path, handle, meta, offset, size, stop_before_pixels=True)
+            header = _header(ds, path, -1)
+            if header.has_pixel_data:
+                _check_pixels(header, body, body.tell(), len(body.getbuffer()))
+            return header
+        handle.seek(0)
+        ds = read_partial(handle, stop_when=_past_image_pixel_module)
+        if "NumberOfFrames" not in ds and "SOPClassUID" in ds:
+            header = _header(ds, path, -1)
+            if not header.has_pixel_data:
+                return header
+            offset = _pixel_offset_from_end(handle, header, size)
+            if offset is not None:
+                return dataclasses.replace(header, pixel_offset=offset)
+        handle.seek(0)
+        ds = pydicom.dcmread(handle, stop_before_pixels=True)
+        # pydicom stops at the start of the Pixel Data element, or at the
+        # end of a file that was cut short inside its header.
+        return _checked(ds, path, handle, handle.tell(), size)
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0][:200] if lines else ""
 
 
 #: Transfer syntax of a dataset stored without file meta, by (implicit VR, little endian).
@@ -223,7 +264,7 @@ _ENCODING_SYNTAX = {
 }
 
 
-def _read_without_file_meta(path: Path) -> InstanceHeader:
+def _read_without_file_meta(path: Path, handle, size: int) -> InstanceHeader:
     """A bare dataset without preamble and file meta (older exports), or NotDicomError.
 
     Accepted only when forced parsing yields SOP Class, SOP Instance and
@@ -231,25 +272,35 @@ def _read_without_file_meta(path: Path) -> InstanceHeader:
     """
     refusal = "not a DICOM file (no DICM preamble)"
     try:
-        with open(path, "rb") as handle:
-            size = os.fstat(handle.fileno()).st_size
-            ds = pydicom.dcmread(handle, stop_before_pixels=True, force=True)
-            pixel_offset = handle.tell()
+        handle.seek(0)
+        ds = pydicom.dcmread(handle, stop_before_pixels=True, force=True)
+        pixel_offset = handle.tell()
     except Exception as exc:  # forced parsing of arbitrary bytes can fail in any way
         raise NotDicomError(refusal) from exc
     if not all(k in ds for k in ("SOPClassUID", "SOPInstanceUID", "SeriesInstanceUID")):
         raise NotDicomError(refusal)
     syntax = _ENCODING_SYNTAX.get(tuple(getattr(ds, "original_encoding", (None, None))), "")
-    return _checked(ds, path, pixel_offset, size, transfer_syntax_uid=syntax)
+    return _checked(ds, path, handle, pixel_offset, size, transfer_syntax_uid=syntax)
 
 
-def _checked(ds: Dataset, path: Path, pixel_offset: int, size: int, **kw) -> InstanceHeader:
+def _checked(ds: Dataset, path: Path, handle, pixel_offset: int, size: int, **kw) -> InstanceHeader:
     header = _header(ds, path, pixel_offset if pixel_offset < size else -1, **kw)
     if pixel_offset >= size and not header.sop_instance_uid:
         raise NotDicomError("truncated DICOM: the file ends inside its header")
     if header.has_pixel_data:
-        _check_pixel_length(header, size - pixel_offset)
+        _check_pixels(header, handle, pixel_offset, size)
     return header
+
+
+def _check_pixels(header: InstanceHeader, handle, offset: int, size: int) -> None:
+    syntax = pydicom.uid.UID(header.transfer_syntax_uid) if header.transfer_syntax_uid else None
+    check_pixel_element(handle, offset, size, _native_bytes(header), syntax)
+
+
+def _native_bytes(header: InstanceHeader) -> int:
+    """Bytes of uncompressed Pixel Data that Rows, Columns, frames, samples and bits call for."""
+    return (header.rows * header.columns * max(1, len(header.frames)) * header.samples_per_pixel
+            * max(1, header.bits_allocated) + 7) // 8
 
 
 def _past_image_pixel_module(tag, vr, length) -> bool:
@@ -273,8 +324,7 @@ def _pixel_offset_from_end(handle, header: InstanceHeader, size: int) -> int | N
     if syntax not in ("1.2.840.10008.1.2", "1.2.840.10008.1.2.1"):
         return None
     implicit = syntax == "1.2.840.10008.1.2"
-    nbytes = (header.rows * header.columns * max(1, len(header.frames)) * header.samples_per_pixel
-              * max(1, header.bits_allocated) + 7) // 8
+    nbytes = _native_bytes(header)
     nbytes += nbytes % 2  # values are padded to even length
     element = 8 if implicit else 12
     offset = size - nbytes - element
@@ -287,25 +337,6 @@ def _pixel_offset_from_end(handle, header: InstanceHeader, size: int) -> int | N
     if not implicit and head[4:6] not in (b"OB", b"OW"):
         return None
     return offset if int.from_bytes(head[-4:], "little") == nbytes else None
-
-
-def _check_pixel_length(header: InstanceHeader, remaining: int) -> None:
-    """Refuse a file whose Pixel Data is missing or shorter than its header says."""
-    if remaining <= 0:
-        raise NotDicomError("truncated DICOM: no pixel data after the header")
-    syntax = pydicom.uid.UID(header.transfer_syntax_uid) if header.transfer_syntax_uid else None
-    if syntax is not None and syntax.is_compressed:
-        return
-    expected = (header.rows * header.columns * max(1, len(header.frames)) * header.samples_per_pixel
-                * max(1, header.bits_allocated) + 7) // 8
-    # Pixel Data element header: tag + 4-byte length (implicit VR), or tag +
-    # VR + 2 reserved + 4-byte length (explicit VR).
-    element_header = 8 if syntax is not None and syntax.is_implicit_VR else 12
-    available = remaining - element_header
-    if available < expected:
-        raise NotDicomError(
-            f"truncated DICOM: pixel data has {max(0, available)} of {expected} bytes"
-        )
 
 
 def header_from_dataset(
@@ -326,7 +357,9 @@ def header_from_dataset(
     # With stop_before_pixels the pixel element itself is gone; an image is
     # recognised by its Image Pixel module (Rows/Columns).
     has_pixels = rows > 0 and columns > 0
-    frames = _frames(ds) if has_pixels else ()
+    frames, problem = _frames(ds) if has_pixels else ((), "")
+    if max(rows, columns) > MAX_IMAGE_SIDE:
+        problem = f"image size {columns}x{rows} is beyond the {MAX_IMAGE_SIDE} pixel limit per side"
     tilt = _raw_values(ds, "GantryDetectorTilt")
     return InstanceHeader(
         path=path,
@@ -357,22 +390,35 @@ def header_from_dataset(
         pixel_representation=int(ds.get("PixelRepresentation", 0) or 0),
         pixel_offset=pixel_offset,
         functional_groups="PerFrameFunctionalGroupsSequence" in ds,
+        photometric=_raw_text(ds, "PhotometricInterpretation").upper(),
+        has_palette_lut=any(k in ds for k in ("RedPaletteColorLookupTableData",
+                                              "SegmentedRedPaletteColorLookupTableData")),
+        problem=problem,
     )
 
 
-def _frames(ds: Dataset) -> tuple[FrameHeader, ...]:
+def _frames(ds: Dataset) -> tuple[tuple[FrameHeader, ...], str]:
+    """One FrameHeader per frame, and a problem that keeps them out of a volume ("" when none)."""
     n_frames = _raw_int(ds, "NumberOfFrames") or 1
+    if not 1 <= n_frames <= MAX_FRAMES:
+        raise ValueError(f"NumberOfFrames {n_frames} is outside 1-{MAX_FRAMES}")
     per_frame = ds.get("PerFrameFunctionalGroupsSequence")
     if per_frame is None:
         if n_frames > 1:
             # A multi-frame object without functional groups (e.g. NM): the
             # frames' planes are not modelled; the frames are kept so the
             # indexer can say why it refuses the series.
-            return tuple(_frame_from(ds, None, i) for i in range(n_frames))
-        return (_frame_from(ds, None, None),)
+            return tuple(_frame_from(ds, None, i) for i in range(n_frames)), ""
+        return (_frame_from(ds, None, None),), ""
     shared_seq = ds.get("SharedFunctionalGroupsSequence")
     shared = shared_seq[0] if shared_seq else Dataset()
-    return tuple(_frame_from(item, shared, i) for i, item in enumerate(per_frame))
+    frames = tuple(_frame_from(item, shared, i) for i, item in enumerate(per_frame))
+    problem = ""
+    if len(frames) != n_frames:
+        # Frames without an item have no plane: reading the others would drop them unseen.
+        problem = (f"Per-frame Functional Groups Sequence has {len(frames)} item(s) for "
+                   f"{n_frames} frame(s) (NumberOfFrames)")
+    return frames, problem
 
 
 def _frame_from(item: Dataset, shared: Dataset | None, index: int | None) -> FrameHeader:
@@ -447,10 +493,28 @@ def _raw_values(ds: Dataset | None, keyword: str) -> list | None:
         return None
     value = elem.value
     if isinstance(value, bytes):
+        if _value_representation(elem) not in _TEXT_VRS:
+            # Binary numbers (e.g. EffectiveEchoTime, FD): pydicom's conversion, not text.
+            return _as_list(ds[keyword].value) or None
         text = value.decode("ascii", "replace").strip(" \x00")
         return text.split("\\") if text else None
     values = _as_list(value)
     return values or None
+
+
+#: Value representations stored as ASCII text, split on backslashes by _raw_values.
+_TEXT_VRS = frozenset({"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UI",
+                       "UT"})
+
+
+def _value_representation(elem) -> str:
+    vr = getattr(elem, "VR", None)
+    if vr:
+        return str(vr)
+    try:
+        return dictionary_VR(elem.tag)
+    except KeyError:
+        return ""
 
 
 def _raw_text(ds: Dataset, keyword: str) -> str:
@@ -464,8 +528,9 @@ def _numbers(ds: Dataset | None, keyword: str, n: int) -> np.ndarray | None:
 
 
 def _number(ds: Dataset | None, keyword: str, default: float) -> float:
+    """The element's first value; *default* when absent or empty, NaN when present but not a number."""
     values = _raw_values(ds, keyword)
-    return _float(values[0], default) if values else default
+    return _float(values[0], float("nan")) if values and str(values[0]).strip() else default
 
 
 def _as_list(value) -> list:

@@ -15,14 +15,14 @@ one-line ``reason``.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import os
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from pydicom.pixels import get_decoder
-from pydicom.uid import UID
 
 from medfuse.errors import ScanError
 from medfuse.io.dicom.geometry import (
@@ -30,6 +30,7 @@ from medfuse.io.dicom.geometry import (
     StackGeometry,
     analyse_stack,
     orientation_label,
+    orientation_problem,
     spacing_tolerance,
 )
 from medfuse.io.dicom.headers import (
@@ -39,15 +40,7 @@ from medfuse.io.dicom.headers import (
     NotDicomError,
     read_header,
 )
-
-#: Decoder packages to suggest, by transfer syntax family (none of them GPL).
-DECODER_PACKAGES = {
-    "JPEG 2000": "pylibjpeg-openjpeg",
-    "JPEG-LS": "pyjpegls",
-    "JPEG": "python-gdcm",
-    "RLE": "pylibjpeg-rle",
-    "HTJ2K": "pylibjpeg-openjpeg",
-}
+from medfuse.io.dicom.source import missing_decoder
 
 #: Series made of at most this many slices, split off by orientation from a
 #: larger stack of the same SeriesInstanceUID, are called localizers.
@@ -110,6 +103,11 @@ class SeriesInfo:
     tilt_deg: float = 0.0
     #: A 4-D series that is otherwise readable: read_series needs volume_index.
     needs_volume_index: bool = False
+    #: One of several parts a series was split into: read only when chosen by
+    #: its split value (``--series NUMBER:VALUE``), never taken silently.
+    needs_split_choice: bool = False
+    #: The reason it has once chosen ("" = usable), for a part held for a choice.
+    chosen_reason: str = ""
 
     @property
     def n_instances(self) -> int:
@@ -154,6 +152,7 @@ class SeriesInfo:
             "usable": self.usable,
             "reason": self.reason,
             "needs_volume_index": self.needs_volume_index,
+            "needs_split_choice": self.needs_split_choice,
             "split_rule": self.split_rule,
             "split_value": self.split_value,
             "notes": list(self.notes),
@@ -209,6 +208,15 @@ class FolderIndex:
         }
 
 
+def skipped_note(index: FolderIndex, shown: int = 3) -> str:
+    """' (N file(s) skipped: path: reason, ...)' naming the first *shown* skipped files, or ''."""
+    if not index.skipped:
+        return ""
+    listed = ", ".join(f"{path}: {reason}" for path, reason in index.skipped[:shown])
+    more = f", and {len(index.skipped) - shown} more" if len(index.skipped) > shown else ""
+    return f" ({len(index.skipped)} file(s) skipped: {listed}{more})"
+
+
 def mask_identifier(value: str) -> str:
     """Mask a patient identifier for display: keep the last 2 characters."""
     if not value:
@@ -241,8 +249,9 @@ def scan_folder(path: str | os.PathLike) -> FolderIndex:
     files = [root] if root.is_file() else _walk(root)
     headers: list[InstanceHeader] = []
     skipped: list[tuple[Path, str]] = []
-    seen: dict[str, Path] = {}
+    seen: dict[str, InstanceHeader] = {}
     duplicates: dict[str, list[Path]] = defaultdict(list)
+    conflicts: dict[str, str] = {}
     for file in files:
         # One process on purpose: header parsing is GIL-bound, and a process
         # pool measured no faster on the shared 2-core machine (see
@@ -254,10 +263,17 @@ def scan_folder(path: str | os.PathLike) -> FolderIndex:
             continue
         if header.sop_instance_uid and header.sop_instance_uid in seen:
             first = seen[header.sop_instance_uid]
-            skipped.append((file, f"duplicate of {first.name} (same SOP Instance UID)"))
-            duplicates[header.series_instance_uid].append(file)
+            if _same_instance(first, header):
+                skipped.append((file, f"duplicate of {first.path.name} (same SOP Instance UID)"))
+                duplicates[header.series_instance_uid].append(file)
+            else:
+                skipped.append((file, f"same SOP Instance UID as {first.path.name} but different pixels or "
+                                      "geometry"))
+                conflicts.setdefault(first.series_instance_uid, (
+                    f"SOP Instance UID {header.sop_instance_uid} is in two files with different pixels or "
+                    f"geometry ({first.path.name}, {file.name}); remove the wrong one"))
             continue
-        seen[header.sop_instance_uid] = file
+        seen[header.sop_instance_uid] = header
         headers.append(header)
 
     by_series: dict[tuple[str, str], list[InstanceHeader]] = defaultdict(list)
@@ -269,7 +285,11 @@ def scan_folder(path: str | os.PathLike) -> FolderIndex:
         notes = ()
         if duplicates.get(series_uid):
             notes = (f"{len(duplicates[series_uid])} duplicate file(s) ignored",)
-        by_study[study_uid].extend(_split_series(members, notes))
+        parts = _split_series(members, notes)
+        if series_uid in conflicts:
+            parts = [dataclasses.replace(p, usable=False, needs_volume_index=False, needs_split_choice=False,
+                                         reason=conflicts[series_uid]) for p in parts]
+        by_study[study_uid].extend(parts)
 
     studies = []
     for study_uid, series in by_study.items():
@@ -279,6 +299,27 @@ def scan_folder(path: str | os.PathLike) -> FolderIndex:
         studies.append(StudyInfo(study_uid, first.patient_id, first.study_date, tuple(series)))
     studies.sort(key=lambda st: (st.patient_id, st.study_date, st.study_instance_uid))
     return FolderIndex(root, tuple(studies), tuple(skipped))
+
+
+def _same_instance(a: InstanceHeader, b: InstanceHeader) -> bool:
+    """True when two files with one SOP Instance UID hold the same pixels on the same planes."""
+    if (a.rows, a.columns, len(a.frames)) != (b.rows, b.columns, len(b.frames)):
+        return False
+    for fa, fb in zip(a.frames, b.frames):
+        for va, vb in ((fa.position, fb.position), (fa.orientation, fb.orientation)):
+            if (va is None) != (vb is None) or (va is not None and not np.allclose(va, vb, atol=1e-4)):
+                return False
+    return _pixel_digest(a) == _pixel_digest(b)
+
+
+def _pixel_digest(header: InstanceHeader) -> str:
+    """sha256 of a file from its Pixel Data element on (of the whole file when that offset is unknown)."""
+    digest = hashlib.sha256()
+    with open(header.path, "rb") as handle:
+        handle.seek(max(0, header.pixel_offset))
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _walk(root: Path) -> list[Path]:
@@ -345,7 +386,43 @@ def _split_series(members: list[InstanceHeader], notes: tuple[str, ...]) -> list
             and len(refs) < largest
         )
         out.append(_build(refs, notes, split_rule=rule, split_value=value, orientation_localizer=localizer))
+    return _hold_for_choice(out)
+
+
+def _hold_for_choice(parts: list[SeriesInfo]) -> list[SeriesInfo]:
+    """Parts of one split series that could be read are held until one is chosen by its split value.
+
+    Taking one echo, orientation or image size of a series would drop the
+    others without a word, so when more than one part remains besides
+    localizers, each readable part says what the series holds and how to
+    pick it. A single part beside localizers stays usable (the localizers
+    are listed as their own, refused, parts).
+    """
+    main = [p for p in parts if not p.reason.startswith("localizer")]
+    if len(main) < 2:
+        return parts
+    first = main[0]
+    key = first.series_number if first.series_number is not None else first.series_instance_uid
+    listing = ", ".join(f"{p.split_value} ({p.dimensions[2]} slices{'' if p.usable or p.needs_volume_index else ', unusable'})"
+                        for p in main)
+    out = []
+    for part in parts:
+        if any(part is m for m in main) and (part.usable or part.needs_volume_index):
+            reason = (f"series split by {part.split_rule} into {len(main)} parts: {listing}; "
+                      f"none is taken without a choice: read this one with --series '{key}:{part.split_value}'")
+            part = dataclasses.replace(part, usable=False, needs_volume_index=False, needs_split_choice=True,
+                                       chosen_reason=part.reason, reason=reason)
+        out.append(part)
     return out
+
+
+def choose_split(series: SeriesInfo) -> SeriesInfo:
+    """The part *series* as chosen explicitly: usable (or 4-D) when only the choice held it back."""
+    if not series.needs_split_choice:
+        return series
+    return dataclasses.replace(series, usable=not series.chosen_reason, reason=series.chosen_reason,
+                               needs_volume_index=series.chosen_reason.startswith("4-D series"),
+                               needs_split_choice=False)
 
 
 def _non_volume_series(members: list[InstanceHeader], notes: tuple[str, ...]) -> SeriesInfo:
@@ -388,6 +465,50 @@ def _unique_instances(refs: list[SliceRef]) -> list[InstanceHeader]:
     for ref in refs:
         seen.setdefault(ref.instance.sop_instance_uid, ref.instance)
     return list(seen.values())
+
+
+def _first_problem(refs: list[SliceRef], members: list[InstanceHeader]) -> str:
+    """The first reason found why these frames cannot make a volume ("" when none), naming a file.
+
+    Checked before any geometry is computed: a file's own problem (e.g.
+    fewer functional-group items than frames), indexed colour, missing or
+    impossible geometry, non-positive or differing pixel spacing, and
+    rescale values that would turn slices into zeros or NaN.
+    """
+    for inst in members:
+        if inst.problem:
+            return f"{inst.path.name}: {inst.problem}"
+        if inst.photometric == "PALETTE COLOR":
+            return (f"{inst.path.name}: PALETTE COLOR (indexed colour) images are not a scalar volume"
+                    + ("" if inst.has_palette_lut else ", and the file has no lookup table"))
+    for ref in refs:
+        frame, name = ref.frame, _frame_name(ref)
+        if frame.position is None or frame.orientation is None:
+            return "no patient geometry (ImagePositionPatient/ImageOrientationPatient missing)"
+        problem = orientation_problem(frame.orientation)
+        if problem:
+            return f"{name}: {problem}"
+        if frame.pixel_spacing is not None and np.any(frame.pixel_spacing <= 0):
+            return f"{name}: PixelSpacing {_values(frame.pixel_spacing)} is not positive"
+        if not (np.isfinite(frame.slope) and np.isfinite(frame.intercept)):
+            return f"{name}: RescaleSlope/RescaleIntercept is not a finite number"
+        if frame.slope == 0:
+            return f"{name}: RescaleSlope is 0 (every pixel would read as the intercept)"
+    spacings = {tuple(r.frame.pixel_spacing) for r in refs if r.frame.pixel_spacing is not None}
+    if len(spacings) > 1:
+        low, high = min(spacings), max(spacings)
+        if not np.allclose(low, high, rtol=1e-4, atol=1e-6):
+            return f"PixelSpacing differs between slices ({_values(low)} to {_values(high)} mm)"
+    return ""
+
+
+def _frame_name(ref: SliceRef) -> str:
+    name = ref.instance.path.name
+    return name if ref.frame.frame_index is None else f"{name} frame {ref.frame.frame_index + 1}"
+
+
+def _values(numbers) -> str:
+    return "\\".join(f"{float(v):g}" for v in numbers)
 
 
 def _temporal_volumes(refs: list[SliceRef]) -> tuple[list[list[SliceRef]], str] | None:
@@ -450,8 +571,9 @@ def _build(
     if first_inst.is_multiframe and not first_inst.functional_groups:
         return refuse(f"multi-frame {first_inst.sop_class_name} without per-frame functional groups "
                       "is not supported")
-    if any(r.frame.position is None or r.frame.orientation is None for r in refs):
-        return refuse("no patient geometry (ImagePositionPatient/ImageOrientationPatient missing)")
+    problem = _first_problem(refs, members)
+    if problem:
+        return refuse(problem)
     orientation = orientation_label(first_frame.orientation)
     if "LOCALIZER" in first_inst.image_type:
         return refuse("localizer (ImageType LOCALIZER)", orientation=orientation)
@@ -514,28 +636,3 @@ def _build(
         )
     return _info(members, tuple(volumes), (*dims_xy, n_slices), (*spacing_xy, stack.spacing), orientation,
                  True, "", **kw, tilt_deg=stack.tilt_deg)
-
-
-def missing_decoder(transfer_syntax_uid: str) -> str:
-    """'' when pixels in this transfer syntax can be decoded, else the reason."""
-    if not transfer_syntax_uid:
-        return ""
-    uid = UID(transfer_syntax_uid)
-    if not uid.is_compressed:
-        return ""
-    try:
-        decoder = get_decoder(uid)
-    except NotImplementedError:
-        return f"compressed {uid.name}: no decoder exists in pydicom for it"
-    if decoder.is_available:
-        return ""
-    return f"compressed {uid.name} and no decoder installed (pip install {decoder_package(uid.name)})"
-
-
-def decoder_package(syntax_name: str) -> str:
-    """The non-GPL package to install to decode a transfer syntax, by its name."""
-    for family in ("HTJ2K", "JPEG 2000", "JPEG-LS", "RLE", "JPEG"):
-        if family.lower().replace("-", "") in syntax_name.lower().replace("-", ""):
-            return DECODER_PACKAGES[family]
-    return "python-gdcm"
-

@@ -13,6 +13,7 @@ spacing from positions).
 from __future__ import annotations
 
 import os
+import warnings
 from collections import defaultdict
 from pathlib import Path
 
@@ -23,7 +24,8 @@ import SimpleITK as sitk
 from medfuse.errors import SeriesReadError
 from medfuse.io.dicom.geometry import direction_matrix
 from medfuse.io.dicom.headers import reference_dicts
-from medfuse.io.dicom.index import SeriesInfo, SliceRef, decoder_package, missing_decoder, scan_folder
+from medfuse.io.dicom.index import SeriesInfo, SliceRef, scan_folder, skipped_note
+from medfuse.io.dicom.source import NotDicomError, decoder_package, load_dataset, missing_decoder
 from medfuse.volume.model import InstanceReference, SeriesReference, Volume
 
 def read_series(
@@ -63,9 +65,14 @@ def read_series(
     image.SetOrigin(tuple(float(v) for v in first.position))
     image.SetDirection(tuple(direction_matrix(first.orientation).ravel()))
     reference = _series_reference(series, volume_refs)
-    source = Path(os.path.commonpath([str(i.path) for i in series.instances]))
+    source = _source(series)
     label = series.label + (f" volume {volume_index}" if series.n_volumes > 1 else "")
     return Volume(image=image, modality=series.modality, references=reference, source=source, label=label)
+
+
+def _source(series: SeriesInfo) -> Path:
+    """The folder (or single file) the series' instances share."""
+    return Path(os.path.commonpath([str(i.path) for i in series.instances]))
 
 
 def _resolve(series_info_or_dir) -> SeriesInfo:
@@ -74,7 +81,7 @@ def _resolve(series_info_or_dir) -> SeriesInfo:
     index = scan_folder(series_info_or_dir)
     candidates = [s for s in index.series if s.volumes]
     if not index.series:
-        raise SeriesReadError(f"{series_info_or_dir}: no DICOM series found")
+        raise SeriesReadError(f"{series_info_or_dir}: no DICOM series found{skipped_note(index)}")
     if len(candidates) == 1:
         return candidates[0]
     if not candidates:
@@ -89,7 +96,7 @@ def _resolve(series_info_or_dir) -> SeriesInfo:
 
 def _choose_volume(series: SeriesInfo, volume_index: int | None) -> tuple[SliceRef, ...]:
     if not series.usable and not (series.needs_volume_index and volume_index is not None):
-        raise SeriesReadError(f"{series.label}: {series.reason}")
+        raise SeriesReadError(f"{_source(series)}: {series.label}: {series.reason}")
     if volume_index is None:
         return series.volumes[0]
     if not 0 <= volume_index < series.n_volumes:
@@ -113,21 +120,34 @@ def _decode(refs: tuple[SliceRef, ...], series: SeriesInfo) -> np.ndarray:
     def load(item: tuple[Path, list[tuple[int, SliceRef]]]) -> None:
         path, placed = item
         try:
-            data = _native_pixels(placed[0][1].instance)
-            if data is None:
-                data = _pydicom_pixels(placed[0][1].instance)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                data = _native_pixels(placed[0][1].instance)
+                if data is None:
+                    data = _pydicom_pixels(placed[0][1].instance)
         except (NotImplementedError, RuntimeError) as exc:
             syntax = pydicom.uid.UID(series.transfer_syntax_uid).name
             raise SeriesReadError(
-                f"{path.name}: cannot decode {syntax} pixels ({_first_line(exc)}); "
+                f"{path}: cannot decode {syntax} pixels ({_first_line(exc)}); "
                 f"install {decoder_package(syntax)}"
             ) from exc
-        except (OSError, ValueError, EOFError, AttributeError, KeyError) as exc:
-            raise SeriesReadError(f"{path.name}: pixel data unreadable ({_first_line(exc)})") from exc
+        except NotDicomError as exc:
+            raise SeriesReadError(f"{path}: {exc}") from exc
+        except MemoryError:
+            raise SeriesReadError(f"{path}: not enough memory to decode its pixel data") from None
+        except Exception as exc:  # a decoder fed corrupt bytes can fail in any way; name the file and why
+            raise SeriesReadError(f"{path}: pixel data unreadable ({type(exc).__name__}: {_first_line(exc)})") from exc
+        data = np.asarray(data)
+        indices = [ref.frame.frame_index for _, ref in placed if ref.frame.frame_index is not None]
+        if indices and data.ndim == 2:
+            data = data[np.newaxis]
+        if indices and max(indices) >= data.shape[0]:
+            raise SeriesReadError(f"{path}: pixel data holds {data.shape[0]} frame(s), the header describes "
+                                  f"{max(indices) + 1}")
         for z, ref in placed:
             frame = data if ref.frame.frame_index is None else data[ref.frame.frame_index]
             if frame.shape != (rows, cols):
-                raise SeriesReadError(f"{path.name}: frame shape {frame.shape} differs from {(rows, cols)}")
+                raise SeriesReadError(f"{path}: frame shape {frame.shape} differs from {(rows, cols)}")
             np.multiply(frame, np.float32(ref.frame.slope), out=out[z], casting="unsafe")
             out[z] += np.float32(ref.frame.intercept)
 
@@ -140,11 +160,8 @@ def _decode(refs: tuple[SliceRef, ...], series: SeriesInfo) -> np.ndarray:
 
 def _pydicom_pixels(instance) -> np.ndarray:
     """Decode with pydicom's plugins (compressed, big endian, unusual layouts)."""
-    # force: the index accepted this file, including bare datasets without file meta.
-    ds = pydicom.dcmread(instance.path, force=True)
-    if "TransferSyntaxUID" not in ds.file_meta and instance.transfer_syntax_uid:
-        ds.file_meta.TransferSyntaxUID = instance.transfer_syntax_uid
-    return ds.pixel_array
+    # The index accepted this file, including bare datasets without file meta.
+    return load_dataset(instance.path, transfer_syntax_uid=instance.transfer_syntax_uid).pixel_array
 
 
 _PIXEL_DATA_TAG = b"\xe0\x7f\x10\x00"  # (7FE0,0010) little endian
@@ -196,7 +213,11 @@ def _first_line(exc: BaseException) -> str:
 
 
 def _series_reference(series: SeriesInfo, refs: tuple[SliceRef, ...]) -> SeriesReference:
-    head = pydicom.dcmread(refs[0].instance.path, stop_before_pixels=True, force=True)
+    try:
+        head = load_dataset(refs[0].instance.path, stop_before_pixels=True)
+    except Exception as exc:  # the file changed since the scan, or parsing failed; say which file
+        raise SeriesReadError(f"{refs[0].instance.path}: header unreadable ({type(exc).__name__}: "
+                              f"{_first_line(exc)})") from exc
     patient_study, equipment, extra = reference_dicts(head)
     seen: dict[str, InstanceReference] = {}
     for ref in refs:
