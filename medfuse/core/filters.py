@@ -2,7 +2,11 @@
 
 All filters act on the last two axes of an array of shape ``(..., H, W)`` and
 treat every leading index as an independent image, so K sources (or K·Z
-slices) are filtered in one vectorised call.
+slices) are filtered in one call.
+
+They run compiled kernels (:mod:`medfuse.core.kernels`, numba); the NumPy
+implementation they replaced, with the same results to ~1e-12, is
+:mod:`medfuse.core.kernels_reference` (the tests' oracle).
 
 Border rule (all filters here): a window that reaches past the image edge is
 cut to the part inside the image, and the filter averages over that part only
@@ -13,70 +17,35 @@ border. This is the rule of He et al.'s reference guided-filter code
 and ``cv2.ximgproc.guidedFilter`` use mirrored borders instead, so results
 differ from them within ``radius`` pixels of the edge.
 
-Precision: window sums are running sums, computed in float64.
-The guided filter subtracts products of window means (``var = E[I²] − E[I]²``);
-with ε = 1e-6 a float32 running sum over a 512-pixel row loses ~1e-5 and
-would swamp ε, so the guided filter works in float64 throughout.
+Precision: window sums are running sums, computed in float64, and so is the
+guided filter's arithmetic (``var = E[I²] − E[I]²`` with ε = 1e-6 needs it: a
+float32 sum over a 512-pixel row loses ~1e-5). Images are read and results
+written in their own dtype (float32 or float64).
 """
 
 from __future__ import annotations
 
-import functools
 import math
-import threading
 
 import numpy as np
-from scipy.ndimage import correlate1d, uniform_filter1d
+
+from medfuse.core import kernels
 
 __all__ = ["box_mean", "guided_filter", "GuideWindows", "gaussian_blur"]
 
-
-def _window_counts(n: int, radius: int) -> np.ndarray:
-    """Number of pixels of a (2·radius+1) window centred at 0..n-1 that lie inside [0, n)."""
-    j = np.arange(n)
-    return (np.minimum(j + radius + 1, n) - np.maximum(j - radius, 0)).astype(np.float64)
+_FLOATS = (np.float32, np.float64)
 
 
-@functools.lru_cache(maxsize=64)
-def _border_factors(n_rows: int, n_cols: int, radius: int) -> tuple[np.ndarray, np.ndarray]:
-    """Factors turning zero-padded window sums into means over the inside part.
-
-    The vertical pass gives window sums over the rows inside the image
-    (divide by the row count); the horizontal pass (zero padding) already
-    divides by the full side 2r+1, which is right except within r columns of
-    the left/right edge (multiply by (2r+1) / column count there).
-
-    Returns
-    -------
-    rows : ndarray, shape (H,), 1 / row count
-    columns : ndarray, shape (W,), (2r+1) / column count, exactly 1 away from the edges
-    """
-    rows = 1.0 / _window_counts(n_rows, radius)
-    columns = (2 * radius + 1) / _window_counts(n_cols, radius)
-    rows.setflags(write=False)
-    columns.setflags(write=False)
-    return rows, columns
+def _images(array: np.ndarray) -> np.ndarray:
+    """(..., H, W) real array as C-contiguous (n, H, W) float32 or float64 (no copy when it already is)."""
+    dtype = array.dtype if array.dtype in _FLOATS else np.float64
+    return np.ascontiguousarray(array, dtype=dtype).reshape((-1,) + array.shape[-2:])
 
 
-# Scratch buffers for the running sums, reused between calls (per thread, so
-# Dask's threaded scheduler is safe). Re-allocating multi-megabyte buffers on
-# every call costs page faults comparable to the arithmetic itself; buffers
-# above the cap are not kept, so a large volume batch does not pin memory.
-_scratch = threading.local()
-_SCRATCH_CAP_BYTES = 64 * 1024 * 1024
-
-
-def _buffer(slot: str, shape: tuple[int, ...]) -> np.ndarray:
-    count = math.prod(shape)
-    if count * 8 > _SCRATCH_CAP_BYTES:
-        return np.empty(shape, np.float64)
-    pool = getattr(_scratch, "pool", None)
-    if pool is None:
-        pool = _scratch.pool = {}
-    flat = pool.get(slot)
-    if flat is None or flat.size < count:
-        flat = pool[slot] = np.empty(count, np.float64)
-    return flat[:count].reshape(shape)
+def _result_target(out: np.ndarray, *inputs: np.ndarray) -> np.ndarray:
+    """``out`` itself if a kernel can write it directly, else a scratch array to copy into it afterwards."""
+    direct = out.flags.c_contiguous and out.dtype in _FLOATS and not any(np.shares_memory(out, a) for a in inputs)
+    return out if direct else np.empty(out.shape, out.dtype if out.dtype in _FLOATS else np.float64)
 
 
 def box_mean(images: np.ndarray, radius: int, *, dtype: type = np.float64, out: np.ndarray | None = None) -> np.ndarray:
@@ -102,15 +71,9 @@ def box_mean(images: np.ndarray, radius: int, *, dtype: type = np.float64, out: 
 
     Notes
     -----
-    Two separable passes, both float64 running sums: along each row SciPy's
-    ``uniform_filter1d`` (C, zero padding outside the image); down the
-    columns a cumulative sum built one image row at a time, differenced.
-    The intermediate arrays are laid out row-major outermost, (H, images, W),
-    so each step of that sum is one contiguous vectorised add over all
-    images (faster than a strided ``cumsum`` or a column-wise
-    ``uniform_filter1d``). A final scaling by the row counts, and by the
-    column counts within r of the left/right edges, turns the zero-padded
-    sums into means over the inside part of each window.
+    One compiled pass per image (:func:`medfuse.core.kernels.box_mean_images`):
+    float64 window sums slid down the rows, prefix sums across each row,
+    each scaled by the number of window pixels inside the image.
     """
     images = np.asarray(images)
     if images.ndim < 2:
@@ -122,44 +85,23 @@ def box_mean(images: np.ndarray, radius: int, *, dtype: type = np.float64, out: 
         out = np.empty(images.shape, dtype)
     elif out.shape != images.shape:
         raise ValueError(f"out has shape {out.shape}, expected {images.shape}")
-    if radius == 0:
+    if radius == 0 or images.size == 0:
         out[...] = images
         return out
-    n_rows, n_cols = images.shape[-2:]
-    count = math.prod(images.shape[:-2])
-    side = 2 * radius + 1
-    along_rows = _buffer("along_rows", (n_rows, count, n_cols))
-    uniform_filter1d(
-        images.reshape(count, n_rows, n_cols), side, axis=-1, output=along_rows.transpose(1, 0, 2), mode="constant"
-    )
-    # Extended cumulative sum down the columns: ext[t] = sum of rows
-    # [0, clip(t - radius, 0, n_rows)), so the window sum of row i is
-    # ext[i + 2r + 1] - ext[i].
-    ext = _buffer("columns", (n_rows + side, count, n_cols))
-    ext[: radius + 1] = 0.0
-    add = np.add
-    for i in range(n_rows):
-        add(ext[radius + i], along_rows[i], out=ext[radius + 1 + i])
-    ext[radius + 1 + n_rows :] = ext[radius + n_rows]
-    target = out if out.flags.c_contiguous else np.empty(out.shape, out.dtype)
-    result = target.reshape(count, n_rows, n_cols).transpose(1, 0, 2)
-    np.subtract(ext[side:], ext[:n_rows], out=result)
-    rows, columns = _border_factors(n_rows, n_cols, radius)
-    result *= rows[:, None, None]
-    left = min(radius, n_cols)
-    right = max(n_cols - radius, left)
-    result[..., :left] *= columns[:left]
-    result[..., right:] *= columns[right:]
+    target = _result_target(out, images)
+    kernels.box_mean_images(_images(images), radius, target.reshape((-1,) + images.shape[-2:]))
     if target is not out:
         out[...] = target
     return out
 
 
 class GuideWindows:
-    """A guide image with its window means and variances, cached per radius.
+    """A guide image prepared for guided-filtering several inputs.
 
-    Filtering several inputs with the same guide and radius (the fusion's base
-    and detail weights when r_b = r_d) then computes mean(I) and var(I) once.
+    The compiled filter computes the guide's window sums in the same pass as
+    the input's (cheaper than storing and re-reading them), so this only
+    holds the guide in the layout the kernel reads; it keeps the interface
+    through which the fusion filters its base and detail weights by the sources.
 
     Parameters
     ----------
@@ -168,25 +110,11 @@ class GuideWindows:
     """
 
     def __init__(self, guide: np.ndarray) -> None:
-        self.guide = np.asarray(guide)
-        if self.guide.ndim < 2:
-            raise ValueError(f"a guide needs (..., H, W) images, got shape {self.guide.shape}")
-        self._statistics: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-
-    def statistics(self, radius: int) -> tuple[np.ndarray, np.ndarray]:
-        """``(mean(I), mean(I²) − mean(I)²)`` over the windows of ``radius``, float64, shape of the guide."""
-        if radius not in self._statistics:
-            stats = np.empty((2,) + self.guide.shape)
-            stats[0] = self.guide
-            np.square(stats[0], out=stats[1])
-            self._store(radius, box_mean(stats, radius, out=stats))
-        return self._statistics[radius]
-
-    def _store(self, radius: int, means: np.ndarray) -> None:
-        """Cache mean(I) and var(I) from ``means = [mean(I), mean(I²)]`` (turned into var in place)."""
-        mean_i, var_i = means
-        var_i -= np.square(mean_i, out=_buffer("guide_square", mean_i.shape))
-        self._statistics[radius] = (mean_i, var_i)
+        guide = np.asarray(guide)
+        if guide.ndim < 2:
+            raise ValueError(f"a guide needs (..., H, W) images, got shape {guide.shape}")
+        self.guide = guide
+        self._images = _images(guide)
 
     def filter(self, src: np.ndarray, radius: int, eps: float, *, dtype: type = np.float64) -> np.ndarray:
         """The guided filter of ``src`` by this guide; see :func:`guided_filter`."""
@@ -195,32 +123,12 @@ class GuideWindows:
             raise ValueError(f"guide shape {self.guide.shape} differs from input shape {src.shape}")
         if not eps > 0:
             raise ValueError(f"guided filter eps must be > 0, got {eps!r}")
-        # stats[0:2] = p, I·p (and, the first time at this radius, stats[2:4] =
-        # I, I², so all four share one box pass). Work arrays are reused
-        # scratch buffers; every step writes in place.
-        first = radius not in self._statistics
-        stats = _buffer("guided_stats", (4 if first else 2,) + src.shape)
-        work = _buffer("guided_work", src.shape)
-        stats[0] = src
-        np.multiply(self.guide, stats[0], out=stats[1])
-        if first:
-            guide_means = np.empty((2,) + src.shape)
-            stats[2] = self.guide
-            np.square(stats[2], out=stats[3])
-            box_mean(stats, radius, out=stats)
-            guide_means[...] = stats[2:]
-            self._store(radius, guide_means)
-        else:
-            box_mean(stats, radius, out=stats)
-        mean_p, mean_ip = stats[0], stats[1]
-        mean_i, var_i = self._statistics[radius]
-        cov_ip = np.subtract(mean_ip, np.multiply(mean_i, mean_p, out=work), out=mean_ip)
-        np.add(var_i, eps, out=work)
-        a = np.divide(cov_ip, work, out=stats[1])
-        np.subtract(mean_p, np.multiply(a, mean_i, out=work), out=stats[0])  # b, over mean_p
-        mean_b, mean_a = box_mean(stats[:2], radius, out=stats[:2])
-        q = np.multiply(mean_a, self.guide, out=np.empty(src.shape, dtype))
-        q += mean_b
+        if int(radius) != radius or radius < 0:
+            raise ValueError(f"guided filter radius must be a non-negative integer, got {radius!r}")
+        q = np.empty(src.shape, dtype)
+        if src.size:
+            kernels.guided_images(self._images, _images(src), int(radius), float(eps),
+                                  q.reshape((-1,) + src.shape[-2:]))
         return q
 
 
@@ -233,9 +141,8 @@ def guided_filter(guide: np.ndarray, src: np.ndarray, radius: int, eps: float, *
         b = mean(p) − a·mean(I)
         q = mean(a)·I + mean(b)
 
-    All intermediate values are float64 whatever ``dtype`` is. To filter
-    several inputs by one guide, use :class:`GuideWindows` (shares mean(I)
-    and var(I)).
+    All intermediate values are float64 whatever ``dtype`` is, computed by
+    :func:`medfuse.core.kernels.guided_images` in two passes over each image.
 
     Parameters
     ----------
@@ -260,8 +167,6 @@ def guided_filter(guide: np.ndarray, src: np.ndarray, radius: int, eps: float, *
     src = np.asarray(src)
     if guide.shape != src.shape:
         raise ValueError(f"guide shape {guide.shape} differs from input shape {src.shape}")
-    if not eps > 0:
-        raise ValueError(f"guided filter eps must be > 0, got {eps!r}")
     return GuideWindows(guide).filter(src, radius, eps, dtype=dtype)
 
 
@@ -283,19 +188,16 @@ def gaussian_blur(images: np.ndarray, sigma: float, radius: int) -> np.ndarray:
     -------
     ndarray, shape (..., H, W), float64
     """
-    images = np.asarray(images, dtype=np.float64)
+    images = np.asarray(images)
+    if images.ndim < 2:
+        raise ValueError(f"gaussian_blur needs (..., H, W) images, got shape {images.shape}")
     if not sigma > 0:
         raise ValueError(f"Gaussian sigma must be > 0, got {sigma!r}")
-    taps = np.arange(-int(radius), int(radius) + 1, dtype=np.float64)
+    radius = int(radius)
+    taps = np.arange(-radius, radius + 1, dtype=np.float64)
     kernel = np.exp(-0.5 * (taps / sigma) ** 2)
     kernel /= kernel.sum()
-    out = images
-    for axis in (-2, -1):
-        n = images.shape[axis]
-        # Sum of the kernel weights that land inside the image, per position.
-        inside = correlate1d(np.ones(n), kernel, mode="constant", cval=0.0)
-        out = correlate1d(out, kernel, axis=axis, mode="constant", cval=0.0)
-        shape = [1] * out.ndim
-        shape[axis] = n
-        out /= inside.reshape(shape)
+    out = np.empty(images.shape, np.float64)
+    if math.prod(images.shape):
+        kernels.gaussian_images(_images(images), kernel, radius, out.reshape((-1,) + images.shape[-2:]))
     return out

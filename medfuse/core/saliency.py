@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from medfuse.core import kernels
+
 __all__ = ["quantise", "level_histogram", "saliency_table", "saliency_maps"]
 
 
@@ -115,9 +117,10 @@ def saliency_maps(
     ndarray, shape (K, N, H, W), float32
     """
     k, n, h, w = images.shape
-    q = quantise(images, levels).reshape(k * n, h * w)
+    flat = np.ascontiguousarray(images, dtype=np.float32).reshape(k * n, h * w)
     if histograms is None:
-        hist = np.stack([np.bincount(levels_of_one, minlength=levels) for levels_of_one in q])
+        hist = np.zeros((k * n, levels), np.int64)
+        kernels.histogram_images(flat, levels, hist)
         table = saliency_table(hist, normalisation)
     else:
         hist = np.asarray(histograms)
@@ -126,9 +129,7 @@ def saliency_maps(
         if np.any(hist < 0) or not np.all(np.isfinite(hist)):
             raise ValueError("saliency histograms must be finite, non-negative counts")
         table = np.repeat(saliency_table(hist, normalisation), n, axis=0)
-    table = table.astype(np.float32)
     maps = np.empty((k * n, h * w), np.float32)
-    # One lookup per image (a loop over K·N): no (K·N, H·W) integer index array.
-    for i in range(k * n):
-        np.take(table[i], q[i], out=maps[i])
+    # Quantisation and table look-up fused in one compiled pass per image (same levels as quantise()).
+    kernels.lookup_images(flat, levels, np.ascontiguousarray(table, dtype=np.float32), maps)
     return maps.reshape(k, n, h, w)

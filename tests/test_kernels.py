@@ -1,0 +1,174 @@
+"""The compiled kernels against the NumPy reference, and their on-disk cache.
+
+The run-time filters (:mod:`medfuse.core.filters`, numba kernels) must agree
+with the readable NumPy implementation they replaced
+(:mod:`medfuse.core.kernels_reference`) to 1e-6 on random images, at the
+borders, for radii larger than the image, for K = 2..5 stacked sources and
+for float32 and float64 inputs; whole fusions with either core agree too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from medfuse.core import decomposition, filters, fusion, kernels, kernels_reference
+from medfuse.core.config import FusionConfig
+from medfuse.core.fusion import fuse_slices, fuse_stack
+
+SHAPES = [(1, 1), (1, 9), (9, 1), (7, 13), (33, 20), (64, 64)]
+RADII = [0, 1, 3, 7, 45]  # 45 is larger than every test image but the last
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_box_mean_kernel_equals_the_reference(shape, dtype):
+    rng = np.random.default_rng(shape[0] * 100 + shape[1])
+    images = rng.random((3,) + shape).astype(dtype)
+    for radius in RADII:
+        for out_dtype in (np.float32, np.float64):
+            ours = filters.box_mean(images, radius, dtype=out_dtype)
+            reference = kernels_reference.box_mean(images, radius, dtype=out_dtype)
+            assert ours.dtype == out_dtype
+            assert np.max(np.abs(ours.astype(np.float64) - reference)) <= 1e-6, (radius, out_dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_guided_filter_kernel_equals_the_float64_reference(shape, dtype):
+    rng = np.random.default_rng(shape[0] * 7 + shape[1])
+    guide = rng.random((2,) + shape).astype(dtype)
+    # Weight-like inputs: correlated with the guide, plus noise and a hard edge.
+    src = (0.5 * guide + 0.5 * rng.random((2,) + shape)).astype(dtype)
+    src[:, : shape[0] // 2] = 1.0
+    for radius in RADII:
+        for eps in (1e-6, 1e-3, 0.1):
+            reference = kernels_reference.guided_filter(guide, src, radius, eps)
+            ours = filters.guided_filter(guide, src, radius, eps)
+            assert np.max(np.abs(ours - reference)) <= 1e-6, (radius, eps)
+            as_float32 = filters.guided_filter(guide, src, radius, eps, dtype=np.float32)
+            assert np.array_equal(as_float32, ours.astype(np.float32)), (radius, eps)
+
+
+@pytest.mark.parametrize("k", [2, 3, 4, 5])
+def test_k_stacked_sources_are_filtered_each_as_alone(k):
+    rng = np.random.default_rng(k)
+    guide = rng.random((k, 2, 40, 52)).astype(np.float32)
+    src = rng.random(guide.shape).astype(np.float32)
+    windows = filters.GuideWindows(guide)
+    stacked = windows.filter(src, 7, 1e-6, dtype=np.float32)
+    reference = kernels_reference.guided_filter(guide, src, 7, 1e-6)
+    assert np.max(np.abs(stacked - reference)) <= 1e-6
+    for index in range(k):
+        alone = filters.guided_filter(guide[index], src[index], 7, 1e-6, dtype=np.float32)
+        assert np.array_equal(stacked[index], alone)
+    assert np.max(np.abs(filters.box_mean(guide, 11) - kernels_reference.box_mean(guide, 11))) <= 1e-6
+
+
+def test_box_mean_in_place_and_on_strided_arrays_equals_the_reference():
+    rng = np.random.default_rng(8)
+    base = rng.random((2, 30, 24))
+    strided = base[:, ::2, ::-1]
+    expected = kernels_reference.box_mean(strided, 4)
+    assert np.max(np.abs(filters.box_mean(strided, 4) - expected)) <= 1e-12
+    in_place = base.copy()
+    filters.box_mean(in_place, 4, out=in_place)
+    assert np.max(np.abs(in_place - kernels_reference.box_mean(base, 4))) <= 1e-12
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (5, 3), (40, 33)])
+def test_gaussian_kernel_equals_the_reference(shape):
+    rng = np.random.default_rng(shape[1])
+    images = rng.random((3,) + shape).astype(np.float32)
+    for sigma, radius in ((0.5, 1), (2.0, 6), (7.5, 22)):
+        difference = filters.gaussian_blur(images, sigma, radius) - kernels_reference.gaussian_blur(images, sigma, radius)
+        assert np.max(np.abs(difference)) <= 1e-6
+
+
+@pytest.mark.parametrize("rule", ["max-abs", "guided-decomposition"])
+def test_whole_fusion_with_compiled_and_reference_filters_agrees(monkeypatch, rule):
+    rng = np.random.default_rng(11)
+    yy, xx = np.mgrid[0:96, 0:80] / 80.0
+    sources = np.stack([np.clip(0.5 + 0.4 * np.sin(6 * xx) * yy + 0.05 * rng.standard_normal(xx.shape), 0, 1),
+                        np.clip(0.3 + 0.5 * (xx > 0.5) + 0.05 * rng.standard_normal(xx.shape), 0, 1)]).astype(np.float32)
+    config = (FusionConfig(detail_rule="max-abs") if rule == "max-abs"
+              else FusionConfig(detail_rule="max-abs", decomposition="guided", decomposition_size=9))
+    compiled = fuse_stack(sources, config)
+    monkeypatch.setattr(fusion, "GuideWindows", kernels_reference.GuideWindows)
+    for name in ("box_mean", "guided_filter", "gaussian_blur"):
+        monkeypatch.setattr(decomposition, name, getattr(kernels_reference, name))
+    reference = fuse_stack(sources, config)
+    assert np.max(np.abs(compiled.base_weights - reference.base_weights)) <= 1e-6
+    assert np.max(np.abs(compiled.fused - reference.fused)) <= 1e-5
+
+
+def test_threads_give_byte_identical_output_on_compiled_kernels():
+    rng = np.random.default_rng(12)
+    volumes = rng.random((3, 2, 300, 260)).astype(np.float32)
+    config = FusionConfig(detail_rule="max-abs")
+    one = fuse_slices(volumes, config, threads=1)
+    for threads in (2, 3):
+        assert np.array_equal(fuse_slices(volumes, config, threads=threads), one)
+
+
+_CHILD = textwrap.dedent("""
+    import json, sys
+    import numpy as np
+    from medfuse.core import kernels
+    from medfuse.core.config import FusionConfig
+    from medfuse.core.fusion import fuse_stack
+    sources = np.load(sys.argv[1])
+    fused = fuse_stack(sources, FusionConfig(detail_rule="max-abs", decomposition="gaussian")).fused
+    np.save(sys.argv[2], fused)
+    print(json.dumps({"cache_dir": kernels.CACHE_DIR, "numba_env": __import__("os").environ.get("NUMBA_CACHE_DIR")}))
+""")
+
+
+def _run_child(tmp_path, env_changes: dict, name: str) -> tuple[dict, np.ndarray]:
+    env = {k: v for k, v in os.environ.items() if k not in ("NUMBA_CACHE_DIR", "XDG_CACHE_HOME")}
+    env.update(env_changes)
+    out = tmp_path / f"{name}.npy"
+    done = subprocess.run([sys.executable, "-c", _CHILD, str(tmp_path / "sources.npy"), str(out)], env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(done.stdout.strip().splitlines()[-1]), np.load(out)
+
+
+@pytest.mark.slow
+def test_an_unwritable_cache_folder_compiles_in_memory_with_the_same_output(tmp_path):
+    rng = np.random.default_rng(13)
+    sources = rng.random((2, 48, 40)).astype(np.float32)
+    np.save(tmp_path / "sources.npy", sources)
+    expected = fuse_stack(sources, FusionConfig(detail_rule="max-abs", decomposition="gaussian")).fused
+    # A folder under a regular file cannot be created, not even by root (chmod would not stop root).
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
+    report, fused = _run_child(tmp_path, {"XDG_CACHE_HOME": str(blocker / "cache")}, "read-only")
+    assert report["cache_dir"] is None
+    assert np.array_equal(fused, expected)
+    # An explicit NUMBA_CACHE_DIR that cannot be written: same fallback, nothing written anywhere.
+    report, fused = _run_child(tmp_path, {"NUMBA_CACHE_DIR": str(blocker / "numba")}, "explicit")
+    assert report["cache_dir"] is None
+    assert np.array_equal(fused, expected)
+
+
+@pytest.mark.slow
+def test_the_cache_goes_under_xdg_cache_home_and_is_reused(tmp_path):
+    rng = np.random.default_rng(14)
+    np.save(tmp_path / "sources.npy", rng.random((2, 40, 36)).astype(np.float32))
+    cache_home = tmp_path / "xdg"
+    first, fused_first = _run_child(tmp_path, {"XDG_CACHE_HOME": str(cache_home)}, "first")
+    folder = cache_home / "medfuse" / "numba"
+    assert first["cache_dir"] == str(folder) and first["numba_env"] == str(folder)  # inherited by workers
+    cached = sorted(p.name for p in folder.rglob("*.nbi"))
+    assert any("guided_images" in name for name in cached) and any("gaussian_images" in name for name in cached)
+    second, fused_second = _run_child(tmp_path, {"XDG_CACHE_HOME": str(cache_home)}, "second")
+    assert second["cache_dir"] == str(folder)
+    assert np.array_equal(fused_first, fused_second)
+
