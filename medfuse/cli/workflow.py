@@ -38,6 +38,11 @@ def run(
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Give studies that used up their attempts new ones."),
     json_logs: bool = typer.Option(False, "--json", help="One JSON object per line instead of key=value text."),
     log_phi: bool = typer.Option(False, "--log-phi", help="Include patient ID and name in log lines."),
+    scheduler: str = typer.Option(None, "--scheduler", help="Run the studies as tasks on this Dask scheduler "
+                                  "(tcp://host:8786); the ledger stays with this process."),
+    jobs: int = typer.Option(None, "--jobs", min=1, help="Run the studies on this many local Dask worker processes."),
+    task_timeout: float = typer.Option(3600.0, "--task-timeout", min=1,
+                                       help="With --scheduler/--jobs: seconds one study may take before it fails."),
 ) -> None:
     """Run one pass: find candidate studies, fuse each once, deliver, print a summary.
 
@@ -47,9 +52,12 @@ def run(
     from medfuse.workflow.config import load_workflow
     from medfuse.workflow.runner import StudyLog, run_workflow
 
+    if scheduler is not None and jobs is not None:
+        raise WorkflowError("give either --scheduler or --jobs, not both")
     wf = load_workflow(file)
     summary = run_workflow(wf, dry_run=dry_run, study_uid=study, wait_s=wait, retry_failed=retry_failed,
-                           log=StudyLog(json_lines=json_logs, log_phi=log_phi))
+                           log=StudyLog(json_lines=json_logs, log_phi=log_phi), scheduler=scheduler, jobs=jobs,
+                           task_timeout_s=task_timeout)
     if summary.failed:
         raise WorkflowError(
             f"{summary.failed} of {summary.done + summary.failed} studies fused in this pass failed in workflow '{wf.name}' "

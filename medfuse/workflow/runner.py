@@ -172,7 +172,8 @@ def plan_jobs(workflow: Workflow, candidates: list[StudyCandidate], own_outputs:
 
 
 def run_workflow(workflow: Workflow, *, dry_run: bool = False, study_uid: str | None = None, wait_s: float = 0.0,
-                 retry_failed: bool = False, log: StudyLog | None = None, source: Source | None = None) -> RunSummary:
+                 retry_failed: bool = False, log: StudyLog | None = None, source: Source | None = None,
+                 scheduler: str | None = None, jobs: int | None = None, task_timeout_s: float = 3600.0) -> RunSummary:
     """Run one pass of *workflow* under its lock; return the summary.
 
     Parameters
@@ -190,6 +191,12 @@ def run_workflow(workflow: Workflow, *, dry_run: bool = False, study_uid: str | 
     log : StudyLog, optional
     source : Source, optional
         A connector to use instead of the one the workflow names.
+    scheduler, jobs : optional
+        Run the jobs as study-level Dask tasks on this scheduler, or on this
+        many local worker processes (:mod:`medfuse.workflow.parallel`);
+        neither: one after another in this process.
+    task_timeout_s : float
+        With ``scheduler``/``jobs``: how long one job may take before it is failed.
     """
     log = log or StudyLog()
     start = time.monotonic()
@@ -206,8 +213,15 @@ def run_workflow(workflow: Workflow, *, dry_run: bool = False, study_uid: str | 
             candidates = [c for c in source.find_studies(query) if not study_uid or c.study_uid == study_uid]
             summary.candidates = len(candidates)
             plans, summary.not_matching = plan_jobs(workflow, candidates, ledger.output_series_uids())
-            for plan in plans:
-                _run_plan(plan, workflow, ledger, source, log, summary, dry_run, retry_failed)
+            if (scheduler is None and jobs is None) or dry_run:
+                for plan in plans:
+                    _run_plan(plan, workflow, ledger, source, log, summary, dry_run, retry_failed)
+            else:
+                from medfuse.workflow.parallel import run_plans_on_dask
+
+                admitted = [p for p in plans if _admit(p, workflow, ledger, log, summary, False, retry_failed)]
+                run_plans_on_dask(admitted, workflow, ledger, log, summary, scheduler=scheduler, jobs=jobs,
+                                  timeout_s=task_timeout_s)
         finally:
             ledger.close()
     summary.duration_s = round(time.monotonic() - start, 3)
@@ -217,29 +231,9 @@ def run_workflow(workflow: Workflow, *, dry_run: bool = False, study_uid: str | 
 
 def _run_plan(plan: JobPlan, workflow: Workflow, ledger: Ledger, source: Source, log: StudyLog,
               summary: RunSummary, dry_run: bool, retry_failed: bool) -> None:
-    job = ledger.get(plan.key)
-    if job is not None and retry_failed and job.state == "failed" and not dry_run:
-        job = ledger.reset_attempts(plan.key)
+    if not _admit(plan, workflow, ledger, log, summary, dry_run, retry_failed):
+        return
     study = plan.candidate.study_uid
-    if job is not None and job.state == "done":
-        summary.skipped_done += 1
-        summary.outcomes[study] = "already-done"
-        return
-    if job is not None and job.state != "pending" and job.attempts >= workflow.max_attempts:
-        summary.skipped_gave_up += 1
-        summary.outcomes[study] = "gave-up"
-        log.study(workflow.name, plan.candidate, "gave-up", 0.0, attempts=job.attempts, reason=job.reason)
-        return
-    if dry_run:
-        summary.planned.append({"study_uid": study, "fixed": [s.series_uid for s in plan.fixed],
-                                "moving": [s.series_uid for s in plan.moving], "key": plan.key,
-                                "attempts_so_far": job.attempts if job else 0})
-        summary.outcomes[study] = "would-fuse"
-        log.study(workflow.name, plan.candidate, "would-fuse", 0.0, fixed=" | ".join(s.description for s in plan.fixed),
-                  moving=" | ".join(s.description for s in plan.moving), chosen_by="rules" if plan.by_rules else "")
-        return
-    ledger.ensure(plan.key, workflow=workflow.name, study_uid=study, input_uids=plan.input_uids,
-                  version=__version__, parameters_hash=workflow.parameters_hash)
     job = ledger.start_attempt(plan.key)
     started = time.monotonic()
     work = workflow.state_dir / "work" / plan.key[:24]
@@ -263,6 +257,35 @@ def _run_plan(plan: JobPlan, workflow: Workflow, ledger: Ledger, source: Source,
     summary.done += 1
     summary.outcomes[study] = "done"
     log.study(workflow.name, plan.candidate, "done", duration, attempt=job.attempts, output_series_uid=series_uid)
+
+
+def _admit(plan: JobPlan, workflow: Workflow, ledger: Ledger, log: StudyLog, summary: RunSummary, dry_run: bool,
+           retry_failed: bool) -> bool:
+    """Whether *plan* is to run now (its ledger row then exists); counts and logs the studies that are not."""
+    job = ledger.get(plan.key)
+    if job is not None and retry_failed and job.state == "failed" and not dry_run:
+        job = ledger.reset_attempts(plan.key)
+    study = plan.candidate.study_uid
+    if job is not None and job.state == "done":
+        summary.skipped_done += 1
+        summary.outcomes[study] = "already-done"
+        return False
+    if job is not None and job.state != "pending" and job.attempts >= workflow.max_attempts:
+        summary.skipped_gave_up += 1
+        summary.outcomes[study] = "gave-up"
+        log.study(workflow.name, plan.candidate, "gave-up", 0.0, attempts=job.attempts, reason=job.reason)
+        return False
+    if dry_run:
+        summary.planned.append({"study_uid": study, "fixed": [s.series_uid for s in plan.fixed],
+                                "moving": [s.series_uid for s in plan.moving], "key": plan.key,
+                                "attempts_so_far": job.attempts if job else 0})
+        summary.outcomes[study] = "would-fuse"
+        log.study(workflow.name, plan.candidate, "would-fuse", 0.0, fixed=" | ".join(s.description for s in plan.fixed),
+                  moving=" | ".join(s.description for s in plan.moving), chosen_by="rules" if plan.by_rules else "")
+        return False
+    ledger.ensure(plan.key, workflow=workflow.name, study_uid=study, input_uids=plan.input_uids,
+                  version=__version__, parameters_hash=workflow.parameters_hash)
+    return True
 
 
 def _one_line(exc: BaseException) -> str:
