@@ -128,6 +128,21 @@ def test_extractor_pickles_by_name(extractor, ct_mri):
     np.testing.assert_array_equal(clone.activity(ct_mri), extractor.activity(ct_mri))
 
 
+def test_the_extractor_module_does_not_import_the_registry():
+    # The registry builds extractors; the extractor module must not import it back (no import circle),
+    # not even inside a function.
+    import ast
+
+    import medfuse.features.extractor as module
+
+    tree = ast.parse(open(module.__file__, encoding="utf-8").read())
+    imported = {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    imported |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    assert not any(name and name.startswith("medfuse.features.registry") for name in imported), imported
+    clone = pickle.loads(pickle.dumps(load_extractor(threads=2)))
+    assert clone.threads == 2 and clone._session is load_extractor(threads=2)._session
+
+
 def test_importing_features_does_not_import_torch():
     code = "import sys, medfuse.features; medfuse.features.load_extractor(); print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -11,7 +11,9 @@ top-left corner (output pixel ``(i, j)`` covers input pixels
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable
 
 import numpy as np
 
@@ -29,8 +31,11 @@ MAX_BATCH_PIXELS = 4 * 1024 * 1024
 class OnnxActivityExtractor:
     """The ``ActivityExtractor`` of the core, backed by an onnxruntime session.
 
-    Built by :func:`medfuse.features.registry.load_extractor`; pickling it
-    (e.g. to a Dask worker) re-loads it by name in the receiving process.
+    Built by :func:`medfuse.features.registry.load_extractor`, which passes
+    itself as ``reload``: pickling the extractor (e.g. to a Dask worker)
+    pickles ``reload`` by reference with the name, depth and threads, and the
+    receiving process loads it again by name (this module never imports the
+    registry, so the two do not import each other).
 
     Attributes
     ----------
@@ -44,8 +49,10 @@ class OnnxActivityExtractor:
     """
 
     def __init__(self, session, *, model: str, depth: int, stride: int, channels: int,
-                 normalisation: Normalisation, threads: int | None, sha256: str):
+                 normalisation: Normalisation, threads: int | None, sha256: str,
+                 reload: Callable[..., OnnxActivityExtractor]):
         self._session = session
+        self._reload = reload
         self._input = session.get_inputs()[0].name
         self.model = model
         self.depth = depth
@@ -62,9 +69,7 @@ class OnnxActivityExtractor:
         return f"OnnxActivityExtractor({self.name!r}, stride={self.stride}, threads={self.threads})"
 
     def __reduce__(self):
-        from medfuse.features.registry import load_extractor
-
-        return (_reload, (load_extractor, self.model, self.depth, self.threads))
+        return (functools.partial(self._reload, threads=self.threads), (self.model, self.depth))
 
     def output_shape(self, height: int, width: int) -> tuple[int, int]:
         """``(ceil(height / stride), ceil(width / stride))``: the activity map's size."""
@@ -115,10 +120,6 @@ class OnnxActivityExtractor:
             raise FusionError(f"CNN forward pass of {self.name} failed on {images.shape}: "
                               f"{' '.join(str(exc).split())[:200]}") from exc
         return out
-
-
-def _reload(load, model, depth, threads):
-    return load(model, depth, threads=threads)
 
 
 def _checked(images) -> np.ndarray:

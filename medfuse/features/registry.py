@@ -151,7 +151,7 @@ def load_extractor(model: str | None = None, depth: int | None = None, *,
     row = entry.depths[chosen]
     return OnnxActivityExtractor(_session(entry, chosen, threads), model=name, depth=chosen, stride=row.stride,
                                  channels=row.channels, normalisation=entry.normalisation, threads=threads,
-                                 sha256=row.sha256)
+                                 sha256=row.sha256, reload=load_extractor)
 
 
 def list_models() -> list[ModelRow]:
