@@ -91,6 +91,11 @@ def _options(*, formats: str, quiet: bool, json_log: bool, **kw):
 
     if quiet and json_log:
         raise InputError("--quiet and --json-log exclude each other")
+    if kw.get("window") is not None:
+        from medfuse.volume.intensity import parse_window
+
+        # Checked before any input is read: the window is used only if a CT is fused.
+        parse_window(kw["window"])
     chosen = tuple(f.strip().lower() for f in formats.split(",") if f.strip())
     return StudyOptions(formats=chosen, progress=Progress(auto_mode(quiet=quiet, json_log=json_log)), **kw)
 

@@ -138,7 +138,9 @@ def parse_window(window: str | tuple[float, float]) -> tuple[str, float, float]:
             centre, width = (float(v) for v in window)
         except (TypeError, ValueError) as exc:
             raise InputError(f"window {window!r}: expected (centre, width)") from exc
-    if not (math.isfinite(centre) and math.isfinite(width)) or width <= 0:
+    if not (math.isfinite(centre) and math.isfinite(width)):
+        raise InputError(f"window centre {centre:g}, width {width:g}: centre and width must be finite numbers")
+    if width <= 0:
         raise InputError(f"window centre {centre:g}, width {width:g}: width must be positive")
     return ("custom", centre, width)
 

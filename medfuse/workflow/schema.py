@@ -14,7 +14,6 @@ import json
 
 _NAME = {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"}
 _STRINGS = {"type": "array", "items": {"type": "string", "minLength": 1}, "minItems": 1}
-_POSITIVE = {"type": "number", "exclusiveMinimum": 0}
 
 _AUTH = {
     "type": "object",
@@ -40,9 +39,9 @@ _TLS = {
 }
 
 _NETWORK = {
-    "timeout_s": _POSITIVE,
+    "timeout_s": {"type": "number", "exclusiveMinimum": 0, "maximum": 3600},
     "retries": {"type": "integer", "minimum": 0, "maximum": 10},
-    "backoff_s": {"type": "number", "minimum": 0},
+    "backoff_s": {"type": "number", "minimum": 0, "maximum": 600},
 }
 
 _DICOMWEB = {
@@ -77,7 +76,8 @@ _FOLDER = {
     "required": ["path"],
     "properties": {
         "path": {"type": "string", "minLength": 1},
-        "stable_after_s": {"type": "number", "minimum": 0},
+        "stable_after_s": {"type": "number", "minimum": 0, "maximum": 604800,
+                           "description": "seconds without new files before a study is taken (at most a week)"},
     },
 }
 
@@ -121,8 +121,8 @@ WORKFLOW_SCHEMA: dict = {
                     "properties": {
                         "modalities_in_study": _STRINGS,
                         "study_description": {"type": "string", "minLength": 1},
-                        "since_days": {"type": "integer", "minimum": 1},
-                        "limit": {"type": "integer", "minimum": 1},
+                        "since_days": {"type": "integer", "minimum": 1, "maximum": 36500},
+                        "limit": {"type": "integer", "minimum": 1, "maximum": 100000},
                     },
                 },
             },

@@ -293,8 +293,13 @@ def _checked(ds: Dataset, path: Path, handle, pixel_offset: int, size: int, **kw
 
 
 def _check_pixels(header: InstanceHeader, handle, offset: int, size: int) -> None:
+    """check_pixel_element; a refusal carries the file's series, whose volume would miss this file."""
     syntax = pydicom.uid.UID(header.transfer_syntax_uid) if header.transfer_syntax_uid else None
-    check_pixel_element(handle, offset, size, _native_bytes(header), syntax)
+    try:
+        check_pixel_element(handle, offset, size, _native_bytes(header), syntax)
+    except NotDicomError as exc:
+        exc.series_instance_uid = header.series_instance_uid
+        raise
 
 
 def _native_bytes(header: InstanceHeader) -> int:

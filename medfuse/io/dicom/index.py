@@ -252,6 +252,7 @@ def scan_folder(path: str | os.PathLike) -> FolderIndex:
     seen: dict[str, InstanceHeader] = {}
     duplicates: dict[str, list[Path]] = defaultdict(list)
     conflicts: dict[str, str] = {}
+    unreadable: dict[str, list[tuple[Path, str]]] = {}
     for file in files:
         # One process on purpose: header parsing is GIL-bound, and a process
         # pool measured no faster on the shared 2-core machine (see
@@ -260,6 +261,8 @@ def scan_folder(path: str | os.PathLike) -> FolderIndex:
             header = read_header(file)
         except NotDicomError as exc:
             skipped.append((file, str(exc)))
+            if exc.series_instance_uid:
+                unreadable.setdefault(exc.series_instance_uid, []).append((file, str(exc)))
             continue
         if header.sop_instance_uid and header.sop_instance_uid in seen:
             first = seen[header.sop_instance_uid]
@@ -286,9 +289,10 @@ def scan_folder(path: str | os.PathLike) -> FolderIndex:
         if duplicates.get(series_uid):
             notes = (f"{len(duplicates[series_uid])} duplicate file(s) ignored",)
         parts = _split_series(members, notes)
-        if series_uid in conflicts:
+        refusal = conflicts.get(series_uid) or _unreadable_members(unreadable.get(series_uid))
+        if refusal:
             parts = [dataclasses.replace(p, usable=False, needs_volume_index=False, needs_split_choice=False,
-                                         reason=conflicts[series_uid]) for p in parts]
+                                         reason=refusal) for p in parts]
         by_study[study_uid].extend(parts)
 
     studies = []
@@ -299,6 +303,15 @@ def scan_folder(path: str | os.PathLike) -> FolderIndex:
         studies.append(StudyInfo(study_uid, first.patient_id, first.study_date, tuple(series)))
     studies.sort(key=lambda st: (st.patient_id, st.study_date, st.study_instance_uid))
     return FolderIndex(root, tuple(studies), tuple(skipped))
+
+
+def _unreadable_members(files: list[tuple[Path, str]] | None) -> str:
+    """Why a series is refused when some of its files were refused (their slices would be missing)."""
+    if not files:
+        return ""
+    path, reason = files[0]
+    more = f" (+{len(files) - 1} more)" if len(files) > 1 else ""
+    return f"{len(files)} file(s) of this series cannot be read, so its volume would miss them: {path.name}: {reason}{more}"
 
 
 def _same_instance(a: InstanceHeader, b: InstanceHeader) -> bool:

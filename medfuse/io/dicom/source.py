@@ -54,7 +54,13 @@ _PIXEL_DATA = 0x7FE00010
 
 
 class NotDicomError(Exception):
-    """A file is not DICOM, is truncated, or lies about itself; ``str()`` says which."""
+    """A file is not DICOM, is truncated, or lies about itself; ``str()`` says which.
+
+    ``series_instance_uid`` is set when the header was read far enough to
+    know which series the refused file belongs to.
+    """
+
+    series_instance_uid = ""
 
 
 def syntax_problem(transfer_syntax_uid: str) -> str:
