@@ -68,14 +68,57 @@ def read_nifti(path: str | os.PathLike, *, volume_index: int | None = None) -> V
     path = Path(path)
     try:
         img = nib.load(str(path))
+        affine = _affine(img, path)
+        _check_size(img, path)
         data = img.get_fdata(dtype=np.float32)
     except FileNotFoundError as exc:
         raise InputError(f"{path}: no such file") from exc
+    except InputError:
+        raise
+    except MemoryError:
+        raise InputError(f"{path}: not enough memory to read its voxels") from None
     except Exception as exc:  # nibabel raises many types for a bad file
-        raise InputError(f"{path}: not a readable NIfTI file ({type(exc).__name__}: {exc})") from exc
+        raise InputError(f"{path}: not a readable NIfTI file ({type(exc).__name__}: {_one_line(exc)})") from exc
     data = _pick_volume(data, path, volume_index)
-    image = image_from_ras(data, img.affine, path)
+    image = image_from_ras(data, affine, path)
     return Volume(image=image, modality="", references=None, source=path, label=path.name)
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:200]
+
+
+def _affine(img, path: Path) -> np.ndarray:
+    """The sform when its code is set and it is finite, else such a qform, else nibabel's default.
+
+    An orientation whose code is set but that holds an infinite or NaN
+    value is never used; when no other is set the file is refused (its
+    voxels would be placed nowhere).
+    """
+    header = img.header
+    broken = []
+    for name, (matrix, code) in (("sform", header.get_sform(coded=True)), ("qform", header.get_qform(coded=True))):
+        if matrix is None or not code:
+            continue
+        if np.all(np.isfinite(matrix)):
+            return matrix
+        broken.append(f"{name} (code {int(code)})")
+    if broken:
+        raise InputError(f"{path}: {' and '.join(broken)} hold non-finite values and no other orientation is set")
+    return img.affine
+
+
+def _check_size(img, path: Path) -> None:
+    """Refuse a header whose shape has no voxels, or (uncompressed) more bytes than the file holds."""
+    shape = img.shape
+    if not shape or min(shape) <= 0:
+        raise InputError(f"{path}: header declares shape {shape}: no voxels")
+    if str(path).lower().endswith(".nii"):
+        needed = int(img.header.get_data_offset()) + int(np.prod(shape, dtype=np.float64)) * img.get_data_dtype().itemsize
+        size = path.stat().st_size
+        if needed > size:
+            raise InputError(f"{path}: header declares {'x'.join(map(str, shape))} voxels ({needed} bytes) but "
+                             f"the file has {size} bytes")
 
 
 def _pick_volume(data: np.ndarray, path: Path, volume_index: int | None) -> np.ndarray:
@@ -103,6 +146,8 @@ def image_from_ras(data_ijk: np.ndarray, affine_ras: np.ndarray, source: Path | 
     spacing = np.linalg.norm(linear, axis=0)
     if np.any(spacing <= 0) or not np.all(np.isfinite(linear)):
         raise InputError(f"{source}: affine has a zero or non-finite voxel size")
+    if not np.all(np.isfinite(affine_lps[:3, 3])):
+        raise InputError(f"{source}: affine has a non-finite origin")
     direction = linear / spacing
     if np.max(np.abs(direction.T @ direction - np.eye(3))) > ORTHOGONALITY_TOLERANCE:
         raise InputError(f"{source}: affine has shear (e.g. uncorrected gantry tilt); not supported")

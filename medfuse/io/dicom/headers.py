@@ -12,6 +12,7 @@ records, never on pydicom datasets, so the rules are written once.
 from __future__ import annotations
 
 import dataclasses
+import struct
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -208,27 +209,34 @@ def read_header(path: Path) -> InstanceHeader:
     -------
     InstanceHeader
     """
+    # The series a refused file belongs to, once known: its volume would miss the file.
+    known = {"series": "", "dicom": False}
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return _read_header(path)
-    except NotDicomError:
-        raise
+            return _read_header(path, known)
+    except NotDicomError as exc:
+        refusal = exc
     except MemoryError:
-        raise NotDicomError("header needs more memory than is available (corrupt lengths?)") from None
+        refusal = NotDicomError("header needs more memory than is available (corrupt lengths?)")
     except RecursionError:
-        raise NotDicomError("sequences nested too deeply") from None
+        refusal = NotDicomError("sequences nested too deeply")
+    except (EOFError, struct.error) as exc:
+        refusal = NotDicomError(f"truncated DICOM: the file ends inside a data element ({_first_line(exc)})")
     except Exception as exc:  # parsing arbitrary bytes can fail in any way; the file is refused, with why
-        raise NotDicomError(f"unreadable or truncated DICOM ({type(exc).__name__}: "
-                            f"{_first_line(exc)})") from exc
+        refusal = NotDicomError(f"unreadable or truncated DICOM ({type(exc).__name__}: {_first_line(exc)})")
+    refusal.series_instance_uid = refusal.series_instance_uid or known["series"]
+    refusal.is_dicom = known["dicom"] and not str(refusal).startswith("DICOMDIR")
+    raise refusal
 
 
-def _read_header(path: Path) -> InstanceHeader:
+def _read_header(path: Path, known: dict) -> InstanceHeader:
     with bounded_file(path) as (handle, size):
         found = file_meta(handle)
         if found is None:
             return _read_without_file_meta(path, handle, size)
         meta, offset = found
+        known["dicom"] = True
         if is_deflated(meta):
             ds, body = deflated_dataset(path, handle, meta, offset, size, stop_before_pixels=True)
             header = _header(ds, path, -1)
@@ -237,6 +245,8 @@ def _read_header(path: Path) -> InstanceHeader:
             return header
         handle.seek(0)
         ds = read_partial(handle, stop_when=_past_image_pixel_module)
+        if "Rows" in ds:
+            known["series"] = _raw_text(ds, "SeriesInstanceUID")
         if "NumberOfFrames" not in ds and "SOPClassUID" in ds:
             header = _header(ds, path, -1)
             if not header.has_pixel_data:

@@ -178,11 +178,16 @@ class FolderIndex:
     studies : tuple of StudyInfo
     skipped : tuple of (path, reason)
         Files that are not part of any series, and why.
+    orphans : tuple of (path, reason)
+        Of the skipped files, DICOM files (preamble and file meta) that
+        could not be read far enough to know their series: any series of
+        the folder may be missing them.
     """
 
     root: Path
     studies: tuple[StudyInfo, ...]
     skipped: tuple[tuple[Path, str], ...] = field(default_factory=tuple)
+    orphans: tuple[tuple[Path, str], ...] = field(default_factory=tuple)
 
     @property
     def series(self) -> tuple[SeriesInfo, ...]:
@@ -253,6 +258,7 @@ def scan_folder(path: str | os.PathLike) -> FolderIndex:
     duplicates: dict[str, list[Path]] = defaultdict(list)
     conflicts: dict[str, str] = {}
     unreadable: dict[str, list[tuple[Path, str]]] = {}
+    orphans: list[tuple[Path, str]] = []
     for file in files:
         # One process on purpose: header parsing is GIL-bound, and a process
         # pool measured no faster on the shared 2-core machine (see
@@ -263,6 +269,8 @@ def scan_folder(path: str | os.PathLike) -> FolderIndex:
             skipped.append((file, str(exc)))
             if exc.series_instance_uid:
                 unreadable.setdefault(exc.series_instance_uid, []).append((file, str(exc)))
+            elif exc.is_dicom:
+                orphans.append((file, str(exc)))
             continue
         if header.sop_instance_uid and header.sop_instance_uid in seen:
             first = seen[header.sop_instance_uid]
@@ -302,7 +310,7 @@ def scan_folder(path: str | os.PathLike) -> FolderIndex:
         first = series[0]
         studies.append(StudyInfo(study_uid, first.patient_id, first.study_date, tuple(series)))
     studies.sort(key=lambda st: (st.patient_id, st.study_date, st.study_instance_uid))
-    return FolderIndex(root, tuple(studies), tuple(skipped))
+    return FolderIndex(root, tuple(studies), tuple(skipped), tuple(orphans))
 
 
 def _unreadable_members(files: list[tuple[Path, str]] | None) -> str:
@@ -390,9 +398,12 @@ def _split_series(members: list[InstanceHeader], notes: tuple[str, ...]) -> list
     differing = [i for i in range(len(_SPLIT_KEYS)) if len({k[i] for k in keys}) > 1]
     rule = _SPLIT_KEYS[differing[0]]
     largest = max(len(g) for g in groups.values())
+    values = [_describe(rule, key[differing[0]]) for key in groups]
+    if len(set(values)) < len(values):
+        # Two planes with one name (e.g. two sagittal orientations): number them to pick one.
+        values = [f"{value}-{n + 1}" for n, value in enumerate(values)]
     out = []
-    for key, refs in groups.items():
-        value = _describe(rule, key[differing[0]])
+    for value, (key, refs) in zip(values, groups.items()):
         localizer = (
             _SPLIT_KEYS[differing[0]] == "orientation"
             and len(refs) <= LOCALIZER_MAX_SLICES

@@ -82,6 +82,12 @@ def _resolve(series_info_or_dir) -> SeriesInfo:
     candidates = [s for s in index.series if s.volumes]
     if not index.series:
         raise SeriesReadError(f"{series_info_or_dir}: no DICOM series found{skipped_note(index)}")
+    if index.orphans:
+        path, reason = index.orphans[0]
+        more = f" (+{len(index.orphans) - 1} more)" if len(index.orphans) > 1 else ""
+        raise SeriesReadError(f"{series_info_or_dir}: {len(index.orphans)} DICOM file(s) cannot be read, and a "
+                              f"series read without them could miss slices: {path.name}: {reason}{more}; "
+                              "fix or remove them")
     if len(candidates) == 1:
         return candidates[0]
     if not candidates:

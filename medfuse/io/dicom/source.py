@@ -57,10 +57,13 @@ class NotDicomError(Exception):
     """A file is not DICOM, is truncated, or lies about itself; ``str()`` says which.
 
     ``series_instance_uid`` is set when the header was read far enough to
-    know which series the refused file belongs to.
+    know which series the refused file belongs to; ``is_dicom`` when the
+    file has a DICOM preamble and file meta (an image file gone bad, not a
+    stray text file).
     """
 
     series_instance_uid = ""
+    is_dicom = False
 
 
 def syntax_problem(transfer_syntax_uid: str) -> str:

@@ -1,0 +1,84 @@
+"""Helpers for the hostile-input tests: run the CLI and check how it refuses.
+
+:func:`run_cli` runs ``medfuse`` in-process (fast); :func:`run_limited`
+runs it in a subprocess under an address-space limit (``RLIMIT_AS``), for
+inputs that attack a parser and could otherwise allocate without bound.
+:func:`assert_refused` checks what every refusal must show: the expected
+exit code, no traceback and no internal error (exit 70), one line on
+stderr naming the input and the reason, and nothing at the output path.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pydicom
+
+from medfuse.cli.app import main
+
+#: Address-space limit for hostile-parser subprocesses: importing medfuse and
+#: converting a 4-slice series needs well under it (600 MiB was enough when measured).
+MEMORY_LIMIT = 1 << 30
+
+_LIMITED = """
+import resource, sys
+resource.setrlimit(resource.RLIMIT_AS, ({limit}, {limit}))
+from medfuse.cli.app import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def run_cli(capsys, argv: list[str]) -> tuple[int, str, str]:
+    """(exit code, stdout, stderr) of ``medfuse ARGV`` run in this process."""
+    code = main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def run_limited(argv: list[str], *, limit: int = MEMORY_LIMIT, timeout: float = 120) -> tuple[int, str, str]:
+    """(exit code, stdout, stderr) of ``medfuse ARGV`` in a subprocess with RLIMIT_AS = *limit*."""
+    done = subprocess.run([sys.executable, "-c", _LIMITED.format(limit=limit), *map(str, argv)],
+                          capture_output=True, text=True, timeout=timeout)
+    return done.returncode, done.stdout, done.stderr
+
+
+def assert_refused(result: tuple[int, str, str], code: int, *words: str, output: Path | None = None) -> str:
+    """Check a refusal; return its one-line message (without the 'medfuse: error: ' prefix)."""
+    rc, _out, err = result
+    assert "Traceback" not in err and "internal error" not in err, err
+    assert "MemoryError" not in err and "RecursionError" not in err, err
+    assert rc == code, f"exit {rc}, expected {code}: {err}"
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("medfuse: error: "), err
+    message = lines[0][len("medfuse: error: "):]
+    for word in words:
+        assert word in message, f"{word!r} not in {message!r}"
+    if output is not None:
+        assert not output.exists(), f"{output} was written"
+        leftovers = [p.name for p in output.parent.iterdir() if p.name.startswith(("." + output.name, output.name))]
+        assert not leftovers, leftovers
+    return message
+
+
+def copy_series(src: Path, dst: Path, edit=None) -> list[Path]:
+    """Copy every file of *src* into *dst* through pydicom, calling ``edit(ds, index)`` on each."""
+    dst.mkdir(parents=True, exist_ok=True)
+    out = []
+    for i, path in enumerate(sorted(p for p in src.iterdir() if p.is_file())):
+        ds = pydicom.dcmread(path)
+        if edit is not None:
+            edit(ds, i)
+        target = dst / path.name
+        ds.save_as(target)
+        out.append(target)
+    return out
+
+
+def pixel_element_offset(data: bytes) -> int:
+    """Offset of the last Pixel Data element tag (7FE0,0010) in a little-endian file."""
+    offset = data.rfind(b"\xe0\x7f\x10\x00")
+    assert offset > 0
+    return offset
