@@ -68,7 +68,7 @@ def run_in_child(function: Callable, kwargs: dict, timeout_s: float,
         The child's own error, with its kind (e.g. ``RegistrationError``);
         ``FusionError`` when it timed out or died without a result.
     """
-    env = {**os.environ, **ONE_THREAD}
+    env = {**os.environ, **ONE_THREAD, "PYTHONSAFEPATH": "1"}  # import medfuse as this process did, not from the cwd
     process = subprocess.Popen([sys.executable, "-m", "medfuse.study.cohort.child"], stdin=subprocess.PIPE,
                                stdout=subprocess.PIPE, env=env, preexec_fn=_die_with_parent)
     timer = threading.Timer(timeout_s, process.kill)

@@ -1,11 +1,12 @@
 """The studies of a cohort folder, where each one's output goes, and whether it is already done.
 
 Every study :func:`medfuse.io.dicom.index.scan_folder` finds under the root
-is one task. Its output folder is named after the folder that holds it (its
-path below the root, ``/`` written as ``__``) when that folder holds no other
-study, else after its StudyInstanceUID; a study sharing its folder is given
-to fuse-study as a folder of links to its own files
-(``OUT/.cohort-inputs/<name>/``).
+is one task. Its output folder is named after the folder nearest the root
+that holds it and no other study (the patient folder, usually; a deeper
+path is written with ``__`` for ``/``), which fuse-study then reads; a study
+without such a folder (its files sit beside another study's) is named by its
+StudyInstanceUID and given to fuse-study as a folder of links to its own
+files (``OUT/.cohort-inputs/<name>/``).
 
 A study is **done** when ``OUT/<name>/provenance.json`` says it was fused
 from this study's series by this medfuse version and every output it lists
@@ -77,10 +78,13 @@ def plan_studies(index: FolderIndex) -> list[CohortStudy]:
     studies, names = [], set()
     for st in index.studies:
         uid = st.study_instance_uid
-        folder = Path(os.path.commonpath([str(p.parent) for p in files[uid]]))
-        shared = holders[folder] != {uid}
-        relative = folder.relative_to(root) if folder != root and folder.is_relative_to(root) else None
-        name = _safe("__".join(relative.parts)) if relative is not None and not shared else _safe(uid)
+        common = Path(os.path.commonpath([str(p.parent) for p in files[uid]]))
+        # The folder nearest the root that holds this study and no other (the patient folder, usually).
+        own = [f for f in (*reversed(common.relative_to(root).parents), common.relative_to(root))
+               if f != Path(".") and holders[root / f] == {uid}] if common.is_relative_to(root) else []
+        shared = not own
+        folder = root / own[0] if own else common
+        name = _safe("__".join(own[0].parts)) if own else _safe(uid)
         if name in names:
             name = _safe(f"{name}__{uid}")
         names.add(name)
