@@ -10,6 +10,7 @@ stderr naming the input and the reason, and nothing at the output path.
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -30,6 +31,37 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
+_BATCH = """
+import contextlib, io, json, resource, sys, time
+resource.setrlimit(resource.RLIMIT_AS, ({limit}, {limit}))
+from medfuse.cli.app import main
+results = []
+for argv in json.loads(sys.stdin.read()):
+    out, err = io.StringIO(), io.StringIO()
+    started = time.monotonic()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(argv)
+    results.append([code, out.getvalue(), err.getvalue(), time.monotonic() - started])
+sys.__stdout__.write(json.dumps(results))
+"""
+
+
+def run_limited_batch(commands: list[list], *, limit: int = MEMORY_LIMIT,
+                      timeout: float = 300) -> list[tuple[int, str, str, float]]:
+    """``medfuse ARGV`` for each of *commands*, one after another in one subprocess with RLIMIT_AS = *limit*.
+
+    Returns (exit code, stdout, stderr, seconds) per command. One process
+    saves the interpreter's start-up per command; a crash of any command
+    (a segfault, or memory beyond the limit outside medfuse's handling)
+    fails the whole batch, with its stderr in the assertion.
+    """
+    argvs = [[str(a) for a in argv] for argv in commands]
+    done = subprocess.run([sys.executable, "-c", _BATCH.format(limit=limit)], input=json.dumps(argvs),
+                          capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, f"batch process died with {done.returncode}: {done.stderr[-2000:]}"
+    return [tuple(r) for r in json.loads(done.stdout)]
+
+
 def run_cli(capsys, argv: list[str]) -> tuple[int, str, str]:
     """(exit code, stdout, stderr) of ``medfuse ARGV`` run in this process."""
     code = main([str(a) for a in argv])
@@ -44,9 +76,9 @@ def run_limited(argv: list[str], *, limit: int = MEMORY_LIMIT, timeout: float = 
     return done.returncode, done.stdout, done.stderr
 
 
-def assert_refused(result: tuple[int, str, str], code: int, *words: str, output: Path | None = None) -> str:
+def assert_refused(result: tuple, code: int, *words: str, output: Path | None = None) -> str:
     """Check a refusal; return its one-line message (without the 'medfuse: error: ' prefix)."""
-    rc, _out, err = result
+    rc, _out, err = result[:3]
     assert "Traceback" not in err and "internal error" not in err, err
     assert "MemoryError" not in err and "RecursionError" not in err, err
     assert rc == code, f"exit {rc}, expected {code}: {err}"
