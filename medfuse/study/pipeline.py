@@ -84,6 +84,7 @@ from medfuse.io.select import describe_candidates, find_series, select_series
 from medfuse.io.volumes import load_volume
 from medfuse.study.colour import Palette, functional_source, rgb_slices
 from medfuse.study.progress import Progress
+from medfuse.volume.chunk_task import WeightPlanes
 from medfuse.volume.dispatch import (SALIENCY_SCOPES, fuse_staged, fuse_volume, local_workers_for,
                                      refuse_in_starting_worker)
 from medfuse.volume.intensity import choose_mapping
@@ -360,8 +361,12 @@ class _Run:
                 volumes[:] = [_geometry_only_volume(v) for v in volumes]
                 del fixed
             with self.stage("fuse", total=z) as advance:
+                # The report's weight maps are kept by the fusion pass itself (it does not fuse again).
+                self.weight_planes = (WeightPlanes(staged.k, staged.zyx, folder=scratch / "weight-planes")
+                                      if options.report else None)
                 fuse_staged(staged, options.fusion, workers=options.workers, scheduler=options.scheduler,
-                            saliency_scope=options.saliency_scope, progress=advance, local_workers=workers)
+                            saliency_scope=options.saliency_scope, progress=advance, local_workers=workers,
+                            planes=self.weight_planes)
             arrays = [staged.source(k) for k in range(staged.k)]  # read-only maps of the scratch files
             masks = [None] + [staged.cover(k) for k in range(1, staged.k)]
             colour = None
@@ -446,7 +451,8 @@ class _Run:
 
                 provenance["outputs"]["report"] = {"file": "report.html"}
                 html = build_report(arrays, masks, staged.fused(), [v.label or v.modality for v in volumes],
-                                    options.fusion, options.saliency_scope, provenance, fixed.image)
+                                    self.weight_planes.arrays(), provenance, fixed.image,
+                                    colour=colour[:3] if colour is not None else None)
                 (staging / "report.html").write_text(html, encoding="utf-8")
                 report_path = out_dir / "report.html"
             (staging / "provenance.json").write_text(json.dumps(provenance, indent=2, sort_keys=True, default=str),

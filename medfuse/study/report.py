@@ -1,11 +1,13 @@
 """The QC report: one self-contained HTML page (images embedded as PNG data URIs).
 
-Sections: inputs and outputs; mid-section montages of every source and the
-fused volume in three orientations (axial = the fixed grid's slice plane,
-coronal and sagittal = the other two image axes; pixels resampled to square
-millimetres); the base and detail weight maps on the same three planes
-(exact: every slice is re-fused with the same options, see
-:func:`weight_planes`); the registration overlay of each moving volume on the
+Sections: inputs and outputs (tables); mid-section montages of every
+source and the fused volume in three orientations (axial = the fixed grid's
+slice plane, coronal and sagittal = the other two image axes; pixels
+resampled to square millimetres), and of the colour series when one was
+written; the base and detail weight maps on the same three planes (the
+weights the fusion pass itself used, kept by it:
+:class:`medfuse.volume.chunk_task.WeightPlanes`, so the report fuses
+nothing again); the registration overlay of each moving volume on the
 fixed one (fixed in green, moving in magenta: grey where they agree) with its
 coverage outline; the fusion metrics of :mod:`medfuse.metrics` on three
 representative slices (25 %, 50 %, 75 % of the slices); timings per stage; and
@@ -24,13 +26,10 @@ import numpy as np
 import SimpleITK as sitk
 from PIL import Image
 
-from medfuse.core.config import FusionConfig
-from medfuse.core.fusion import fuse_stack
+from medfuse.core.colour import ycbcr_to_rgb
 from medfuse.metrics import compute_all
-from medfuse.volume.chunk_task import taking_part
-from medfuse.volume.dispatch import volume_histograms
 
-__all__ = ["build_report", "png_data_uri", "sections", "weight_planes"]
+__all__ = ["build_report", "colour_sections", "png_data_uri", "sections"]
 
 _CSS = """
 body{font-family:system-ui,sans-serif;margin:1.5em;background:#fafafa;color:#222}
@@ -49,6 +48,27 @@ def png_data_uri(image: np.ndarray) -> str:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
+def _mid_planes(volume: np.ndarray, spacing_xyz: Sequence[float]) -> dict[str, tuple[np.ndarray, tuple[float, float]]]:
+    """The three mid planes of a (Z, Y, X, ...) volume with their (row, column) pixel sizes in mm.
+
+    Rows are flipped for coronal/sagittal so that increasing slice index is up.
+    """
+    z, y, x = volume.shape[:3]
+    sx, sy, sz = spacing_xyz
+    return {"axial": (volume[z // 2], (sy, sx)),
+            "coronal": (volume[:, y // 2][::-1], (sz, sx)),
+            "sagittal": (volume[:, :, x // 2][::-1], (sz, sy))}
+
+
+def _square_pixels(plane: np.ndarray, pixel_mm: tuple[float, float], size: int) -> np.ndarray:
+    """A (rows, columns) float plane resampled to square pixels, about *size* pixels on its longer side."""
+    row_mm, col_mm = pixel_mm
+    height_mm, width_mm = plane.shape[0] * row_mm, plane.shape[1] * col_mm
+    scale = size / max(height_mm, width_mm)
+    shape = (max(1, round(width_mm * scale)), max(1, round(height_mm * scale)))
+    return np.asarray(Image.fromarray(np.asarray(plane, np.float32)).resize(shape, Image.BILINEAR))
+
+
 def sections(volume: np.ndarray, spacing_xyz: Sequence[float], size: int = 192) -> dict[str, np.ndarray]:
     """Mid sections of a (Z, Y, X) volume, resampled to square pixels and about *size* pixels wide.
 
@@ -57,20 +77,25 @@ def sections(volume: np.ndarray, spacing_xyz: Sequence[float], size: int = 192) 
     dict with 'axial' (Y, X), 'coronal' (Z, X) and 'sagittal' (Z, Y) arrays,
     rows flipped for coronal/sagittal so that increasing slice index is up.
     """
-    z, y, x = volume.shape
-    sx, sy, sz = spacing_xyz
-    cuts = {
-        "axial": (volume[z // 2], (sy, sx)),
-        "coronal": (volume[:, y // 2, :][::-1], (sz, sx)),
-        "sagittal": (volume[:, :, x // 2][::-1], (sz, sy)),
-    }
+    return {name: _square_pixels(plane, mm, size) for name, (plane, mm) in _mid_planes(volume, spacing_xyz).items()}
+
+
+def colour_sections(fused_luma: np.ndarray, indices: np.ndarray, palette, spacing_xyz: Sequence[float],
+                    size: int = 192) -> dict[str, np.ndarray]:
+    """Mid sections of the colour series, as :func:`sections` but (..., 3) RGB in [0, 1].
+
+    Built from the three planes only (fused luma with the functional source's
+    palette chroma, the colour series' rule: :func:`medfuse.study.colour.rgb_slices`),
+    never from an RGB copy of the volume.
+    """
+    lumas = _mid_planes(fused_luma, spacing_xyz)
     out = {}
-    for name, (plane, (row_mm, col_mm)) in cuts.items():
-        height_mm, width_mm = plane.shape[0] * row_mm, plane.shape[1] * col_mm
-        scale = size / max(height_mm, width_mm)
-        shape = (max(1, round(width_mm * scale)), max(1, round(height_mm * scale)))
-        resized = Image.fromarray(np.asarray(plane, np.float32)).resize(shape, Image.BILINEAR)
-        out[name] = np.asarray(resized)
+    for name, (index_plane, _) in _mid_planes(indices, spacing_xyz).items():
+        luma, mm = lumas[name]
+        ycbcr = np.concatenate([np.asarray(luma, np.float32)[..., None], palette.ycbcr[np.asarray(index_plane), 1:]],
+                               axis=-1)
+        rgb = np.clip(ycbcr_to_rgb(ycbcr), 0.0, 1.0)
+        out[name] = np.stack([_square_pixels(rgb[..., c], mm, size) for c in range(3)], axis=-1)
     return out
 
 
@@ -79,10 +104,10 @@ def build_report(
     masks: Sequence[np.ndarray | None],
     fused: np.ndarray,
     labels: Sequence[str],
-    config: FusionConfig,
-    saliency_scope: str,
+    weight_planes: dict[str, np.ndarray],
     provenance: dict,
     grid: sitk.Image,
+    colour: tuple | None = None,
 ) -> str:
     """The report's HTML text.
 
@@ -94,12 +119,16 @@ def build_report(
         Coverage of each source (None: everywhere).
     fused : ndarray (Z, Y, X) float32
     labels : K str
-    config : FusionConfig
-    saliency_scope : {'volume', 'slice'}
+    weight_planes : dict
+        The weights the fusion used on the mid planes, as kept by the fusion
+        pass (:meth:`medfuse.volume.chunk_task.WeightPlanes.arrays`):
+        'axial' (2, K, Y, X), 'coronal' (2, K, Z, X), 'sagittal' (2, K, Z, Y).
     provenance : dict
-        The run's provenance record (timings, inputs, registration...).
+        The run's provenance record (timings, inputs, outputs, registration...).
     grid : SimpleITK.Image
         The fixed grid (for the spacing).
+    colour : (fused_luma, indices, palette), optional
+        The colour series when one was written (its mid sections are shown).
     """
     spacing = grid.GetSpacing()
     parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>medfuse QC report</title>"
@@ -113,7 +142,12 @@ def build_report(
     for orientation in ("axial", "coronal", "sagittal"):
         figures = [_figure(sections(v, spacing)[orientation], f"{n} ({orientation})") for v, n in zip(volumes, names)]
         parts.append("<div>" + "".join(figures) + "</div>")
-    parts.append(_weights_section(arrays, masks, labels, config, saliency_scope, spacing))
+    if colour is not None:
+        coloured = colour_sections(*colour, spacing)
+        parts.append("<h2>Colour series (mid sections)</h2><div>"
+                     + "".join(_figure(coloured[o], f"colour ({o})") for o in ("axial", "coronal", "sagittal"))
+                     + "</div>")
+    parts.append(_weights_section(weight_planes, labels, spacing))
     parts.append(_overlay_section(arrays, masks, labels, spacing))
     parts.append(_metrics_section(arrays, fused))
     parts.append(_table("Timings per stage (s)", provenance.get("timings_s", {})))
@@ -128,9 +162,24 @@ def _inputs_table(provenance: dict) -> str:
         rows.append("<tr>" + "".join(f"<td>{html.escape(str(item.get(k, '')))}</td>" for k in
                                      ("role", "label", "modality", "size_xyz", "spacing_mm", "series_instance_uid"))
                     + "</tr>")
-    outputs = html.escape(_short(provenance.get("outputs", {}), 2000))
     return ("<h2>Inputs</h2><table><tr><th>role</th><th>label</th><th>modality</th><th>size (x, y, z)</th>"
-            f"<th>spacing mm</th><th>series UID</th></tr>{''.join(rows)}</table><p class='note'>Outputs: {outputs}</p>")
+            f"<th>spacing mm</th><th>series UID</th></tr>{''.join(rows)}</table>" + _outputs_table(provenance))
+
+
+def _outputs_table(provenance: dict) -> str:
+    """One row per output: its file or folder, and its other fields as 'name: value' lines."""
+    rows = []
+    for name, record in provenance.get("outputs", {}).items():
+        record = record if isinstance(record, dict) else {"value": record}
+        where = record.get("folder") or record.get("file") or ""
+        details = "<br>".join(f"{html.escape(key.replace('_', ' '))}: {html.escape(_short(value))}"
+                              for key, value in _flatten({k: v for k, v in record.items()
+                                                          if k not in ("folder", "file")}).items())
+        rows.append(f"<tr><th>{html.escape(name)}</th><td>{html.escape(str(where))}</td><td>{details}</td></tr>")
+    if not rows:
+        return ""
+    return ("<h2>Outputs</h2><table><tr><th>output</th><th>file or folder</th><th>details</th></tr>"
+            + "".join(rows) + "</table>")
 
 
 def _figure(image: np.ndarray, caption: str) -> str:
@@ -138,69 +187,7 @@ def _figure(image: np.ndarray, caption: str) -> str:
             f"alt='{html.escape(caption)}'><figcaption>{html.escape(caption)}</figcaption></figure>")
 
 
-def weight_planes(arrays, masks, config: FusionConfig, saliency_scope: str) -> dict[str, np.ndarray]:
-    """The base and detail weights the fusion used, on the three mid planes of the fixed grid.
-
-    Every axial slice is re-fused with the run's options and rule for slices
-    without data (:func:`medfuse.volume.chunk_task.taking_part`), one slice
-    at a time, keeping only its middle row (coronal plane), middle column
-    (sagittal plane) and, for the middle slice, the whole map: the weights of
-    all slices never exist at once. Where a source does not take part its
-    weight is 0; a voxel covered by one taking-part source only has weight 1
-    for it, as the fused value is that source's there.
-
-    Parameters
-    ----------
-    arrays : K arrays (Z, Y, X) float32 in [0, 1] (memory maps are fine)
-    masks : K arrays (Z, Y, X) bool or None
-    config : FusionConfig
-    saliency_scope : {'volume', 'slice'}
-
-    Returns
-    -------
-    dict
-        'axial' (2, K, Y, X), 'coronal' (2, K, Z, X), 'sagittal' (2, K, Z, Y)
-        float32 arrays; index 0 = base weights, 1 = detail weights (clipped
-        to [0, 1] for display).
-    """
-    k = len(arrays)
-    z_size, y_size, x_size = arrays[0].shape
-    histograms = volume_histograms(arrays, masks, config.saliency_levels) if saliency_scope == "volume" else None
-    extractor = None
-    if config.detail_rule == "cnn":
-        from medfuse.features.registry import load_extractor
-
-        extractor = load_extractor(config.model, config.depth, threads=1)
-    planes = {"axial": np.zeros((2, k, y_size, x_size), np.float32),
-              "coronal": np.zeros((2, k, z_size, x_size), np.float32),
-              "sagittal": np.zeros((2, k, z_size, y_size), np.float32)}
-    for z in range(z_size):
-        stack = np.stack([np.asarray(a[z], np.float32) for a in arrays])
-        cover = np.stack([np.ones((y_size, x_size), bool) if m is None else np.asarray(m[z], bool) for m in masks])
-        members = np.flatnonzero(taking_part(stack[:, None], cover[:, None])[:, 0])
-        weights = np.zeros((2, k, y_size, x_size), np.float32)
-        if len(members) >= 2:
-            result = fuse_stack(stack[members], config, extractor,
-                                saliency_histograms=histograms[members] if histograms is not None else None)
-            weights[0, members] = result.base_weights
-            weights[1, members] = np.clip(result.detail_weights, 0.0, 1.0)
-        if len(members) >= 1:
-            count = cover[members].sum(axis=0)
-            only = members[np.argmax(cover[members], axis=0)]
-            single = np.zeros((k, y_size, x_size), bool)
-            np.put_along_axis(single, only[None], True, axis=0)
-            single &= count == 1
-            for kind in range(2):
-                weights[kind] = np.where(count >= 2, weights[kind], single.astype(np.float32))
-        planes["coronal"][:, :, z] = weights[:, :, y_size // 2]
-        planes["sagittal"][:, :, z] = weights[:, :, :, x_size // 2]
-        if z == z_size // 2:
-            planes["axial"] = weights
-    return planes
-
-
-def _weights_section(arrays, masks, labels, config, saliency_scope, spacing) -> str:
-    planes = weight_planes(arrays, masks, config, saliency_scope)
+def _weights_section(planes: dict[str, np.ndarray], labels, spacing) -> str:
     # Pseudo-volumes with one row (coronal) or one column (sagittal) let sections() lay them out and
     # scale them like the source montages.
     views = {"axial": lambda w: sections(w[None], spacing)["axial"],
@@ -211,10 +198,10 @@ def _weights_section(arrays, masks, labels, config, saliency_scope, spacing) -> 
         figures = [_figure(view(planes[orientation][kind, source]), f"{name} weight: {label} ({orientation})")
                    for source, label in enumerate(labels) for kind, name in enumerate(("base", "detail"))]
         parts.append("<div>" + "".join(figures) + "</div>")
-    return ("<h2>Weight maps (mid sections)</h2><p class='note'>Every axial slice re-fused with the run's "
-            "options and its rule for slices without data, so these are the weights the fused volume used "
-            "(white = 1; detail weights clipped to [0, 1] for display). Coronal and sagittal planes stack "
-            "the middle row and column of each slice's weights.</p>" + "".join(parts))
+    return ("<h2>Weight maps (mid sections)</h2><p class='note'>The weights the fusion pass used, kept by it "
+            "on these three planes (white = 1; detail weights clipped to [0, 1] for display; a source without "
+            "data in a slice has weight 0 there). Coronal and sagittal planes stack the middle row and column "
+            "of each slice's weights.</p>" + "".join(parts))
 
 
 def _overlay_section(arrays, masks, labels, spacing) -> str:

@@ -7,12 +7,16 @@ rules are documented in :mod:`medfuse.volume.dispatch`.
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import numpy as np
 
 from medfuse.core.config import FusionConfig
-from medfuse.core.fusion import fuse_slices
+from medfuse.core.fusion import fuse_slices, fuse_stack
 
-__all__ = ["CHUNK_PIXELS", "EMPTY_SLICE_LEVEL", "MAX_CHUNK_SLICES", "chunk_bounds", "fuse_chunk", "taking_part"]
+__all__ = ["CHUNK_PIXELS", "EMPTY_SLICE_LEVEL", "MAX_CHUNK_SLICES", "WeightPlanes", "chunk_bounds", "fuse_chunk",
+           "taking_part"]
 
 #: A source's slice counts as empty air below this 99.5th percentile (fusion range [0, 1]).
 EMPTY_SLICE_LEVEL = 0.02
@@ -55,7 +59,7 @@ def taking_part(stack: np.ndarray, cover: np.ndarray) -> np.ndarray:
 
 
 def fuse_chunk(stack: np.ndarray, cover: np.ndarray, config: FusionConfig,
-               histograms: np.ndarray | None) -> np.ndarray:
+               histograms: np.ndarray | None, cuts_for: tuple[int, int] | None = None):
     """Fuse one chunk under the slices-without-data rule (the task each worker runs).
 
     Parameters
@@ -66,14 +70,23 @@ def fuse_chunk(stack: np.ndarray, cover: np.ndarray, config: FusionConfig,
     config : FusionConfig
     histograms : ndarray (K, levels) or None
         Volume-wide histograms, or None for per-slice saliency.
+    cuts_for : (start, Z), optional
+        The chunk's first slice and the volume's slice count: also return the
+        weights the fusion used on the volume's three mid planes
+        (:meth:`WeightPlanes.cuts`), for the QC report. The slices are then
+        fused one by one (the fusion returns one slice's weights), with the
+        same pixels as the batched call.
 
     Returns
     -------
     ndarray (n, Y, X) float32
+        The fused slices; with ``cuts_for``, ``(fused, cuts)``.
     """
     n = stack.shape[1]
     members_of = taking_part(stack, cover)
     out = np.zeros(stack.shape[1:], np.float32)
+    # Base and detail weights (2, K, n, Y, X) of every voxel, kept only when the report asks for them.
+    weights = np.zeros((2,) + stack.shape, np.float32) if cuts_for is not None else None
     groups: dict[tuple[int, ...], list[int]] = {}
     for index in range(n):
         groups.setdefault(tuple(np.flatnonzero(members_of[:, index])), []).append(index)
@@ -82,19 +95,99 @@ def fuse_chunk(stack: np.ndarray, cover: np.ndarray, config: FusionConfig,
             continue
         part = stack[list(members)][:, slices]
         part_cover = cover[list(members)][:, slices]
+        count = part_cover.sum(axis=0)
+        only = np.argmax(part_cover, axis=0)
+        if weights is not None:
+            # Where one taking-part source alone covers a voxel its weight is 1 (the fused value is its own).
+            single = (np.arange(len(members))[:, None, None, None] == only[None]) & (count == 1)
+            for kind in range(2):
+                weights[kind][np.ix_(members, slices)] = single
         if len(members) == 1:
             out[slices] = np.where(part_cover[0], part[0], 0.0)
             continue
         extractor = _extractor(config)
         hist = histograms[list(members)] if histograms is not None else None
-        result = fuse_slices(part, config, extractor, saliency_histograms=hist)
+        if weights is None:
+            result = fuse_slices(part, config, extractor, saliency_histograms=hist)
+        else:
+            result = np.empty(part.shape[1:], np.float32)
+            for position, index in enumerate(slices):
+                fused = fuse_stack(part[:, position], config, extractor, saliency_histograms=hist)
+                result[position] = fused.fused
+                both = count[position] >= 2
+                for kind, plane in enumerate((fused.base_weights, np.clip(fused.detail_weights, 0.0, 1.0))):
+                    weights[kind, list(members), index] = np.where(both, plane, weights[kind, list(members), index])
         # Voxels that only one source covers take that source's value; none: 0.
-        count = part_cover.sum(axis=0)
-        only = np.argmax(part_cover, axis=0)
         single = np.take_along_axis(part, only[None], axis=0)[0]
         result = np.where(count >= 2, result, np.where(count == 1, single, 0.0))
         out[slices] = result
-    return out
+    if weights is None:
+        return out
+    return out, WeightPlanes.cuts(weights, *cuts_for)
+
+
+class WeightPlanes:
+    """The base and detail weights a volume was fused with, on its three mid planes.
+
+    Filled chunk by chunk during the fusion (:func:`fuse_chunk` with
+    ``cuts_for``) so that the QC report need not fuse the volume again:
+    ``axial`` (2, K, Y, X) is slice Z // 2; ``coronal`` (2, K, Z, X) stacks
+    row Y // 2 of every slice, ``sagittal`` (2, K, Z, Y) column X // 2.
+    Index 0 holds base weights, 1 detail weights (clipped to [0, 1] for
+    display). A source that does not take part in a slice has weight 0 there;
+    a voxel covered by one taking-part source only has weight 1 for it.
+
+    Parameters
+    ----------
+    k, zyx
+        Number of sources and the grid's (Z, Y, X).
+    folder : path, optional
+        Keep the planes in ``.npy`` files there (created), so that worker
+        processes can write their chunks' rows (:meth:`open`); default: in memory.
+    """
+
+    NAMES = ("axial", "coronal", "sagittal")
+
+    def __init__(self, k: int, zyx: tuple[int, int, int], folder: str | os.PathLike | None = None) -> None:
+        z, y, x = zyx
+        shapes = {"axial": (2, k, y, x), "coronal": (2, k, z, x), "sagittal": (2, k, z, y)}
+        self.folder = None if folder is None else Path(folder)
+        if self.folder is None:
+            self.planes = {name: np.zeros(shape, np.float32) for name, shape in shapes.items()}
+        else:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            self.planes = {name: np.lib.format.open_memmap(self.folder / f"{name}.npy", mode="w+", dtype=np.float32,
+                                                           shape=shape) for name, shape in shapes.items()}
+
+    @classmethod
+    def open(cls, folder: str | os.PathLike) -> WeightPlanes:
+        """The planes kept in *folder* by another process, for writing."""
+        planes = cls.__new__(cls)
+        planes.folder = Path(folder)
+        planes.planes = {name: np.load(planes.folder / f"{name}.npy", mmap_mode="r+") for name in cls.NAMES}
+        return planes
+
+    @staticmethod
+    def cuts(weights: np.ndarray, start: int, z_size: int) -> dict[str, np.ndarray | None]:
+        """The parts of a chunk's weights (2, K, n, Y, X) from slice *start* that lie on the mid planes."""
+        n, y, x = weights.shape[2:]
+        middle = z_size // 2
+        return {"axial": weights[:, :, middle - start].copy() if start <= middle < start + n else None,
+                "coronal": weights[:, :, :, y // 2].copy(), "sagittal": weights[:, :, :, :, x // 2].copy()}
+
+    def store(self, start: int, cuts: dict[str, np.ndarray | None]) -> None:
+        """Write a chunk's :meth:`cuts` (its slices from *start*)."""
+        if cuts["axial"] is not None:
+            self.planes["axial"][...] = cuts["axial"]
+        for name in ("coronal", "sagittal"):
+            self.planes[name][:, :, start:start + cuts[name].shape[2]] = cuts[name]
+        if self.folder is not None:
+            for plane in self.planes.values():
+                plane.flush()
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The three planes as in-memory arrays."""
+        return {name: np.array(plane) for name, plane in self.planes.items()}
 
 
 def _extractor(config: FusionConfig):

@@ -84,7 +84,7 @@ import numpy as np
 from medfuse.core.config import FusionConfig
 from medfuse.core.saliency import level_histogram
 from medfuse.errors import FusionError, InputError, MedfuseError, one_line
-from medfuse.volume.chunk_task import chunk_bounds, fuse_chunk
+from medfuse.volume.chunk_task import WeightPlanes, chunk_bounds, fuse_chunk
 from medfuse.volume.staging import StagedVolumes
 
 __all__ = ["SALIENCY_SCOPES", "LocalWorkers", "default_workers", "fuse_staged", "fuse_volume", "interslice_variation",
@@ -122,6 +122,7 @@ def fuse_volume(
     progress=None,
     scratch_dir: str | os.PathLike | None = None,
     local_workers: LocalWorkers | None = None,
+    planes: WeightPlanes | None = None,
 ) -> np.ndarray:
     """Fuse K co-registered volumes slice by slice.
 
@@ -154,6 +155,9 @@ def fuse_volume(
         result is then a copy-on-write memory map of the output file.
     local_workers : LocalWorkers, optional
         Already started local workers (see :func:`fuse_staged`); not closed.
+    planes : WeightPlanes, optional
+        Filled with the weights used on the three mid planes (for the QC
+        report); on a local cluster it must keep them in a folder.
 
     Returns
     -------
@@ -176,7 +180,7 @@ def fuse_volume(
     workers = _resolve_workers(workers, scheduler, shape)
     if scheduler is None and (workers > 1 or local_workers is not None):
         return _fuse_arrays_on_local_cluster(arrays, masks, config, workers, saliency_scope, chunk_slices, progress,
-                                             scratch_dir, local_workers)
+                                             scratch_dir, local_workers, planes)
 
     def chunk_args(start: int, stop: int):
         return _array_chunk(arrays, masks, start, stop)
@@ -185,16 +189,20 @@ def fuse_volume(
     bounds = chunk_bounds(shape, chunk_slices)
     fused = np.zeros(arrays[0].shape, np.float32)
 
-    def store(start: int, stop: int, result: np.ndarray) -> None:
+    def store(start: int, stop: int, result) -> None:
+        if planes is not None:
+            result, cuts = result
+            planes.store(start, cuts)
         fused[start:stop] = result
         if progress is not None:
             progress(stop - start, z)
 
+    cuts_for = (lambda start: (start, z)) if planes is not None else (lambda start: None)
     if scheduler is None:
         for start, stop in bounds:
-            store(start, stop, fuse_chunk(*chunk_args(start, stop), config, histograms))
+            store(start, stop, fuse_chunk(*chunk_args(start, stop), config, histograms, cuts_for(start)))
     else:
-        _run_distributed(bounds, chunk_args, store, config, histograms, workers, scheduler)
+        _run_distributed(bounds, chunk_args, store, config, histograms, workers, scheduler, cuts_for)
     return fused
 
 
@@ -208,6 +216,7 @@ def fuse_staged(
     chunk_slices: int | None = None,
     progress=None,
     local_workers: LocalWorkers | None = None,
+    planes: WeightPlanes | None = None,
 ) -> None:
     """Fuse staged sources into the staged output file (fuse-study's path).
 
@@ -227,6 +236,9 @@ def fuse_staged(
     local_workers : LocalWorkers, optional
         Already started local workers to use (see :func:`local_workers_for`)
         instead of starting a cluster here; they are not closed.
+    planes : WeightPlanes, optional
+        Filled with the weights used on the three mid planes (for the QC
+        report); local workers need it kept in a folder.
 
     Raises
     ------
@@ -249,18 +261,22 @@ def fuse_staged(
         histograms = (_counted_levels(_slabs(staged.read, z), staged.k, config.saliency_levels)
                       if saliency_scope == "volume" else None)
 
-        def store(start: int, stop: int, result: np.ndarray) -> None:
+        def store(start: int, stop: int, result) -> None:
+            if planes is not None:
+                result, cuts = result
+                planes.store(start, cuts)
             staged.write_fused(start, result)
             if progress is not None:
                 progress(stop - start, z)
 
+        cuts_for = (lambda start: (start, z)) if planes is not None else (lambda start: None)
         if scheduler is not None:
-            _run_distributed(bounds, staged.read, store, config, histograms, workers, scheduler)
+            _run_distributed(bounds, staged.read, store, config, histograms, workers, scheduler, cuts_for)
         elif pool is not None:
-            _run_blocks(pool.client(), staged, bounds, config, histograms, pool.workers, progress)
+            _run_blocks(pool.client(), staged, bounds, config, histograms, pool.workers, progress, planes)
         else:
             for start, stop in bounds:
-                store(start, stop, fuse_chunk(*staged.read(start, stop), config, histograms))
+                store(start, stop, fuse_chunk(*staged.read(start, stop), config, histograms, cuts_for(start)))
     finally:
         if pool is not None and pool is not local_workers:
             pool.close()
@@ -514,7 +530,7 @@ def local_workers_for(workers: int | None, scheduler: str | None, shape: tuple[i
 
 
 def fuse_block(folder: str, chunks: Sequence[tuple[int, int]], config: FusionConfig,
-               histograms: np.ndarray | None) -> int:
+               histograms: np.ndarray | None, planes_folder: str | None = None) -> int:
     """Fuse chunks of the staged sources in *folder* into its output file (a local worker's task).
 
     Parameters
@@ -525,6 +541,8 @@ def fuse_block(folder: str, chunks: Sequence[tuple[int, int]], config: FusionCon
         Slice ranges, each fused with :func:`fuse_chunk` as one batch.
     config, histograms
         As for :func:`fuse_chunk`.
+    planes_folder : str, optional
+        A :class:`WeightPlanes` folder to write the chunks' mid-plane weights to.
 
     Returns
     -------
@@ -532,15 +550,21 @@ def fuse_block(folder: str, chunks: Sequence[tuple[int, int]], config: FusionCon
         The number of slices written.
     """
     staged = StagedVolumes.open(folder)
+    planes = WeightPlanes.open(planes_folder) if planes_folder is not None else None
     done = 0
     for start, stop in chunks:
-        staged.write_fused(start, fuse_chunk(*staged.read(start, stop), config, histograms))
+        if planes is None:
+            staged.write_fused(start, fuse_chunk(*staged.read(start, stop), config, histograms))
+        else:
+            fused, cuts = fuse_chunk(*staged.read(start, stop), config, histograms, (start, staged.zyx[0]))
+            planes.store(start, cuts)
+            staged.write_fused(start, fused)
         done += stop - start
     return done
 
 
 def _fuse_arrays_on_local_cluster(arrays, masks, config, workers, saliency_scope, chunk_slices, progress,
-                                  scratch_dir, local_workers) -> np.ndarray:
+                                  scratch_dir, local_workers, planes) -> np.ndarray:
     """Stage in-memory arrays in a temporary folder (while the workers start), fuse it there, map the result."""
     parent = scratch_dir if scratch_dir is not None and os.path.isdir(scratch_dir) else None
     folder = Path(tempfile.mkdtemp(prefix=".medfuse-fuse-", dir=parent))
@@ -555,7 +579,7 @@ def _fuse_arrays_on_local_cluster(arrays, masks, config, workers, saliency_scope
                 staged.write_source(k, start, stack[k])
                 staged.write_cover(k, start, cover[k])
         fuse_staged(staged, config, saliency_scope=saliency_scope, chunk_slices=chunk_slices, progress=progress,
-                    local_workers=pool)
+                    local_workers=pool, planes=planes)
         # A copy-on-write mapping of the output file rather than a read into memory (saves a copy and
         # the time to make it); the mapping stays valid after the folder is removed below.
         return np.asarray(np.load(folder / "fused.npy", mmap_mode="c"))
@@ -565,14 +589,17 @@ def _fuse_arrays_on_local_cluster(arrays, masks, config, workers, saliency_scope
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def _run_blocks(client, staged: StagedVolumes, bounds, config, histograms, workers, progress) -> None:
+def _run_blocks(client, staged: StagedVolumes, bounds, config, histograms, workers, progress, planes=None) -> None:
     """Hand blocks of chunks of a staging folder to local workers (see module doc); wait for all."""
     from dask.distributed import as_completed
 
     per_block = -(-len(bounds) // (BLOCKS_PER_WORKER * workers))
     blocks = [bounds[i:i + per_block] for i in range(0, len(bounds), per_block)]
+    if planes is not None and planes.folder is None:
+        raise ValueError("weight planes filled by local workers must be kept in a folder")
     futures = client.map(fuse_block, [str(staged.folder)] * len(blocks), blocks, config=config,
-                         histograms=histograms, pure=False)
+                         histograms=histograms, planes_folder=None if planes is None else str(planes.folder),
+                         pure=False)
     where = {future.key: block for future, block in zip(futures, blocks)}
     for future in as_completed(futures):
         block = where[future.key]
@@ -585,7 +612,7 @@ def _run_blocks(client, staged: StagedVolumes, bounds, config, histograms, worke
             progress(done, staged.zyx[0])
 
 
-def _run_distributed(bounds, chunk_args, store, config, histograms, workers, scheduler) -> None:
+def _run_distributed(bounds, chunk_args, store, config, histograms, workers, scheduler, cuts_for=None) -> None:
     """Submit chunks with their pixels to an external dask.distributed scheduler, two per worker in flight."""
     from dask.distributed import Client, as_completed
 
@@ -603,7 +630,8 @@ def _run_distributed(bounds, chunk_args, store, config, histograms, workers, sch
             start, stop = pending.pop(0)
             stack, cover = chunk_args(start, stop)
             stack_data, cover_data = client.scatter([stack, cover])  # one round trip for both
-            future = client.submit(fuse_chunk, stack_data, cover_data, config, histograms, pure=False)
+            future = client.submit(fuse_chunk, stack_data, cover_data, config, histograms,
+                                   cuts_for(start) if cuts_for is not None else None, pure=False)
             where[future.key] = (start, stop)
             running.add(future)
 
