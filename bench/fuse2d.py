@@ -1,21 +1,26 @@
-"""Benchmark the 2-D fusion core: per-stage times, guided filter vs OpenCV.
+"""Benchmark the 2-D fusion core: per-stage times, and the JIT cost of its compiled kernels.
 
 Run by hand (not a test):  python bench/fuse2d.py [--runs 15] [--threads N]
+                           python bench/fuse2d.py --jit
 
-Prints markdown tables:
+Prints a markdown table of the per-stage median wall-clock time (ms) of
+``fuse_stack`` on a real 256x256 CT/MR pair and a real 512x512 IR/visible
+pair: the core without the CNN (detail rule max-abs) in the paper's and in
+the default configuration, both with the shipped CNN, the core without the
+CNN again with ``--threads`` threads (default 2; the other rows use 1),
+``medfuse.fuse`` (the public call: 2 threads, checks, colour handling) with
+the default configuration and the CNN, and two baselines measured in the
+same run: the same fusions on the NumPy reference filters the compiled
+kernels replaced (:mod:`medfuse.core.kernels_reference`, "x reference"),
+and a plain pixel-wise average ("x average"). The guided filter alone
+against OpenCV: ``bench/guided_filter.py``.
 
-1. per-stage median wall-clock time (ms) of ``fuse_stack`` on a real 256x256
-   CT/MR pair and a real 512x512 IR/visible pair: the core without the CNN
-   (detail rule max-abs) in the paper's and in the default configuration,
-   both with the shipped CNN, the core without the CNN again with
-   ``--threads`` threads (default 2; the other rows use 1), and a
-   naive baseline (pixel-wise average) measured in the same run, with the
-   ratios to it;
-2. our NumPy guided filter against ``cv2.ximgproc.guidedFilter`` (needs
-   ``pip install opencv-contrib-python-headless``, the ``bench`` extra): time
-   ratio and the largest difference away from the border (OpenCV mirrors at
-   the border, we average over the inside part), plus each one's distance
-   from a float64 reference.
+With ``--jit`` it instead measures what compilation costs a new process:
+three child processes fuse the 256x256 pair with the CNN, the first with an
+empty kernel cache (the first-ever compilation), the next two with the cache
+it left; each reports its import time, its first fusion and a warm fusion
+(the CNN session is created and run once before the first fusion is timed,
+so only the kernels' start-up is in the difference).
 
 With ``--quality`` it instead scores configuration variants (features on
 source vs detail, clipped vs unclipped detail weights, the ablation's rules)
@@ -42,7 +47,7 @@ sys.path.insert(0, str(REPO))
 
 from medfuse.api import to_unit_float  # noqa: E402
 from medfuse.core.config import FusionConfig  # noqa: E402
-from medfuse.core.filters import guided_filter  # noqa: E402
+from medfuse.core import decomposition, fusion, kernels_reference  # noqa: E402
 from medfuse.core.fusion import STAGES, fuse_stack  # noqa: E402
 from medfuse.io.images import read_image  # noqa: E402
 
@@ -94,6 +99,37 @@ def time_call(function, runs: int, *, cpu: bool = False) -> float | tuple[float,
     return (median_ms(samples), median_ms(cpu_samples)) if cpu else median_ms(samples)
 
 
+class reference_filters:
+    """Within this block the fusion core runs the NumPy reference filters instead of the compiled kernels."""
+
+    def __enter__(self):
+        self.saved = (fusion.GuideWindows, decomposition.box_mean, decomposition.guided_filter,
+                      decomposition.gaussian_blur)
+        fusion.GuideWindows = kernels_reference.GuideWindows
+        decomposition.box_mean = kernels_reference.box_mean
+        decomposition.guided_filter = kernels_reference.guided_filter
+        decomposition.gaussian_blur = kernels_reference.gaussian_blur
+
+    def __exit__(self, *exc_info):
+        (fusion.GuideWindows, decomposition.box_mean, decomposition.guided_filter,
+         decomposition.gaussian_blur) = self.saved
+
+
+def time_api(stack: np.ndarray, runs: int) -> dict[str, float]:
+    import medfuse
+
+    images = list(stack)
+    for _ in range(2):
+        medfuse.fuse(images)
+    totals, cpu = [], []
+    for _ in range(runs):
+        started, started_cpu = time.perf_counter(), time.process_time()
+        medfuse.fuse(images)
+        totals.append(time.perf_counter() - started)
+        cpu.append(time.process_time() - started_cpu)
+    return {"total": median_ms(totals), "cpu": median_ms(cpu)}
+
+
 def stage_table(runs: int, threads: int) -> None:
     from medfuse.features.registry import load_extractor
 
@@ -101,78 +137,87 @@ def stage_table(runs: int, threads: int) -> None:
     rows = []
     for size in PAIRS:
         stack = load_pair(size)
-        baseline = time_call(lambda: stack.mean(axis=0), runs)
-        core = time_fusion(stack, FusionConfig.paper().replace(detail_rule="max-abs"), None, runs)
-        core_default = time_fusion(stack, FusionConfig().replace(detail_rule="max-abs"), None, runs)
-        paper = time_fusion(stack, FusionConfig.paper(), extractor, runs)
-        default = time_fusion(stack, FusionConfig(), extractor, runs)
-        authors = time_fusion(stack, FusionConfig.paper().replace(features_on="detail"), extractor, runs)
-        core_threads = time_fusion(stack, FusionConfig.paper().replace(detail_rule="max-abs"), None, runs, threads)
-        default_threads = time_fusion(stack, FusionConfig().replace(detail_rule="max-abs"), None, runs, threads)
-        rows.append((size, "core without CNN (paper, max-abs)", core, baseline))
-        rows.append((size, "core without CNN (default, max-abs)", core_default, baseline))
-        rows.append((size, f"core without CNN (paper, max-abs), {threads} threads", core_threads, baseline))
-        rows.append((size, f"core without CNN (default, max-abs), {threads} threads", default_threads, baseline))
-        rows.append((size, f"paper, CNN {extractor.name}", paper, baseline))
-        rows.append((size, f"default, CNN {extractor.name}", default, baseline))
-        rows.append((size, f"features on detail, CNN {extractor.name}", authors, baseline))
-        rows.append((size, "baseline: plain average", {"total": baseline}, baseline))
-    print("Median wall-clock ms per stage; 'CPU ms' is this process's CPU time (all threads) for the whole call.")
-    print("| size | configuration | " + " | ".join(STAGES) + " | total ms | CPU ms | x baseline |")
-    print("|---|---|" + "---|" * (len(STAGES) + 3))
-    for size, name, times, baseline in rows:
+        average = time_call(lambda: stack.mean(axis=0), runs)
+        configurations = [
+            ("core without CNN (paper, max-abs)", FusionConfig.paper().replace(detail_rule="max-abs"), None, 1),
+            ("core without CNN (default, max-abs)", FusionConfig().replace(detail_rule="max-abs"), None, 1),
+            (f"core without CNN (paper, max-abs), {threads} threads",
+             FusionConfig.paper().replace(detail_rule="max-abs"), None, threads),
+            (f"core without CNN (default, max-abs), {threads} threads",
+             FusionConfig().replace(detail_rule="max-abs"), None, threads),
+            (f"paper, CNN {extractor.name}", FusionConfig.paper(), extractor, 1),
+            (f"default, CNN {extractor.name}", FusionConfig(), extractor, 1),
+            (f"default, CNN {extractor.name}, {threads} threads", FusionConfig(), extractor, threads),
+            (f"features on detail, CNN {extractor.name}", FusionConfig.paper().replace(features_on="detail"),
+             extractor, 1),
+        ]
+        for name, config, cnn, count in configurations:
+            compiled = time_fusion(stack, config, cnn, runs, count)
+            with reference_filters():
+                reference = time_fusion(stack, config, cnn, runs, count)
+            rows.append((size, name, compiled, reference["total"], average))
+        compiled = time_api(stack, runs)
+        with reference_filters():
+            reference = time_api(stack, runs)
+        rows.append((size, f"medfuse.fuse (default, CNN {extractor.name})", compiled, reference["total"], average))
+        rows.append((size, "baseline: plain average", {"total": average}, None, average))
+    print("Median wall-clock ms per stage; 'CPU ms' is this process's CPU time (all threads) for the whole call; "
+          "'reference ms' is the same call on the NumPy reference filters, measured in the same run.")
+    print("| size | configuration | " + " | ".join(STAGES) + " | total ms | CPU ms | reference ms | x reference "
+          "| x average |")
+    print("|---|---|" + "---|" * (len(STAGES) + 5))
+    for size, name, times, reference, average in rows:
         cells = " | ".join(f"{times[s]:.2f}" if s in times else "" for s in STAGES)
         cpu = f"{times['cpu']:.2f}" if "cpu" in times else ""
-        print(f"| {size}² | {name} | {cells} | {times['total']:.2f} | {cpu} | {times['total'] / baseline:.0f} |")
+        versus = f"{reference:.2f} | {times['total'] / reference:.2f}" if reference else " | "
+        print(f"| {size}² | {name} | {cells} | {times['total']:.2f} | {cpu} | {versus} "
+              f"| {times['total'] / average:.0f} |", flush=True)
 
 
-def scipy_guided_filter(guide: np.ndarray, src: np.ndarray, radius: int, eps: float) -> np.ndarray:
-    """Independent float64 reference: He's formulas on scipy.ndimage.uniform_filter (exact away from borders)."""
-    from scipy.ndimage import uniform_filter
+_JIT_CHILD = """
+import json, sys, time
+started = time.perf_counter()
+import numpy as np
+import medfuse
+from medfuse.core import kernels
+from medfuse.features.registry import load_extractor
+imported = time.perf_counter()
+pair = np.load(sys.argv[1])
+images = list(pair)
+# Not JIT cost: the CNN session is created and run once (onnxruntime's own first-run set-up) before the clock starts.
+load_extractor().activity(pair)
+c0 = time.process_time(); t0 = time.perf_counter(); medfuse.fuse(images); t1 = time.perf_counter(); c1 = time.process_time()
+warm, warm_cpu = [], []
+for _ in range(10):
+    a, b = time.perf_counter(), time.process_time(); medfuse.fuse(images)
+    warm.append(time.perf_counter() - a); warm_cpu.append(time.process_time() - b)
+print(json.dumps({"cache": kernels.CACHE_DIR, "import": imported - started, "first": t1 - t0, "first_cpu": c1 - c0,
+                  "warm": float(np.median(warm)), "warm_cpu": float(np.median(warm_cpu))}))
+"""
 
-    def mean(x):
-        return uniform_filter(x, size=2 * radius + 1, mode="nearest")
 
-    guide, src = guide.astype(np.float64), src.astype(np.float64)
-    mean_i, mean_p = mean(guide), mean(src)
-    a = (mean(guide * src) - mean_i * mean_p) / (mean(guide * guide) - mean_i**2 + eps)
-    b = mean_p - a * mean_i
-    return mean(a) * guide + mean(b)
+def jit_table() -> None:
+    import json
+    import subprocess
+    import tempfile
 
-
-def guided_table(runs: int) -> None:
-    try:
-        import cv2
-    except ImportError:
-        print("\n(OpenCV not installed: pip install opencv-contrib-python-headless for the guided-filter comparison)")
-        return
-    print(f"\nGuided filter, guide = first source, input = second source; OpenCV {cv2.__version__}, "
-          f"{cv2.getNumThreads()} threads by default. Differences are over the interior (>= 2r+1 px from the border), "
-          "where the border rules agree; the reference is He's formulas in float64 on scipy's uniform_filter.")
-    print("| size | r, eps | ours ms (CPU ms) | OpenCV 1 thread ms (CPU ms) | OpenCV default threads ms "
-          "| ours / OpenCV, wall (CPU) | max |ours − OpenCV| | max |ours − float64 ref| | max |OpenCV − float64 ref| |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    default_threads = cv2.getNumThreads()
-    for size in PAIRS:
-        stack = load_pair(size)
-        guide = stack[0]
-        src = stack[1]  # a second, different image as the filtered input
-        for radius, eps in ((45, 0.1), (7, 1e-6)):
-            ours, ours_cpu = time_call(lambda: guided_filter(guide, src, radius, eps), runs, cpu=True)
-            cv2.setNumThreads(1)
-            theirs_1, theirs_cpu = time_call(lambda: cv2.ximgproc.guidedFilter(guide, src, radius, eps), runs, cpu=True)
-            cv2.setNumThreads(default_threads)
-            theirs = time_call(lambda: cv2.ximgproc.guidedFilter(guide, src, radius, eps), runs)
-            q_ours = guided_filter(guide, src, radius, eps)
-            q_cv = cv2.ximgproc.guidedFilter(guide, src, radius, eps).astype(np.float64)
-            reference = scipy_guided_filter(guide, src, radius, eps)
-            inner = slice(2 * radius + 1, size - 2 * radius - 1)
-            diff = np.abs(q_ours - q_cv)[inner, inner].max()
-            ours_err = np.abs(q_ours - reference)[inner, inner].max()
-            cv_err = np.abs(q_cv - reference)[inner, inner].max()
-            print(f"| {size}² | {radius}, {eps:g} | {ours:.2f} ({ours_cpu:.2f}) | {theirs_1:.2f} ({theirs_cpu:.2f}) "
-                  f"| {theirs:.2f} | {ours / theirs_1:.1f} ({ours_cpu / theirs_cpu:.1f}) "
-                  f"| {diff:.1e} | {ours_err:.1e} | {cv_err:.1e} |")
+    with tempfile.TemporaryDirectory(prefix="medfuse-jit-bench-") as folder:
+        pair = Path(folder) / "pair.npy"
+        np.save(pair, load_pair(256))
+        env = dict(os.environ, NUMBA_CACHE_DIR=str(Path(folder) / "numba"))
+        print("New processes fusing the 256² pair with medfuse.fuse (default configuration, shipped CNN); "
+              "seconds; 'first − warm' is what the process's first fusion costs over a warm one.")
+        print("| process | kernel cache | import s | first fusion s (CPU s) | warm fusion s (CPU s) "
+              "| first − warm s (CPU s) |")
+        print("|---|---|---|---|---|---|")
+        for run, state in enumerate(("empty (first-ever compilation)", "warm (left by run 1)",
+                                     "warm (left by run 1)"), start=1):
+            done = subprocess.run([sys.executable, "-c", _JIT_CHILD, str(pair)], env=env, capture_output=True,
+                                  text=True, check=True)
+            times = json.loads(done.stdout.strip().splitlines()[-1])
+            print(f"| {run} | {state} | {times['import']:.3f} | {times['first']:.3f} ({times['first_cpu']:.3f}) "
+                  f"| {times['warm']:.4f} ({times['warm_cpu']:.4f}) | {times['first'] - times['warm']:.3f} "
+                  f"({times['first_cpu'] - times['warm_cpu']:.3f}) |", flush=True)
 
 
 MEDICAL_TASKS = ("ct-mri", "pet-mri", "spect-mri", "t1-t2")
@@ -217,16 +262,21 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=15, help="timed runs per measurement (median; >= 10)")
     parser.add_argument("--threads", type=int, default=2, help="thread count of the threaded core rows (others: 1)")
     parser.add_argument("--quality", action="store_true", help="score configuration variants on the medical pairs instead")
+    parser.add_argument("--jit", action="store_true", help="measure the kernels' compilation cost in new processes instead")
     args = parser.parse_args()
     if args.quality:
         quality_table()
+        return
+    if args.jit:
+        print(f"load average before: {', '.join(f'{x:.2f}' for x in os.getloadavg())}")
+        jit_table()
+        print(f"load average after: {', '.join(f'{x:.2f}' for x in os.getloadavg())}")
         return
     if args.runs < 10:
         parser.error("--runs must be at least 10")
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
           f"load average before: {', '.join(f'{x:.2f}' for x in os.getloadavg())}; numpy {np.__version__}")
     stage_table(args.runs, args.threads)
-    guided_table(args.runs)
     print(f"\nload average after: {', '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 
