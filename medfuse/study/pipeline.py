@@ -26,13 +26,15 @@ Stages, each timed and reported, each failing with its own exit code
 coverage masks and the fused volume live in a hidden scratch folder beside
 ``out_dir`` (``.<name>.fusion-*``: 5 bytes per fixed voxel per source plus 4 for the output;
 removed at the end, also on failure), read and written slab by slab; the
-writers read the fused volume one slice at a time.
+writers read the fused volume one slice at a time. The run holds a lock on
+the scratch folder while it lives (:func:`medfuse.atomic.claim_run_folder`);
+a run killed with ``kill -9`` leaves it behind, and the next run for the same
+``out_dir`` removes it (:func:`medfuse.atomic.sweep_stale_run_folders`).
 
-**Atomic output.** Everything is written into a hidden folder beside
-``out_dir`` (``.<name>.partial-*``) that is renamed to ``out_dir`` only when
-every output is complete; on failure it is removed, so ``out_dir`` either
-holds a complete result or does not exist. ``out_dir`` must not exist or be
-an empty folder.
+**Atomic output.** Everything is written into the folder ``output`` of the
+scratch folder, which is renamed to ``out_dir`` only when every output is
+complete; on failure it is removed, so ``out_dir`` either holds a complete
+result or does not exist. ``out_dir`` must not exist or be an empty folder.
 
 Output layout::
 
@@ -52,7 +54,6 @@ import json
 import os
 import platform
 import shutil
-import tempfile
 import time
 from collections.abc import Sequence
 from contextlib import contextmanager
@@ -64,7 +65,8 @@ import numpy as np
 import SimpleITK as sitk
 
 from medfuse import __version__
-from medfuse.atomic import check_folder_creatable
+from medfuse.atomic import (check_folder_creatable, claim_run_folder, crash_point, sweep_stale_run_folders,
+                            with_crash_points)
 from medfuse.core.config import FusionConfig
 from medfuse.errors import (
     FusionError,
@@ -305,6 +307,7 @@ class _Run:
 
     def __init__(self, options: StudyOptions, out_dir: Path):
         refuse_in_starting_worker()  # an unguarded script re-imported by a local worker: stop before any work
+        sweep_stale_run_folders(out_dir)  # scratch left beside OUT by runs that were killed (atomic.py says which)
         self.options = options
         self.out_dir = out_dir
         self.progress = options.progress or Progress("quiet")
@@ -319,7 +322,8 @@ class _Run:
         started = time.perf_counter()
         try:
             with self.progress.stage(name, total) as advance:
-                yield advance
+                crash_point(name)
+                yield with_crash_points(name, advance)
         except MedfuseError:
             raise
         except MemoryError as exc:
@@ -340,9 +344,11 @@ class _Run:
                 advance(1, len(volumes) - 1)
         try:
             self.out_dir.parent.mkdir(parents=True, exist_ok=True)
-            scratch = Path(tempfile.mkdtemp(prefix=f".{self.out_dir.name}.fusion-", dir=self.out_dir.parent))
         except OSError as exc:
             raise WriteError(f"cannot create a scratch folder beside {self.out_dir}: {exc.strerror or exc}") from exc
+        # Locked while this process lives: a later run sweeps it only if this one was killed.
+        run_folder = claim_run_folder(self.out_dir, "fusion")
+        scratch = run_folder.path
         x, y, z = fixed.image.GetSize()
         # Local workers (when the job uses them) start now and boot while the map stage stages the inputs.
         workers = local_workers_for(options.workers, options.scheduler, (len(volumes), z, y, x))
@@ -388,14 +394,15 @@ class _Run:
         finally:
             if workers is not None:
                 workers.close()
-            shutil.rmtree(scratch, ignore_errors=True)
+            run_folder.remove()
         return dataclasses.replace(result, timings=dict(self.timings))
 
     def _write(self, volumes, arrays, masks, staged, registrations, mappings, inputs, colour) -> StudyResult:
         options, out_dir = self.options, self.out_dir
         fixed = volumes[0]
         fused = staged.fused_slices()  # writers read one slice at a time from the scratch file
-        staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
+        staging = staged.folder / "output"  # inside the locked scratch folder, on OUT's file system
+        staging.mkdir()
         try:
             provenance = self._provenance(volumes, registrations, mappings, inputs)
             (staging / "transforms").mkdir()
@@ -424,6 +431,7 @@ class _Run:
                     "uids": _uid_policy(options),
                     "stored_value": "round(4095 * fused), fused in [0, 1]",
                 }
+            crash_point("write:dicom")
             if colour is not None:
                 fused_luma, indices, palette, functional = colour
                 written_colour = write_colour_series(
@@ -460,6 +468,7 @@ class _Run:
             if out_dir.exists():
                 out_dir.rmdir()  # empty, checked at the start
             _make_readable(staging)
+            crash_point("write:rename")
             os.replace(staging, out_dir)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)

@@ -34,6 +34,7 @@ from typing import TextIO
 import pydicom
 
 from medfuse import __version__
+from medfuse.atomic import run_folder_in_use
 from medfuse.errors import MedfuseError, PacsError, WorkflowError, one_line, os_error_reason
 from medfuse.io.dicom.write import derived_uid
 from medfuse.workflow.config import Workflow, orientation_of
@@ -206,6 +207,8 @@ def run_workflow(workflow: Workflow, *, dry_run: bool = False, study_uid: str | 
         # A dry run reads the ledger when there is one and never creates it.
         ledger = Ledger(db if (db.exists() or not dry_run) else Path(":memory:"))
         try:
+            if not dry_run:
+                sweep_abandoned_work(workflow.state_dir / "work")
             if source is None:
                 credentials = resolve_credentials(workflow.source.get("auth"), workflow.path.resolve().parent)
                 source = open_source(workflow.source_kind, workflow.source, credentials)
@@ -227,6 +230,25 @@ def run_workflow(workflow: Workflow, *, dry_run: bool = False, study_uid: str | 
     summary.duration_s = round(time.monotonic() - start, 3)
     log.summary(summary)
     return summary
+
+
+def sweep_abandoned_work(work_root: Path) -> list[Path]:
+    """Remove the job folders a killed pass left in *work_root* (fetched images, fuse-study's scratch).
+
+    Called under the workflow's lock, so no other pass of this workflow is
+    running; a job folder is kept only while a fuse-study inside it still
+    holds its scratch folder's lock (a job process that outlived its pass).
+    Returns the folders removed.
+    """
+    removed = []
+    if not work_root.is_dir():
+        return removed
+    for job in sorted(p for p in work_root.iterdir() if p.is_dir() and not p.is_symlink()):
+        if any(run_folder_in_use(p) for p in job.glob(".output.fusion-*")):
+            continue  # a live fuse-study's scratch folder
+        shutil.rmtree(job, ignore_errors=True)
+        removed.append(job)
+    return removed
 
 
 def _run_plan(plan: JobPlan, workflow: Workflow, ledger: Ledger, source: Source, log: StudyLog,
