@@ -145,13 +145,18 @@ def test_fuse_volumes_three_nifti_inputs(tmp_path):
     assert len(provenance["inputs"]) == 3 and len(provenance["registration"]) == 2
 
 
-def test_failed_stage_leaves_nothing_and_says_which(tmp_path):
+def test_failed_stage_leaves_nothing_and_says_which(tmp_path, monkeypatch):
     image = _read(SAMPLE / "series1_t1")[:, :, 24:40]
     paths = [tmp_path / "a.nii.gz", tmp_path / "b.nii.gz"]
     for path in paths:
         sitk.WriteImage(image, str(path))
-    with pytest.raises(WriteError, match="CT or MR") as caught:
-        fuse_volumes(paths, tmp_path / "out", StudyOptions(workers=1, formats=("dicom",)))
+
+    def disk_full(*args, **kwargs):  # the write stage fails half-way (provenance and transforms not yet written)
+        raise WriteError("fused.nii.gz: No space left on device")
+
+    monkeypatch.setattr("medfuse.study.pipeline.write_nifti", disk_full)
+    with pytest.raises(WriteError, match="No space left") as caught:
+        fuse_volumes(paths, tmp_path / "out", StudyOptions(workers=1, formats=("nifti",)))
     assert caught.value.exit_code == 6
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.nii.gz", "b.nii.gz"]
 

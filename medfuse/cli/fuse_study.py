@@ -20,7 +20,8 @@ _OUT = typer.Option(..., "-o", "--out", help="Output folder (created; must not e
 _WINDOW = typer.Option(None, "--window", help="CT window: brain, soft-tissue, bone, or C,W in HU.")
 _WORKERS = typer.Option(None, "--workers", min=1, help="Local Dask worker processes (default: one per core; 1 = in-process).")
 _SCHEDULER = typer.Option(None, "--scheduler", help="Existing dask.distributed scheduler, e.g. tcp://host:8786.")
-_FORMAT = typer.Option("dicom,nifti", "--format", help="Outputs, comma-separated: dicom, nifti.")
+_FORMAT = typer.Option(None, "--format", help="Outputs, comma-separated: dicom, nifti (default: both when an input "
+                                               "is a DICOM CT or MR series, else nifti).")
 _REPORT = typer.Option(False, "--report", help="Also write the QC report report.html.")
 _COLOUR = typer.Option(False, "--colour", "--color",
                        help="Also write an RGB Secondary Capture series: CT/MR fused with PET/SPECT in the "
@@ -42,7 +43,7 @@ def fuse_study_command(
     window: str = _WINDOW,
     workers: int = _WORKERS,
     scheduler: str = _SCHEDULER,
-    formats: str = _FORMAT,
+    formats: str | None = _FORMAT,
     report: bool = _REPORT,
     colour: bool = _COLOUR,
     saliency_scope: str = _SCOPE,
@@ -67,7 +68,7 @@ def fuse_volumes_command(
     window: str = _WINDOW,
     workers: int = _WORKERS,
     scheduler: str = _SCHEDULER,
-    formats: str = _FORMAT,
+    formats: str | None = _FORMAT,
     report: bool = _REPORT,
     colour: bool = _COLOUR,
     saliency_scope: str = _SCOPE,
@@ -85,7 +86,7 @@ def fuse_volumes_command(
     _print_result(fuse_volumes(volumes, out, options), json_log)
 
 
-def _options(*, formats: str, quiet: bool, json_log: bool, **kw):
+def _options(*, formats: str | None, quiet: bool, json_log: bool, **kw):
     from medfuse.study.pipeline import StudyOptions
     from medfuse.study.progress import Progress, auto_mode
 
@@ -96,7 +97,7 @@ def _options(*, formats: str, quiet: bool, json_log: bool, **kw):
 
         # Checked before any input is read: the window is used only if a CT is fused.
         parse_window(kw["window"])
-    chosen = tuple(f.strip().lower() for f in formats.split(",") if f.strip())
+    chosen = None if formats is None else tuple(f.strip().lower() for f in formats.split(",") if f.strip())
     return StudyOptions(formats=chosen, progress=Progress(auto_mode(quiet=quiet, json_log=json_log)), **kw)
 
 

@@ -81,7 +81,7 @@ from medfuse.errors import (
 from medfuse.io.dicom.index import FolderIndex, SeriesInfo, scan_folder
 from medfuse.io.dicom.read import read_series
 from medfuse.io.dicom.write import write_colour_series, write_fused_series
-from medfuse.io.nifti import write_nifti
+from medfuse.io.nifti import is_nifti_path, write_nifti
 from medfuse.io.select import describe_candidates, find_series, select_series
 from medfuse.io.volumes import load_volume
 from medfuse.study.colour import Palette, functional_source, rgb_slices
@@ -89,7 +89,7 @@ from medfuse.study.progress import Progress
 from medfuse.volume.chunk_task import WeightPlanes
 from medfuse.volume.dispatch import (SALIENCY_SCOPES, fuse_staged, fuse_volume, local_workers_for,
                                      refuse_in_starting_worker)
-from medfuse.volume.intensity import choose_mapping
+from medfuse.volume.intensity import choose_mapping, parse_window
 from medfuse.volume.model import Volume
 from medfuse.volume.registration import RegistrationConfig, register
 from medfuse.volume.transforms import write_transform
@@ -98,6 +98,9 @@ from medfuse.volume.staging import stage_on_grid
 __all__ = ["FORMATS", "StudyOptions", "StudyResult", "fuse_study", "fuse_volumes"]
 
 FORMATS = ("dicom", "nifti")
+#: Modalities whose DICOM series can lend a DICOM output its patient, study and SOP class
+#: (:func:`medfuse.io.dicom.write.anatomical_reference`).
+DICOM_OUTPUT_MODALITIES = ("CT", "MR")
 
 
 @dataclass(frozen=True)
@@ -120,8 +123,11 @@ class StudyOptions:
         Local Dask worker processes (default one per core; 1 = in-process).
     scheduler : str, optional
         ``tcp://host:port`` of an existing dask.distributed scheduler.
-    formats : tuple of str
-        Outputs among :data:`FORMATS`. Default ("dicom", "nifti").
+    formats : tuple of str, optional
+        Outputs among :data:`FORMATS`. None (default) follows the inputs:
+        ("dicom", "nifti") when an input is a DICOM CT or MR series (the
+        DICOM output takes its patient and study), else ("nifti",). DICOM
+        output asked for without such an input is refused before any work.
     report : bool
         Write the QC report ``report.html``.
     colour_series : bool
@@ -151,7 +157,7 @@ class StudyOptions:
     window: str | None = None
     workers: int | None = None
     scheduler: str | None = None
-    formats: tuple[str, ...] = ("dicom", "nifti")
+    formats: tuple[str, ...] | None = None
     report: bool = False
     colour_series: bool = False
     saliency_scope: str = "volume"
@@ -162,10 +168,13 @@ class StudyOptions:
     progress: Progress | None = None
 
     def __post_init__(self) -> None:
-        formats = tuple(self.formats)
-        if not formats or any(f not in FORMATS for f in formats):
-            raise InputError(f"formats must be a non-empty subset of {', '.join(FORMATS)}, got {','.join(formats)}")
-        object.__setattr__(self, "formats", formats)
+        if self.formats is not None:
+            formats = tuple(self.formats)
+            if not formats or any(f not in FORMATS for f in formats):
+                raise InputError(f"formats must be a non-empty subset of {', '.join(FORMATS)}, got {','.join(formats)}")
+            object.__setattr__(self, "formats", formats)
+        if self.window is not None:
+            parse_window(self.window)  # a malformed window is refused now, not at the map stage
         object.__setattr__(self, "moving", tuple(self.moving))
         if self.saliency_scope not in SALIENCY_SCOPES:
             raise InputError(f"saliency scope must be one of {', '.join(SALIENCY_SCOPES)}, got {self.saliency_scope!r}")
@@ -245,6 +254,7 @@ def fuse_study(patient_dir: str | os.PathLike, out_dir: str | os.PathLike, optio
     with run.stage("select"):
         fixed_info, moving_infos, how = choose_series(index, options.fixed, options.moving, options.rules)
         run.progress.info(f"fixed: {fixed_info.label}; moving: " + "; ".join(m.label for m in moving_infos))
+    run.settle_outputs([(info.label, info.modality) for info in (fixed_info, *moving_infos)])
     with run.stage("read"):
         volumes = [read_series(info) for info in (fixed_info, *moving_infos)]
     return run.finish(volumes, {"patient_dir": str(patient_dir), "selection": how})
@@ -255,14 +265,25 @@ def fuse_volumes(paths: Sequence[str | os.PathLike], out_dir: str | os.PathLike,
     """Fuse explicitly given volumes (NIfTI files or DICOM series folders); the first is fixed.
 
     Parameters, returns and raises as :func:`fuse_study`. DICOM output needs at
-    least one DICOM CT or MR input (it takes patient and study from it).
+    least one DICOM CT or MR input (it takes patient and study from it): with
+    NIfTI inputs only it is refused before anything is read.
     """
     options = options or StudyOptions()
     if len(paths) < 2:
         raise InputError(f"fuse-volumes needs at least two volumes, got {len(paths)}")
+    paths = [Path(p) for p in paths]
+    missing = [str(p) for p in paths if not p.exists()]
+    if missing:
+        raise InputError(f"no such file or folder: {', '.join(missing)}")
     run = _Run(options, Path(out_dir))
+    nifti = [p.is_file() and is_nifti_path(p) for p in paths]
+    if all(nifti):
+        run.settle_outputs([(p.name, None) for p in paths])
     with run.stage("read"):
         volumes = [load_volume(path) for path in paths]
+    if not all(nifti):
+        run.settle_outputs([(p.name, v.references.modality if v.references is not None else None)
+                            for p, v in zip(paths, volumes)])
     return run.finish(volumes, {"paths": [str(p) for p in paths]})
 
 
@@ -315,7 +336,29 @@ class _Run:
         if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
             raise InputError(f"output folder {out_dir} already exists and is not empty")
         check_folder_creatable(out_dir)  # before any work, not at the write stage
+        _model_identity(options.fusion)  # a missing or altered model file: refused now, not after registration
         self.started = datetime.now(timezone.utc)
+
+    def settle_outputs(self, inputs: Sequence[tuple[str, str | None]]) -> None:
+        """Choose the formats that follow the inputs, or refuse DICOM outputs they cannot give, before the work.
+
+        *inputs*: (name, modality) per input, the modality None for one that is not DICOM.
+        """
+        options = self.options
+        source = any(modality in DICOM_OUTPUT_MODALITIES for _, modality in inputs)
+        described = ", ".join(f"{name} ({f'{modality} DICOM' if modality else 'NIfTI'})" for name, modality in inputs)
+        if options.formats is None:
+            formats = FORMATS if source else ("nifti",)
+            self.options = options = dataclasses.replace(options, formats=formats)
+            if not source:
+                self.progress.info(f"writing NIfTI only: no input is a DICOM CT or MR series ({described})")
+        asked = [what for what, wanted in (("DICOM output (--format dicom)", "dicom" in options.formats),
+                                           ("the colour series (--colour)", options.colour_series)) if wanted]
+        if asked and not source:
+            raise InputError(f"{' and '.join(asked)} needs a DICOM CT or MR input to take patient and study from; "
+                             f"the inputs are {described} (use --format nifti)")
+        if options.colour_series:
+            functional_source([modality for _, modality in inputs])
 
     @contextmanager
     def stage(self, name: str, total: int | None = None):
