@@ -97,7 +97,7 @@ class MaskConfig:
             raise InputError(f"mask working_spacing_mm must be > 0, got {self.working_spacing_mm}")
 
 
-def foreground_mask(image: sitk.Image, config: MaskConfig | None = None) -> sitk.Image:
+def foreground_mask(image: sitk.Image, config: MaskConfig | None = None, *, on_image_grid: bool = True) -> sitk.Image:
     """Mask of the bright object (the body, the head, a phantom) of a 3-D image.
 
     Parameters
@@ -106,11 +106,16 @@ def foreground_mask(image: sitk.Image, config: MaskConfig | None = None) -> sitk
         3-D scalar image, any pixel type.
     config : MaskConfig, optional
         Defaults to ``MaskConfig()``.
+    on_image_grid : bool
+        True (default): the mask on the grid of *image*. False: on the
+        coarse working grid it was computed on (same physical extent), for
+        a caller that resamples it onto grids of its own anyway
+        (registration's pyramid levels).
 
     Returns
     -------
     SimpleITK.Image
-        uint8 mask (1 inside) on the grid of *image*.
+        uint8 mask (1 inside).
 
     Raises
     ------
@@ -142,6 +147,8 @@ def foreground_mask(image: sitk.Image, config: MaskConfig | None = None) -> sitk
     if not np.any(sitk.GetArrayViewFromImage(kept)):
         raise InputError("cannot compute a foreground mask: no bright object found")
     dilated = _morphology(kept, sitk.BinaryDilate, config.dilation_radius_mm)
+    if not on_image_grid:
+        return dilated
     on_grid = sitk.Resample(dilated, image, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
     return on_grid
 

@@ -39,7 +39,7 @@ import SimpleITK as sitk
 from medfuse.errors import InputError, RegistrationError
 from medfuse.volume.masks import foreground_mask
 from medfuse.volume.model import Volume, as_float32
-from medfuse.volume.pyramid import LevelReport, evaluate_metric, itk_threads, mask_on, metric_method, metric_value, optimise, pyramid_level
+from medfuse.volume.pyramid import LevelReport, Pyramid, evaluate_metric, itk_threads, metric_method, metric_value, optimise
 from medfuse.volume.registration_config import RegistrationConfig
 from medfuse.volume.resampling import coverage_mask
 from medfuse.volume.transforms import TransformSummary, as_linear_transform, summarize_transform
@@ -81,6 +81,10 @@ class RegistrationResult:
         When the optimisation ends with a worse full-resolution metric than
         it started from, the initial transform is returned and a warning
         says so.
+    initial : SimpleITK.Transform or None
+        Where the optimisation started (after initialisation); the given or
+        identity transform when none ran. For the independent check
+        (:mod:`medfuse.volume.alignment_check`).
     """
 
     transform: sitk.Transform
@@ -95,6 +99,7 @@ class RegistrationResult:
     summary: TransformSummary
     stop_condition: str
     warnings: tuple[str, ...]
+    initial: sitk.Transform | None = None
 
     def to_dict(self) -> dict:
         """JSON-ready description (the transform as its name and parameters)."""
@@ -163,22 +168,25 @@ def register(fixed: Volume, moving: Volume, config: RegistrationConfig | None = 
             started,
         )
 
-    with itk_threads(config.threads):
+    # The filters (mask, pyramid, resampling) give the same voxels with any thread count; the
+    # metric and the optimiser run with config.threads (pyramid.evaluate_metric, pyramid.optimise).
+    with itk_threads(config.filter_threads):
         return _register_images(fixed_image, moving_image, config, started)
 
 
 def _register_images(
     fixed_image: sitk.Image, moving_image: sitk.Image, config: RegistrationConfig, started: float
 ) -> RegistrationResult:
-    fixed_mask = foreground_mask(fixed_image, config.mask) if config.auto_mask in ("fixed", "both") else None
-    moving_mask = foreground_mask(moving_image, config.mask) if config.auto_mask == "both" else None
-    initial, initialization = _initial_transform(fixed_image, moving_image, fixed_mask, config)
-    metric_before = metric_value(fixed_image, moving_image, initial, fixed_mask, moving_mask, config)
+    # The masks stay on their coarse working grid; each pyramid level resamples them once.
+    fixed_mask = (foreground_mask(fixed_image, config.mask, on_image_grid=False)
+                  if config.auto_mask in ("fixed", "both") else None)
+    moving_mask = foreground_mask(moving_image, config.mask, on_image_grid=False) if config.auto_mask == "both" else None
+    fixed, moving = Pyramid(fixed_image, fixed_mask), Pyramid(moving_image, moving_mask)
+    initial, initialization = _initial_transform(fixed, moving, config)
+    metric_before = metric_value(fixed, moving, initial, config)
 
     levels: list[LevelReport] = []
-    rigid, stop = optimise(
-        "rigid", fixed_image, moving_image, initial, fixed_mask, moving_mask, config, config.iterations, levels
-    )
+    rigid, stop = optimise("rigid", fixed, moving, initial, config, config.iterations, levels)
     transform: sitk.Transform = rigid
     if config.affine:
         affine = _same_kind(rigid, sitk.AffineTransform(3))
@@ -188,11 +196,8 @@ def _register_images(
             sampling_percentages=config.sampling_percentages[-config.affine_levels :],
             step_mm=config.step_mm[-config.affine_levels :],
         )
-        transform, stop = optimise(
-            "affine", fixed_image, moving_image, affine, fixed_mask, moving_mask, affine_config,
-            config.affine_iterations, levels,
-        )
-    metric_after = metric_value(fixed_image, moving_image, transform, fixed_mask, moving_mask, config)
+        transform, stop = optimise("affine", fixed, moving, affine, affine_config, config.affine_iterations, levels)
+    metric_after = metric_value(fixed, moving, transform, config)
     reverted = ()
     if metric_after > metric_before:
         # Never hand back a transform the full-resolution metric scores worse
@@ -217,6 +222,7 @@ def _register_images(
         summary=summary,
         stop_condition=stop,
         warnings=reverted + _warnings(summary, metric_before, metric_after, config),
+        initial=initial,
     )
 
 
@@ -274,8 +280,8 @@ def _unoptimised_result(
     config: RegistrationConfig,
     started: float,
 ) -> RegistrationResult:
-    with itk_threads(config.threads):
-        metric = metric_value(fixed_image, moving_image, transform, None, None, config)
+    with itk_threads(config.filter_threads):
+        metric = metric_value(Pyramid(fixed_image), Pyramid(moving_image), transform, config)
     summary = summarize_transform(transform)
     return RegistrationResult(
         transform=transform,
@@ -290,6 +296,7 @@ def _unoptimised_result(
         summary=summary,
         stop_condition="",
         warnings=_warnings(summary, None, None, config),
+        initial=transform,
     )
 
 
@@ -298,14 +305,11 @@ def _image_center(image: sitk.Image) -> tuple[float, float, float]:
     return image.TransformContinuousIndexToPhysicalPoint(far_corner)
 
 
-def _initial_transform(
-    fixed_image: sitk.Image, moving_image: sitk.Image, fixed_mask: sitk.Image | None, config: RegistrationConfig
-) -> tuple[sitk.Euler3DTransform, str]:
+def _initial_transform(fixed: Pyramid, moving: Pyramid, config: RegistrationConfig) -> tuple[sitk.Euler3DTransform, str]:
     candidates = ("none", "geometry", "moments") if config.initialization == "auto" else (config.initialization,)
-    coarsest = 0
-    coarse_fixed = pyramid_level(fixed_image, config.shrink_factors[coarsest], config.smoothing_sigmas_mm[coarsest])
-    coarse_moving = pyramid_level(moving_image, config.shrink_factors[coarsest], config.smoothing_sigmas_mm[coarsest])
-    coarse_mask = mask_on(fixed_mask, coarse_fixed)
+    fixed_image, moving_image = fixed.image, moving.image
+    coarse_fixed, coarse_mask = fixed.level(config.shrink_factors[0], config.smoothing_sigmas_mm[0])
+    coarse_moving, _ = moving.level(config.shrink_factors[0], config.smoothing_sigmas_mm[0])
     scored = []
     best_overlap = 0.0
     for order, name in enumerate(candidates):
@@ -317,7 +321,8 @@ def _initial_transform(
         if overlap < config.min_overlap_fraction:
             continue
         method = metric_method(config, coarse_mask, None, sampling="none", percentage=1.0, gradient_images=False)
-        scored.append((evaluate_metric(method, coarse_fixed, coarse_moving, transform), order, name, transform))
+        scored.append((evaluate_metric(method, coarse_fixed, coarse_moving, transform, config.threads), order, name,
+                       transform))
     if not scored:
         raise RegistrationError(
             f"no overlap after initialisation: at most {best_overlap:.0%} of the fixed volume's foreground maps inside "

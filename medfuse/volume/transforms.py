@@ -202,16 +202,85 @@ def read_transform(path: str | os.PathLike) -> sitk.Transform:
     Raises
     ------
     InputError
-        Missing, unreadable, or not a single 3-D rigid/affine transform.
+        Missing, unreadable, not an ITK text transform, not a single 3-D
+        rigid/affine transform, NaN or infinite parameters, singular matrix.
     """
     path = Path(path)
     if not path.is_file():
         raise InputError(f"transform file not found: {path}")
+    # ITK's text reader stops at a value it cannot parse ("nan", "inf", "1e999") and hands back a
+    # parameter array too short for the transform, on which SimpleITK then crashes the process:
+    # the file is checked as text before ITK sees it.
+    expected = _check_transform_text(path)
     try:
         transform = sitk.ReadTransform(str(path))
     except RuntimeError as exc:
         raise InputError(f"cannot read transform {path}: {itk_reason(exc)}") from exc
-    return as_linear_transform(transform)
+    linear = as_linear_transform(transform)
+    parameters = np.asarray(linear.GetParameters(), dtype=float)
+    fixed = np.asarray(linear.GetFixedParameters(), dtype=float)
+    if parameters.size != expected or not (np.all(np.isfinite(parameters)) and np.all(np.isfinite(fixed))):
+        raise InputError(f"cannot read transform {path}: parameters were not read as written "
+                         f"(got {parameters.size} of {expected})")
+    matrix = np.asarray(linear.GetMatrix(), dtype=float).reshape(3, 3)
+    if abs(np.linalg.det(matrix)) < 1e-6:
+        raise InputError(f"cannot read transform {path}: its matrix is singular "
+                         f"(determinant {np.linalg.det(matrix):.3g})")
+    return linear
+
+
+# ITK text transform types medfuse applies (3-D, matrix plus offset): (parameters, fixed parameters).
+LINEAR_TRANSFORM_PARAMETERS = {
+    "Euler3DTransform": (6, 4), "VersorRigid3DTransform": (6, 3), "Similarity3DTransform": (7, 3),
+    "ScaleVersor3DTransform": (9, 3), "ScaleSkewVersor3DTransform": (15, 3), "AffineTransform": (12, 3),
+    "MatrixOffsetTransformBase": (12, 3),
+}
+
+
+def _check_transform_text(path: Path) -> int:
+    """Refuse what ITK's text reader would misread; return the number of parameters the transform has.
+
+    The file must be an ITK text transform (``#Insight Transform File``) holding one 3-D
+    rigid/similarity/affine transform (optionally inside a composite of one) whose parameters and
+    fixed parameters are the right number of finite numbers.
+    """
+    try:
+        with open(path, "rb") as stream:
+            raw = stream.read(1_000_001)
+    except OSError as exc:
+        raise InputError(f"cannot read transform {path}: {exc.strerror or exc}") from exc
+    if len(raw) > 1_000_000 or b"\0" in raw:
+        raise InputError(f"cannot read transform {path}: not an ITK text transform file (.tfm)")
+    lines = [line.strip() for line in raw.decode("latin-1").splitlines() if line.strip()]
+    if not lines or not lines[0].startswith("#Insight Transform File"):
+        raise InputError(f"cannot read transform {path}: not an ITK text transform file (.tfm); HDF5 and .mat transforms are "
+                         "not supported")
+    blocks: list[dict[str, str]] = []
+    for line in lines[1:]:
+        key, _, value = line.partition(":")
+        if key == "Transform":
+            blocks.append({"Transform": value.strip()})
+        elif key in ("Parameters", "FixedParameters") and blocks:
+            blocks[-1][key] = value
+    kinds = [b for b in blocks if not b["Transform"].startswith("CompositeTransform")]
+    if len(kinds) != 1:
+        raise InputError(f"cannot read transform {path}: expected one rigid or affine transform, found {len(kinds)}")
+    block = kinds[0]
+    name, _, suffix = block["Transform"].partition("_")
+    if name not in LINEAR_TRANSFORM_PARAMETERS or not suffix.endswith("_3_3"):
+        raise InputError(f"cannot read transform {path}: {block['Transform']} is not supported (a 3-D rigid, similarity or "
+                         "affine transform is)")
+    expected, fixed = LINEAR_TRANSFORM_PARAMETERS[name]
+    for key, count in (("Parameters", expected), ("FixedParameters", fixed)):
+        words = block.get(key, "").split()
+        try:
+            values = [float(word) for word in words]
+        except ValueError:
+            values = []
+        if len(words) != count or len(values) != count or not all(math.isfinite(v) for v in values):
+            raise InputError(f"cannot read transform {path}: {key} must be {count} finite numbers, "
+                             f"got {' '.join(words)[:80]!r}")
+    return expected
 
 
 def _euler_angles_deg(rotation: np.ndarray) -> np.ndarray:
