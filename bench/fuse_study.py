@@ -5,6 +5,7 @@ Run by hand (not part of the test suite)::
     python bench/fuse_study.py                 # everything (a few minutes on 2 cores)
     python bench/fuse_study.py --only sample   # the bundled sample study only
     python bench/fuse_study.py --only large    # the 512 x 512 x 200 CT + MR pair only (--repeat pairs of runs)
+    python bench/fuse_study.py --only large --report   # each large run also with the QC report (what it adds)
     python bench/fuse_study.py --only scope    # saliency scope consistency only
     python bench/fuse_study.py --only dispatch --repeat 2   # fusion stage alone: dispatch paths
 
@@ -78,7 +79,7 @@ def make_large_pair(folder: Path) -> tuple[Path, Path]:
     return paths
 
 
-def run_case(kind: str, inputs: list[str], workers: int, out: Path, scope: str = "volume") -> dict:
+def run_case(kind: str, inputs: list[str], workers: int, out: Path, scope: str = "volume", report: bool = False) -> dict:
     """One pipeline run in a fresh subprocess; returns its timings and peak memory.
 
     Memory is sampled every 20 ms with psutil (a dask dependency): the main process's RSS per stage,
@@ -128,7 +129,7 @@ if __name__ == "__main__":
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
     options = StudyOptions(workers={workers}, saliency_scope={scope!r}, progress=StageProgress("quiet"),
-                           formats={('dicom', 'nifti') if kind == 'study' else ('nifti',)!r})
+                           formats={('dicom', 'nifti') if kind == 'study' else ('nifti',)!r}, report={report!r})
     started = time.perf_counter()
     if {kind!r} == "study":
         result = fuse_study({inputs[0]!r}, {str(out)!r}, options)
@@ -260,6 +261,8 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=2,
                         help="Runs of each dispatch path, and pairs of large runs (default 2).")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="Worker counts to run (default 1 2).")
+    parser.add_argument("--report", action="store_true",
+                        help="Also run every large case with the QC report, right after the one without it.")
     args = parser.parse_args()
     results = _Results()
     results["machine"] = f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f} at the start"
@@ -279,6 +282,11 @@ def main() -> None:
                 for workers in args.workers:
                     results[f"large_w{workers}_run{run}"] = run_case("volumes", large, workers,
                                                                      tmp / f"large_w{workers}_run{run}")
+                    if args.report:
+                        name = f"large_w{workers}_run{run}_report"
+                        results[name] = run_case("volumes", large, workers, tmp / name, report=True)
+                        results[name + "_adds_s"] = round(results[name]["total_s"]
+                                                          - results[f"large_w{workers}_run{run}"]["total_s"], 2)
                 if {1, 2} <= set(args.workers):
                     fuse1 = results[f"large_w1_run{run}"]["timings_s"]["fuse"]
                     fuse2 = results[f"large_w2_run{run}"]["timings_s"]["fuse"]
