@@ -14,6 +14,7 @@ column is the origin. Array axes: a NIfTI array is indexed (i, j, k) =
 from __future__ import annotations
 
 import gzip
+import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -66,7 +67,11 @@ def read_nifti(path: str | os.PathLike, *, volume_index: int | None = None) -> V
         or a sheared affine.
     """
     path = Path(path)
+    logger = nib.imageglobals.logger
+    level = logger.level
     try:
+        # nibabel logs each header fix it makes to stderr; a refusal below says what matters, in one line.
+        logger.setLevel(logging.CRITICAL + 1)
         img = nib.load(str(path))
         affine = _affine(img, path)
         _check_size(img, path)
@@ -79,6 +84,8 @@ def read_nifti(path: str | os.PathLike, *, volume_index: int | None = None) -> V
         raise InputError(f"{path}: not enough memory to read its voxels") from None
     except Exception as exc:  # nibabel raises many types for a bad file
         raise InputError(f"{path}: not a readable NIfTI file ({type(exc).__name__}: {_one_line(exc)})") from exc
+    finally:
+        logger.setLevel(level)
     data = _pick_volume(data, path, volume_index)
     image = image_from_ras(data, affine, path)
     return Volume(image=image, modality="", references=None, source=path, label=path.name)

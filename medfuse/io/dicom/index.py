@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+import warnings
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -251,6 +252,13 @@ def scan_folder(path: str | os.PathLike) -> FolderIndex:
     root = Path(path)
     if not root.exists():
         raise ScanError(f"{root}: no such file or folder")
+    with warnings.catch_warnings():
+        # pydicom warns about every invalid value it meets; the verdicts say what matters, in one line each.
+        warnings.simplefilter("ignore")
+        return _scan(root)
+
+
+def _scan(root: Path) -> FolderIndex:
     files = [root] if root.is_file() else _walk(root)
     headers: list[InstanceHeader] = []
     skipped: list[tuple[Path, str]] = []
@@ -512,7 +520,9 @@ def _first_problem(refs: list[SliceRef], members: list[InstanceHeader]) -> str:
         problem = orientation_problem(frame.orientation)
         if problem:
             return f"{name}: {problem}"
-        if frame.pixel_spacing is not None and np.any(frame.pixel_spacing <= 0):
+        if frame.pixel_spacing is None:
+            return f"{name}: no PixelSpacing"
+        if np.any(frame.pixel_spacing <= 0):
             return f"{name}: PixelSpacing {_values(frame.pixel_spacing)} is not positive"
         if not (np.isfinite(frame.slope) and np.isfinite(frame.intercept)):
             return f"{name}: RescaleSlope/RescaleIntercept is not a finite number"

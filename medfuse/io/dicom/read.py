@@ -55,6 +55,13 @@ def read_series(
         The series is unusable (with the index's reason), ambiguous, or its
         pixels cannot be decoded.
     """
+    with warnings.catch_warnings():
+        # pydicom warns about invalid values as it decodes; refusals say what matters, in one line.
+        warnings.simplefilter("ignore")
+        return _read(series_info_or_dir, volume_index)
+
+
+def _read(series_info_or_dir, volume_index: int | None) -> Volume:
     series = _resolve(series_info_or_dir)
     volume_refs = _choose_volume(series, volume_index)
     pixels = _decode(volume_refs, series)
@@ -126,11 +133,9 @@ def _decode(refs: tuple[SliceRef, ...], series: SeriesInfo) -> np.ndarray:
     def load(item: tuple[Path, list[tuple[int, SliceRef]]]) -> None:
         path, placed = item
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                data = _native_pixels(placed[0][1].instance)
-                if data is None:
-                    data = _pydicom_pixels(placed[0][1].instance)
+            data = _native_pixels(placed[0][1].instance)
+            if data is None:
+                data = _pydicom_pixels(placed[0][1].instance)
         except (NotImplementedError, RuntimeError) as exc:
             syntax = pydicom.uid.UID(series.transfer_syntax_uid).name
             raise SeriesReadError(
