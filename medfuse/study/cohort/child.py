@@ -134,8 +134,8 @@ def _main() -> int:
         channel.write(json.dumps(message, default=str) + "\n")
         channel.flush()
 
-    function, kwargs = pickle.loads(sys.stdin.buffer.read())
     try:
+        function, kwargs = pickle.loads(sys.stdin.buffer.read())  # imports the task's module
         result = function(**kwargs, emit=lambda **event: send({"event": event}))
     except MedfuseError as exc:
         send({"error": {"kind": type(exc).__name__, "message": one_line(exc)}})

@@ -37,7 +37,7 @@ from medfuse.study.cohort.child import run_in_child
 from medfuse.volume.dispatch import LocalWorkers, default_workers
 
 #: Seconds to wait for an external scheduler to answer.
-CONNECT_TIMEOUT_S = 10
+CONNECT_TIMEOUT_S = 5
 
 
 def run_study_task(function: Callable, kwargs: dict, timeout_s: float, topic: str | None) -> dict:
@@ -96,6 +96,7 @@ class StudyExecutor:
         self.timeout_s = timeout_s
         self.topic = f"medfuse-{secrets.token_hex(6)}"
         self._client = self._local = self._quiet = None
+        self._lost_scheduler = False
         self._inline: list[tuple[str, Callable, dict]] = []
         self._futures: dict = {}
         self._events: queue.Queue = queue.Queue()
@@ -112,6 +113,8 @@ class StudyExecutor:
         return len(self._client.scheduler_info().get("workers", {})) or 1
 
     def __enter__(self) -> "StudyExecutor":
+        import distributed  # noqa: F401 - its first import sets its loggers' levels: before _quiet_dask
+
         self._quiet = _quiet_dask()
         self._quiet.__enter__()
         try:
@@ -136,7 +139,9 @@ class StudyExecutor:
         elif self._client is not None:
             self._client.close()
         self._client = self._local = None
-        if self._quiet is not None:
+        if self._quiet is not None and not self._lost_scheduler:
+            # (after a lost scheduler the client's reconnection attempts end later, in its own thread, with
+            # tracebacks logged at ERROR: those loggers stay quiet then)
             self._quiet.__exit__(None, None, None)
             self._quiet = None
 
@@ -205,6 +210,7 @@ class StudyExecutor:
                 on_event(event)
 
     def _lost(self) -> WorkflowError:
+        self._lost_scheduler = True
         where = self.scheduler or "of the local workers"
         return WorkflowError(f"lost the connection to the Dask scheduler {where} during the run; "
                              f"{len(self._futures)} task(s) did not finish (run again to continue)")
