@@ -13,7 +13,8 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from medfuse.errors import ScanError
-from medfuse.io.dicom.index import mask_identifier, scan_folder
+from medfuse.io.dicom.index import scan_folder
+from medfuse.io.dicom.series import mask_identifier
 from medfuse.io.select import find_series
 
 PET_CT = "volumes/tcia_CCTH-A01_pet_ct"

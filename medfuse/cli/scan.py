@@ -21,7 +21,8 @@ def scan_command(
     show_phi: bool = typer.Option(False, "--show-phi", help="Show patient IDs unmasked."),
 ) -> None:
     """List studies and series with their usability verdict; skipped files are named with the reason."""
-    from medfuse.io.dicom.index import mask_identifier, scan_folder, skipped_note
+    from medfuse.io.dicom.index import scan_folder
+    from medfuse.io.dicom.series import mask_identifier, skipped_note
 
     index = scan_folder(folder)
     if as_json:

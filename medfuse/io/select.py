@@ -32,7 +32,8 @@ import re
 from dataclasses import dataclass, field
 
 from medfuse.errors import SelectionError
-from medfuse.io.dicom.index import FolderIndex, SeriesInfo, choose_split, mask_identifier
+from medfuse.io.dicom.series import FolderIndex, SeriesInfo, mask_identifier
+from medfuse.io.dicom.verdicts import choose_split
 
 ORIENTATIONS = ("axial", "coronal", "sagittal", "oblique")
 FIXED_MODALITY_PRIORITY = ("CT", "MR", "PT", "NM")

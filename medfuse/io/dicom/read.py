@@ -24,7 +24,8 @@ import SimpleITK as sitk
 from medfuse.errors import SeriesReadError
 from medfuse.io.dicom.geometry import direction_matrix
 from medfuse.io.dicom.headers import reference_dicts
-from medfuse.io.dicom.index import SeriesInfo, SliceRef, scan_folder, skipped_note
+from medfuse.io.dicom.index import scan_folder
+from medfuse.io.dicom.series import SeriesInfo, SliceRef, skipped_note
 from medfuse.io.dicom.source import NotDicomError, decoder_package, load_dataset, missing_decoder
 from medfuse.volume.model import InstanceReference, SeriesReference, Volume
 
