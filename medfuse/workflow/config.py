@@ -3,8 +3,9 @@
 Every problem is reported as a :class:`~medfuse.errors.WorkflowError` whose
 one-line message names the file and line: an unknown key, a wrong type, a
 missing field, a plain-text password, a bad schedule or regular expression.
-Line numbers come from PyYAML's node tree (``yaml.compose``), which records
-where each key and value starts.
+Line numbers come from PyYAML's node tree, which records where each key and
+value starts; the file is read by :mod:`medfuse.workflow.parse` within
+limits of size, depth and aliases.
 """
 
 from __future__ import annotations
@@ -20,10 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import jsonschema
-import yaml
 
 from medfuse.errors import InputError, WorkflowError
 from medfuse.volume.intensity import parse_window
+from medfuse.workflow.parse import parse_workflow_file
 from medfuse.workflow.schema import WORKFLOW_SCHEMA
 
 #: Keys that would hold a secret in clear text; a workflow file may only name
@@ -34,10 +35,6 @@ _CRON_SHORTCUTS = frozenset({"@hourly", "@daily", "@midnight", "@weekly", "@mont
 _CRON_FIELDS = (("minute", 0, 59), ("hour", 0, 23), ("day of month", 1, 31), ("month", 1, 12), ("day of week", 0, 7))
 DEFAULT_MAX_ATTEMPTS = 3
 
-#: Limits that bound the time and memory a workflow file can cost to read (docs/workflows.md).
-MAX_WORKFLOW_BYTES = 256 * 1024
-MAX_DEPTH = 32
-MAX_INT_DIGITS = 20
 
 
 def orientation_of(image_orientation_patient) -> str:
@@ -153,108 +150,12 @@ def load_workflow(path: str | os.PathLike) -> Workflow:
         With ``<file>:<line>: <what is wrong>`` for the first problem found.
     """
     path = Path(path)
-    text = _read_text(path)
-    data, lines = _parse_with_lines(text, path)
+    data, lines = parse_workflow_file(path)
     _check_numbers(data, lines, path)
     _check_secrets(data, lines, path)
     _check_schema(data, lines, path)
     _check_semantics(data, lines, path)
     return _build(data, path)
-
-
-def _read_text(path: Path) -> str:
-    """The file's text, refused beyond MAX_WORKFLOW_BYTES before it is read."""
-    try:
-        with open(path, "rb") as handle:
-            raw = handle.read(MAX_WORKFLOW_BYTES + 1)
-        if len(raw) > MAX_WORKFLOW_BYTES:
-            raise WorkflowError(f"{path}: workflow file is larger than {MAX_WORKFLOW_BYTES // 1024} KiB; refused")
-        return raw.decode("utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise WorkflowError(f"{path}: cannot read workflow file: {exc}") from exc
-
-
-class _Refused(yaml.MarkedYAMLError):
-    """A construct the workflow loader refuses (aliases, deep nesting, huge integers), with its place."""
-
-
-class _WorkflowLoader(yaml.SafeLoader):
-    """PyYAML's SafeLoader, bounded so that any workflow file is refused or read in bounded time and memory.
-
-    * aliases (``*name``, and so ``<<:`` merge keys) are refused: one alias
-      can stand for a tree of any size ("billion laughs"), and an alias to
-      an enclosing node makes a recursive structure;
-    * nesting deeper than MAX_DEPTH is refused while composing, before
-      Python's recursion limit is reached;
-    * integers longer than MAX_INT_DIGITS are refused before conversion
-      (Python refuses to convert beyond 4300 digits, with a ValueError).
-    """
-
-    def __init__(self, stream) -> None:
-        super().__init__(stream)
-        self._depth = 0
-
-    def compose_node(self, parent, index):
-        if self.check_event(yaml.AliasEvent):
-            event = self.peek_event()
-            raise _Refused(problem=f"alias *{event.anchor} refused: aliases and merge keys are not allowed in a "
-                                   "workflow file (write the value out)", problem_mark=event.start_mark)
-        self._depth += 1
-        try:
-            if self._depth > MAX_DEPTH:
-                raise _Refused(problem=f"nested more than {MAX_DEPTH} levels deep; refused",
-                               problem_mark=self.peek_event().start_mark)
-            return super().compose_node(parent, index)
-        finally:
-            self._depth -= 1
-
-    def construct_yaml_int(self, node):
-        digits = sum(c.isalnum() for c in str(node.value))
-        if digits > MAX_INT_DIGITS:
-            raise _Refused(problem=f"integer with {digits} digits refused (at most {MAX_INT_DIGITS})",
-                           problem_mark=node.start_mark)
-        return super().construct_yaml_int(node)
-
-
-_WorkflowLoader.add_constructor("tag:yaml.org,2002:int", _WorkflowLoader.construct_yaml_int)
-
-
-def _parse_with_lines(text: str, path: Path) -> tuple[Any, dict]:
-    """Return the document and a map from document path to 1-based line."""
-    loader = _WorkflowLoader(text)
-    try:
-        node = loader.get_single_node()
-        data = loader.construct_document(node) if node is not None else None
-    except _Refused as exc:
-        raise WorkflowError(f"{path}:{exc.problem_mark.line + 1}: {exc.problem}") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f":{mark.line + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise WorkflowError(f"{path}{where}: not valid YAML: {problem}") from exc
-    finally:
-        loader.dispose()
-    if node is None:
-        raise WorkflowError(f"{path}:1: the workflow file is empty")
-    lines: dict = {}
-    _index_lines(node, (), lines, path)
-    return data, lines
-
-
-def _index_lines(node: yaml.Node, where: tuple, lines: dict, path: Path) -> None:
-    lines[where] = node.start_mark.line + 1
-    if isinstance(node, yaml.MappingNode):
-        seen: set = set()
-        for key_node, value_node in node.value:
-            key = key_node.value
-            if key in seen:
-                raise WorkflowError(f"{path}:{key_node.start_mark.line + 1}: duplicate key '{key}'")
-            seen.add(key)
-            lines[("key",) + where + (key,)] = key_node.start_mark.line + 1
-            _index_lines(value_node, where + (key,), lines, path)
-    elif isinstance(node, yaml.SequenceNode):
-        for i, item in enumerate(node.value):
-            _index_lines(item, where + (i,), lines, path)
 
 
 def _line(lines: dict, where: tuple, *, key: bool = False) -> int:
