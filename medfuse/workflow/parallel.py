@@ -28,6 +28,7 @@ same, then the interruption goes on.
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import time
 
@@ -113,6 +114,10 @@ def run_job(workflow: Workflow, plan: JobPlan, emit) -> dict:
     from medfuse.workflow.sources import open_source
 
     emit(key=plan.key, state="fetching")
+    # One thread per study task: no Dask cluster of fuse-study's own inside a Dask task (the pixels are the
+    # same whatever runs the fusion, and the job key was made from the workflow file's own settings).
+    fusion = {k: v for k, v in workflow.fusion.items() if k not in ("workers", "scheduler")}
+    workflow = dataclasses.replace(workflow, fusion={**fusion, "workers": 1})
     credentials = resolve_credentials(workflow.source.get("auth"), workflow.path.resolve().parent)
     source = open_source(workflow.source_kind, workflow.source, credentials)
     source.find_studies({**workflow.query, "study_uid": plan.candidate.study_uid})  # a folder source indexes here
