@@ -24,6 +24,7 @@ from medfuse.core.fusion import fuse_slices, fuse_stack
 
 SHAPES = [(1, 1), (1, 9), (9, 1), (7, 13), (33, 20), (64, 64)]
 RADII = [0, 1, 3, 7, 45]  # 45 is larger than every test image but the last
+TWO_SCALE = FusionConfig.paper().replace(detail_rule="max-abs")
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -97,8 +98,8 @@ def test_whole_fusion_with_compiled_and_reference_filters_agrees(monkeypatch, ru
     yy, xx = np.mgrid[0:96, 0:80] / 80.0
     sources = np.stack([np.clip(0.5 + 0.4 * np.sin(6 * xx) * yy + 0.05 * rng.standard_normal(xx.shape), 0, 1),
                         np.clip(0.3 + 0.5 * (xx > 0.5) + 0.05 * rng.standard_normal(xx.shape), 0, 1)]).astype(np.float32)
-    config = (FusionConfig(detail_rule="max-abs") if rule == "max-abs"
-              else FusionConfig(detail_rule="max-abs", decomposition="guided", decomposition_size=9))
+    # The paper's two-scale rule (every filter of the core), without the CNN.
+    config = (TWO_SCALE if rule == "max-abs" else TWO_SCALE.replace(decomposition="guided", decomposition_size=9))
     compiled = fuse_stack(sources, config)
     monkeypatch.setattr(fusion, "GuideWindows", kernels_reference.GuideWindows)
     for name in ("box_mean", "guided_filter", "gaussian_blur"):
@@ -111,7 +112,7 @@ def test_whole_fusion_with_compiled_and_reference_filters_agrees(monkeypatch, ru
 def test_threads_give_byte_identical_output_on_compiled_kernels():
     rng = np.random.default_rng(12)
     volumes = rng.random((3, 2, 300, 260)).astype(np.float32)
-    config = FusionConfig(detail_rule="max-abs")
+    config = TWO_SCALE
     one = fuse_slices(volumes, config, threads=1)
     for threads in (2, 3):
         assert np.array_equal(fuse_slices(volumes, config, threads=threads), one)
@@ -124,7 +125,7 @@ _CHILD = textwrap.dedent("""
     from medfuse.core.config import FusionConfig
     from medfuse.core.fusion import fuse_stack
     sources = np.load(sys.argv[1])
-    fused = fuse_stack(sources, FusionConfig(detail_rule="max-abs", decomposition="gaussian")).fused
+    fused = fuse_stack(sources, FusionConfig.paper().replace(detail_rule="max-abs", decomposition="gaussian")).fused
     np.save(sys.argv[2], fused)
     print(json.dumps({"cache_dir": kernels.CACHE_DIR, "numba_env": __import__("os").environ.get("NUMBA_CACHE_DIR")}))
 """)
@@ -145,7 +146,7 @@ def test_an_unwritable_cache_folder_compiles_in_memory_with_the_same_output(tmp_
     rng = np.random.default_rng(13)
     sources = rng.random((2, 48, 40)).astype(np.float32)
     np.save(tmp_path / "sources.npy", sources)
-    expected = fuse_stack(sources, FusionConfig(detail_rule="max-abs", decomposition="gaussian")).fused
+    expected = fuse_stack(sources, FusionConfig.paper().replace(detail_rule="max-abs", decomposition="gaussian")).fused
     # A folder under a regular file cannot be created, not even by root (chmod would not stop root).
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("")
