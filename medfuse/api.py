@@ -43,7 +43,7 @@ def fuse(
         for the paper's configuration).
     extractor : ActivityExtractor, optional
         Overrides the extractor loaded from ``config.model`` / ``config.depth``
-        (only used when ``config.detail_rule == 'cnn'``).
+        (only used when ``config.uses_cnn``).
 
     Returns
     -------
@@ -89,7 +89,7 @@ def fuse(
     lumas = np.clip(np.stack(luma), 0.0, 1.0).astype(np.float32, copy=False)
     convert_in = time.perf_counter() - started
 
-    if config.detail_rule == "cnn" and extractor is None:
+    if config.uses_cnn and extractor is None:
         extractor = default_extractor(config.model, config.depth)
     # One call on a (usually interactive) 2-D pair: filter the sources on up
     # to two cores (the output does not depend on the thread count).

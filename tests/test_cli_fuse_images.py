@@ -69,9 +69,11 @@ def test_options_reach_the_fusion(pairs, tmp_path, capsys):
     outputs = {}
     for name, options in {
         "paper": ["--preset", "paper"],
-        "max-abs": ["--detail-rule", "max-abs", "--base-rule", "average"],
-        "detail": ["--features-on", "detail"],
-        "detail-warm": ["--features-on", "detail", "--detail-temperature", "1e9", "--save-weights", tmp_path / "warm"],
+        "max-abs": ["--preset", "photo", "--detail-rule", "max-abs", "--base-rule", "average"],
+        "detail": ["--preset", "photo", "--features-on", "detail"],
+        "detail-warm": ["--rule", "two-scale", "--features-on", "detail", "--detail-temperature", "1e9", "--save-weights", tmp_path / "warm"],
+        "default": [],
+        "energy": ["--decision", "energy"],
     }.items():
         outputs[name] = tmp_path / f"{name}.png"
         code, stdout, stderr = run(["fuse-images", folder / "a.png", folder / "b.png", "-o", outputs[name], *options], capsys)
@@ -80,8 +82,19 @@ def test_options_reach_the_fusion(pairs, tmp_path, capsys):
     assert not np.array_equal(images["paper"], images["max-abs"])
     assert not np.array_equal(images["paper"], images["detail"])
     assert not np.array_equal(images["detail"], images["detail-warm"])
+    assert not np.array_equal(images["default"], images["energy"])
+    assert not np.array_equal(images["default"], images["paper"])
     with np.load(tmp_path / "warm" / "weights.npz") as data:
         np.testing.assert_allclose(data["detail"], 0.5, atol=1e-6)  # T -> infinity: equal detail weights
+
+
+def test_two_scale_options_with_the_pyramid_rule_are_refused(pairs, tmp_path, capsys):
+    folder = pairs / "ct-mri/ivrl_1"
+    out = tmp_path / "f.png"
+    code, _, stderr = run(["fuse-images", folder / "a.png", folder / "b.png", "-o", out, "--detail-rule", "max-abs"], capsys)
+    assert code == 2
+    assert "--detail-rule" in stderr and "two-scale" in stderr and len(stderr.strip().splitlines()) == 1
+    assert not out.exists()
 
 
 def test_16_bit_grey_inputs_give_a_16_bit_output(pairs, tmp_path, capsys):
@@ -89,7 +102,7 @@ def test_16_bit_grey_inputs_give_a_16_bit_output(pairs, tmp_path, capsys):
     a16, b16 = tmp_path / "a16.png", tmp_path / "b16.png"
     write_image(a16, read_image(folder / "a.png").astype(np.uint16) * 257)
     write_image(b16, read_image(folder / "b.png").astype(np.uint16) * 257)
-    code, _, stderr = run(["fuse-images", a16, b16, "-o", tmp_path / "f.tif", "--detail-rule", "max-abs"], capsys)
+    code, _, stderr = run(["fuse-images", a16, b16, "-o", tmp_path / "f.tif", "--decision", "energy"], capsys)
     assert code == 0, stderr
     assert read_image(tmp_path / "f.tif").dtype == np.uint16
 

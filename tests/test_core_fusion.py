@@ -16,6 +16,9 @@ from medfuse.errors import FusionError, InputError
 from medfuse.io.images import read_image
 
 CONFIGS = {
+    "default": FusionConfig(),
+    "energy-decision": FusionConfig(decision="energy"),
+    "photo": FusionConfig.photo(),
     "paper": FusionConfig.paper(),
     "clipped": FusionConfig.paper().replace(clip_detail_weights=True),
     "features-on-detail": FusionConfig.paper().replace(features_on="detail"),
@@ -259,6 +262,6 @@ def test_a_bad_thread_count_is_refused(stacks, threads):
 def test_a_full_size_pair_fuses_identically_on_two_threads(shared_data):
     pair = shared_data / "pairs2d/ir-vis/ifcnn_Navi"
     stack = np.stack([luma(pair / "a.png"), luma(pair / "b.png")])  # 2 x 512 x 512: one thread per source
-    config = FusionConfig().replace(detail_rule="max-abs")
+    config = FusionConfig.photo().replace(detail_rule="max-abs")
     assert fusion_module._SourceGroups(2, 2, stack[0].size).groups == [slice(0, 1), slice(1, 2)]
     assert fuse_stack(stack, config, threads=2).fused.tobytes() == fuse_stack(stack, config).fused.tobytes()

@@ -36,11 +36,11 @@ import numpy as np
 import typer
 
 from medfuse.atomic import atomic_open
+from medfuse.core.config import PRESETS
 from medfuse.errors import InputError, WriteError
 
 IMAGE_SUFFIXES = {".png", ".tif", ".tiff", ".jpg", ".jpeg", ".bmp"}
 DEFAULT_METHODS = ("ours:paper", "ours", "average", "max", "avg-max", "gff")
-PRESETS = ("default", "paper")
 
 
 @dataclass(frozen=True)
@@ -90,7 +90,7 @@ def parse_method(spec: str) -> Method:
         return Method(label=spec, baseline=spec)
     parts = spec.split(":")
     if parts[0] != "ours" or len(parts) > 3:
-        raise InputError(f"unknown method {spec!r}: use ours[:default|paper][:key=value,...] or one of {', '.join(BASELINES)}")
+        raise InputError(f"unknown method {spec!r}: use ours[:default|paper|photo][:key=value,...] or one of {', '.join(BASELINES)}")
     from medfuse.core.config import FusionConfig
 
     preset = "default"
@@ -102,7 +102,7 @@ def parse_method(spec: str) -> Method:
             overrides_text = part
         else:
             raise InputError(f"method {spec!r}: {part!r} is neither a preset ({', '.join(PRESETS)}) nor key=value overrides")
-    config = FusionConfig.paper() if preset == "paper" else FusionConfig()
+    config = FusionConfig.preset(preset)
     optional = {f.name for f in dataclasses.fields(config) if "None" in str(f.type)}
     overrides = {}
     for item in filter(None, (p.strip() for p in overrides_text.split(","))):

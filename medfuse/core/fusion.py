@@ -1,6 +1,14 @@
-"""The two-scale zero-learning fusion of K pre-registered grey images.
+"""Fusion of K pre-registered grey images: the pyramid rule and the paper's two-scale rule.
 
-Pipeline (Lahoud & Süsstrunk, section III), for sources I_k in [0, 1]:
+Pyramid rule (medfuse's default, ``FusionConfig.rule == 'pyramid'``):
+
+1. CNN             activity F̂_k (as below), upsampled nearest
+2. decision        D_k = 1 where k maximises F̂_k · mean_window(I_k²), else 0
+3. blending        F = collapse_l(Σ_k G_l(D_k) · L_l(I_k)) over the Laplacian
+                   pyramids L_l of the sources and Gaussian pyramids G_l of D_k
+4. envelope        F clipped to [min_k I_k, max_k I_k] at every pixel
+
+Two-scale rule (the paper's, section III, ``rule == 'two-scale'``):
 
 1. decomposition   B_k = M(I_k), D_k = I_k − B_k
 2. base weights    W_b,k = guided(S_k / Σ S_j, I_k; r_b, ε_b), renormalised
@@ -25,8 +33,10 @@ from medfuse.core.config import FusionConfig
 from medfuse.core.decomposition import decompose
 from medfuse.core.extractor import ActivityExtractor
 from medfuse.core.filters import GuideWindows
+from medfuse.core.pyramid import blend
 from medfuse.core.weights import (
     average_weights,
+    decision_weights,
     max_abs_weights,
     normalise_sum,
     saliency_weights,
@@ -38,6 +48,7 @@ from medfuse.errors import FusionError, InputError
 __all__ = ["FusionResult", "fuse_stack", "fuse_slices", "STAGES"]
 
 STAGES = ("decomposition", "base_weights", "cnn", "detail_weights", "reconstruction")
+PYRAMID_STAGES = ("cnn", "decision", "blending")
 
 # Values this far outside [0, 1] are float round-off, clipped rather than refused.
 _RANGE_SLACK = 1e-5
@@ -52,10 +63,16 @@ class FusionResult:
     fused : ndarray, shape (H, W) float32 in [0, 1]; (H, W, 3) when
         :func:`medfuse.api.fuse` was given a colour source.
     base_weights : ndarray, shape (K, H, W), float32, summing to 1 over K.
+        Two-scale rule: the refined base weights. Pyramid rule: the weights
+        that blended the coarsest band (the large-scale intensities),
+        expanded to full size; in [0, 1].
     detail_weights : ndarray, shape (K, H, W), float32, summing to 1 over K
-        (values may leave [0, 1] unless ``clip_detail_weights``).
+        Two-scale rule: the refined detail weights (values may leave [0, 1]
+        unless ``clip_detail_weights``). Pyramid rule: the one-hot decision
+        maps, which blend the finest band.
     timings : dict[str, float]
-        Seconds spent per stage (keys of :data:`STAGES`, plus any the caller adds).
+        Seconds spent per stage (keys of :data:`STAGES` or
+        :data:`PYRAMID_STAGES`, plus any the caller adds).
     config : FusionConfig
         The configuration used.
     extractor_name : str or None
@@ -86,9 +103,9 @@ def fuse_stack(
     config : FusionConfig, optional
         Default ``FusionConfig()``.
     extractor : ActivityExtractor, optional
-        Required when ``config.detail_rule == 'cnn'``.
+        Required when ``config.uses_cnn``.
     saliency_histograms : ndarray, shape (K, config.saliency_levels), optional
-        Histograms to build each source's saliency table from instead of the
+        Two-scale rule only (the pyramid rule has no saliency). Histograms to build each source's saliency table from instead of the
         image's own (volume-wide saliency).
     threads : int >= 1
         At most this many threads filter the sources in parallel (groups of
@@ -112,7 +129,7 @@ def fuse_stack(
         detail_weights=detail_w[:, 0],
         timings=timings,
         config=config,
-        extractor_name=getattr(extractor, "name", None) if config.detail_rule == "cnn" else None,
+        extractor_name=getattr(extractor, "name", None) if config.uses_cnn else None,
     )
 
 
@@ -135,9 +152,9 @@ def fuse_slices(
     volumes : ndarray, shape (K, Z, H, W), float32 in [0, 1], K >= 2
     config : FusionConfig, optional
     extractor : ActivityExtractor, optional
-        Required when ``config.detail_rule == 'cnn'``.
+        Required when ``config.uses_cnn``.
     saliency_histograms : ndarray, shape (K, config.saliency_levels), optional
-        Volume-wide histograms (see :func:`medfuse.core.saliency.level_histogram`);
+        Two-scale rule only. Volume-wide histograms (see :func:`medfuse.core.saliency.level_histogram`);
         default: each slice's own histogram.
     threads : int >= 1
         As for :func:`fuse_stack` (output identical for any count).
@@ -187,14 +204,18 @@ def _fuse(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, float]]:
     """Fuse a (K, N, H, W) stack; returns fused (N, H, W) and weights (K, N, H, W)."""
     k, n, h, w = stack.shape
-    if config.detail_rule == "cnn" and extractor is None:
-        raise FusionError("detail_rule 'cnn' needs an activity extractor (or use detail_rule 'max-abs')")
+    if config.uses_cnn and extractor is None:
+        raise FusionError(
+            "this configuration needs an activity extractor (or use decision 'energy' / detail_rule 'max-abs')"
+        )
     if saliency_histograms is not None and np.shape(saliency_histograms) != (k, config.saliency_levels):
         raise InputError(
             f"saliency_histograms must have shape {(k, config.saliency_levels)}, got {np.shape(saliency_histograms)}"
         )
     if isinstance(threads, bool) or int(threads) != threads or threads < 1:
         raise ValueError(f"threads must be a positive integer, got {threads!r}")
+    if config.rule == "pyramid":
+        return _fuse_pyramid(stack, config, extractor)
     by_source = _SourceGroups(k, int(threads), n * h * w)
     timings = dict.fromkeys(STAGES, 0.0)
     clock = time.perf_counter
@@ -260,8 +281,37 @@ def _fuse(
     low = stack.min(axis=(0, 2, 3))[:, None, None]
     high = stack.max(axis=(0, 2, 3))[:, None, None]
     np.clip(fused, low, high, out=fused)
+    if config.envelope_clip:
+        np.clip(fused, stack.min(axis=0), stack.max(axis=0), out=fused)
     timings["reconstruction"] = clock() - t4
     return fused, base_w, detail_w, timings
+
+
+def _fuse_pyramid(
+    stack: np.ndarray, config: FusionConfig, extractor: ActivityExtractor | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, float]]:
+    """The pyramid rule on a (K, N, H, W) stack; returns fused (N, H, W) and weights (K, N, H, W)."""
+    k, n, h, w = stack.shape
+    timings = dict.fromkeys(PYRAMID_STAGES, 0.0)
+    clock = time.perf_counter
+    t0 = clock()
+    activity = None
+    if config.decision == "cnn-energy":
+        cells = _activity(extractor, stack.reshape(k * n, h, w))
+        activity = upsample_nearest(cells.reshape((k, n) + cells.shape[-2:]), (h, w), extractor.stride)
+    t1 = clock()
+    timings["cnn"] = t1 - t0
+    decided = decision_weights(stack, config.decision_radius, activity)
+    t2 = clock()
+    timings["decision"] = t2 - t1
+    fused, coarse_w = blend(stack, decided, config.pyramid_levels)
+    if config.envelope_clip:
+        np.clip(fused, stack.min(axis=0), stack.max(axis=0), out=fused)
+    else:
+        np.clip(fused, 0.0, 1.0, out=fused)
+    coarse_w = normalise_sum(np.clip(coarse_w, 0.0, 1.0, out=coarse_w))
+    timings["blending"] = clock() - t2
+    return fused.astype(np.float32), coarse_w, decided, timings
 
 
 # Thread pools by size, shared by all fusions of the process (starting

@@ -1,4 +1,4 @@
-"""Fusion weight rules: base (saliency / average) and detail (CNN softmax / max-abs).
+"""Fusion weight rules: base (saliency / average), detail (CNN softmax / max-abs), decision maps.
 
 Every function takes or returns a weight stack of shape (K, N, H, W): K
 sources, N images (slices) each. Final weights sum to 1 over K at every pixel.
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from medfuse.core.filters import GuideWindows
+from medfuse.core.filters import GuideWindows, box_mean
 from medfuse.core.saliency import saliency_maps
 
 __all__ = [
@@ -19,6 +19,7 @@ __all__ = [
     "upsample_nearest",
     "max_abs_weights",
     "refine",
+    "decision_weights",
 ]
 
 # A per-pixel weight sum below this is treated as "no information": the pixel
@@ -200,3 +201,39 @@ def refine(
         guides = GuideWindows(guides)
     filtered = guides.filter(weights, radius, eps, dtype=np.float32)
     return normalise_sum(filtered, clip=clip)
+
+
+def decision_weights(sources: np.ndarray, radius: int, activity: np.ndarray | None = None) -> np.ndarray:
+    """One-hot maps of the source that decides each pixel (the pyramid rule).
+
+    The score of source k at a pixel is its local energy, the mean of I_k²
+    over the (2·radius + 1)² window, times its CNN activity there when
+    ``activity`` is given. Each pixel takes the source with the largest
+    score; ties (e.g. every source black) go to the first source.
+
+    Parameters
+    ----------
+    sources : ndarray, shape (K, N, H, W), float32 in [0, 1]
+    radius : int >= 0
+        Window radius of the local energy.
+    activity : ndarray, shape (K, N, H, W), optional
+        CNN activity upsampled to the image size (non-negative).
+
+    Returns
+    -------
+    ndarray, shape (K, N, H, W), float32
+        1 for the deciding source, 0 for the others (sums to 1 over K).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> a = np.zeros((1, 8, 8), np.float32); a[0, :, :4] = 1
+    >>> w = decision_weights(np.stack([a, 1 - a]), radius=0)
+    >>> w[0, 0, 0].tolist(), w[1, 0, 0, 4:].tolist()
+    ([1.0, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0], [1.0, 1.0, 1.0, 1.0])
+    """
+    score = box_mean(np.square(sources, dtype=np.float64), radius)
+    if activity is not None:
+        score *= activity
+    chosen = np.argmax(score, axis=0)
+    return (np.arange(sources.shape[0]).reshape((-1,) + (1,) * chosen.ndim) == chosen).astype(np.float32)

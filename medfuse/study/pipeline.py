@@ -648,7 +648,7 @@ def _model_identity(config: FusionConfig) -> tuple[str | None, str | None]:
     verified the file against when loading it (the registry caches the loaded
     extractor, so this costs no second read or hash of the file).
     """
-    if config.detail_rule != "cnn":
+    if not config.uses_cnn:
         return None, None
     from medfuse.features.registry import load_extractor
 

@@ -191,7 +191,7 @@ class WeightPlanes:
 
 
 def _extractor(config: FusionConfig):
-    if config.detail_rule != "cnn":
+    if not config.uses_cnn:
         return None
     from medfuse.features.registry import load_extractor  # cached per process by the registry
 

@@ -185,7 +185,9 @@ def fuse_volume(
     def chunk_args(start: int, stop: int):
         return _array_chunk(arrays, masks, start, stop)
 
-    histograms = volume_histograms(arrays, masks, config.saliency_levels) if saliency_scope == "volume" else None
+    # Volume-wide saliency histograms serve the two-scale rule only (the pyramid rule has no saliency).
+    wants_histograms = saliency_scope == "volume" and config.rule == "two-scale"
+    histograms = volume_histograms(arrays, masks, config.saliency_levels) if wants_histograms else None
     bounds = chunk_bounds(shape, chunk_slices)
     fused = np.zeros(arrays[0].shape, np.float32)
 
@@ -259,7 +261,7 @@ def fuse_staged(
         pool = LocalWorkers(workers).start()  # closed below; starts while the histograms are counted
     try:
         histograms = (_counted_levels(_slabs(staged.read, z), staged.k, config.saliency_levels)
-                      if saliency_scope == "volume" else None)
+                      if saliency_scope == "volume" and config.rule == "two-scale" else None)
 
         def store(start: int, stop: int, result) -> None:
             if planes is not None:
