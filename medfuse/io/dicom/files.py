@@ -19,6 +19,7 @@ from pathlib import Path
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.filereader import read_partial
+from pydicom.uid import DeflatedExplicitVRLittleEndian
 
 from medfuse.io.dicom.headers import InstanceHeader, header_from_dataset
 from medfuse.io.dicom.source import (
@@ -27,7 +28,8 @@ from medfuse.io.dicom.source import (
     check_pixel_element,
     deflated_dataset,
     file_meta,
-    is_deflated,
+    peek_syntax,
+    syntax_problem,
 )
 
 
@@ -76,12 +78,15 @@ def read_header(path: Path) -> InstanceHeader:
 
 def _read_header(path: Path, known: dict) -> InstanceHeader:
     with bounded_file(path) as (handle, size):
-        found = file_meta(handle)
-        if found is None:
+        syntax = peek_syntax(handle, size)
+        if syntax is None:
             return _read_without_file_meta(path, handle, size)
-        meta, offset = found
         known["dicom"] = True
-        if is_deflated(meta):
+        problem = syntax_problem(syntax)
+        if problem:
+            raise NotDicomError(problem)
+        if syntax == DeflatedExplicitVRLittleEndian:
+            meta, offset = file_meta(handle)
             ds, body = deflated_dataset(path, handle, meta, offset, size, stop_before_pixels=True)
             header = _header(ds, path, -1)
             if header.has_pixel_data:

@@ -102,6 +102,42 @@ def file_meta(stream) -> tuple[Dataset, int] | None:
     return meta, stream.tell()
 
 
+#: VRs whose explicit-VR element header has 2 reserved bytes and a 4-byte length.
+_LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"UC", b"UN", b"UR", b"UT"})
+
+
+def peek_syntax(stream, size: int) -> str | None:
+    """The TransferSyntaxUID of a file with a DICM preamble ("" when its meta has none), or None without one.
+
+    Walks the file meta group's elements (always explicit VR little endian)
+    within the file's bounds: much cheaper than parsing the meta with
+    pydicom, which the header read then does again anyway.
+    """
+    if size < 132:
+        return None
+    stream.seek(128)
+    if stream.read(4) != b"DICM":
+        return None
+    at = 132
+    while at + 8 <= size:
+        stream.seek(at)
+        head = stream.read(8)
+        if head[:2] != b"\x02\x00":
+            return ""
+        vr = head[4:6]
+        if vr in _LONG_VRS:
+            length = int.from_bytes(stream.read(4), "little")
+            start = at + 12
+        else:
+            length = int.from_bytes(head[6:8], "little")
+            start = at + 8
+        if head[2:4] == b"\x10\x00":
+            stream.seek(start)
+            return stream.read(min(length, 64)).decode("ascii", "replace").strip(" \x00")
+        at = start + length
+    return ""
+
+
 def is_deflated(meta: Dataset) -> bool:
     return str(meta.get("TransferSyntaxUID", "")) == DeflatedExplicitVRLittleEndian
 
