@@ -169,10 +169,11 @@ def _steal_seconds() -> float:
 
 
 def scope_consistency(fixed_path: str, moving_path: str) -> dict:
-    """Inter-slice consistency ratio of the fused volume for both saliency scopes (in this process)."""
+    """Inter-slice consistency ratio of the fused volume: default rule, and two-scale with both saliency scopes."""
     import numpy as np
     import SimpleITK as sitk
 
+    from medfuse.core.config import FusionConfig
     from medfuse.io.volumes import load_volume
     from medfuse.volume.dispatch import fuse_volume, interslice_variation
     from medfuse.volume.intensity import map_to_unit
@@ -185,9 +186,13 @@ def scope_consistency(fixed_path: str, moving_path: str) -> dict:
     cover = sitk.GetArrayFromImage(coverage).astype(bool)
     sources = np.mean([interslice_variation(a, cover) for a in arrays])
     out = {"sources_mad": round(float(sources), 5)}
-    for scope in ("volume", "slice"):
-        fused = fuse_volume(arrays, [None, cover], workers=2, saliency_scope=scope)
-        out[scope] = round(interslice_variation(fused, cover) / sources, 4)
+    # The default (pyramid) rule has no saliency, so no scope; the two-scale
+    # rule (--preset photo, the previous default) is measured with both scopes.
+    runs = {"default": (FusionConfig(), "volume"), "photo_volume": (FusionConfig.photo(), "volume"),
+            "photo_slice": (FusionConfig.photo(), "slice")}
+    for name, (config, scope) in runs.items():
+        fused = fuse_volume(arrays, [None, cover], config, workers=2, saliency_scope=scope)
+        out[name] = round(interslice_variation(fused, cover) / sources, 4)
     return out
 
 

@@ -26,7 +26,8 @@ shrink 4/2/1 with smoothing 2/1/0 mm, no masks. Times are wall seconds and
 process CPU seconds (all threads), since this machine is shared; the ratio
 column is medfuse / textbook wall time in the same run.
 
-With ``--real-png-dir`` it also registers the real same-subject pairs
+With ``--real-png-dir`` it also registers the real same-subject pairs, runs the
+alignment check on each (medfuse.volume.alignment_check)
 (T1 <- T2, T1 <- FLAIR, CT <- PET) and writes their overlay PNGs there.
 """
 
@@ -44,6 +45,7 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from medfuse.volume.alignment_check import check_alignment  # noqa: E402
 from medfuse.volume.masks import foreground_mask  # noqa: E402
 from medfuse.volume.model import Volume  # noqa: E402
 from medfuse.volume.overlay import OverlayConfig, registration_overlay  # noqa: E402
@@ -175,6 +177,7 @@ def real_pairs(out_dir: Path, config: RegistrationConfig) -> list[dict]:
     for name, fixed_path, moving_path in pairs:
         fixed, moving = load_volume(fixed_path), load_volume(moving_path)
         result, wall, cpu = timed(register, fixed, moving, config)
+        check, check_wall, _ = timed(check_alignment, fixed, moving, result.transform, result.initial)
         on_grid, coverage = resample_onto(fixed, moving, result.transform)
         # 1.5 mm display pixels keep the PNGs in docs/ small.
         picture = registration_overlay(fixed.image, on_grid.image, coverage, OverlayConfig(pixel_mm=1.5))
@@ -184,6 +187,8 @@ def real_pairs(out_dir: Path, config: RegistrationConfig) -> list[dict]:
             "pair": name, "init": result.initialization, "before": result.metric_before, "after": result.metric_after,
             "rotation": summary.rotation_angle_deg, "translation": summary.translation_norm_mm,
             "wall": wall, "cpu": cpu, "warnings": "; ".join(result.warnings) or "-",
+            "check": f"{check.agreement:.3f} / {check.peak:+.3f} / {check.mirrored - check.agreement:+.3f} / "
+                     f"{check.overlap:.2f} ({check_wall:.1f} s)", "doubts": "; ".join(check.warnings) or "-",
         })
     return rows
 
@@ -209,12 +214,14 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
     if args.real_png_dir:
-        print("\n| pair | init | MI before | MI after | rotation deg | translation mm | wall s (CPU s) | warnings |")
-        print("|---|---|---|---|---|---|---|---|")
+        print("\n| pair | init | MI before | MI after | rotation deg | translation mm | wall s (CPU s) | warnings "
+              "| check: agreement / peak / mirrored - agreement / overlap (wall) | doubts |")
+        print("|---|---|---|---|---|---|---|---|---|---|")
         for row in real_pairs(args.real_png_dir, config):
             print(
                 f"| {row['pair']} | {row['init']} | {row['before']:.4f} | {row['after']:.4f} | {row['rotation']:.2f} "
-                f"| {row['translation']:.2f} | {row['wall']:.1f} ({row['cpu']:.1f}) | {row['warnings']} |",
+                f"| {row['translation']:.2f} | {row['wall']:.1f} ({row['cpu']:.1f}) | {row['warnings']} "
+                f"| {row['check']} | {row['doubts']} |",
                 flush=True,
             )
     print(f"load average at end: {os.getloadavg()[0]:.1f}")

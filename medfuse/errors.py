@@ -41,6 +41,16 @@ class RegistrationError(MedfuseError):
     exit_code = 4
 
 
+class DoubtfulRegistrationError(RegistrationError):
+    """The independent alignment check doubts a registration, and the run was strict (``--strict``).
+
+    Its own exit code, so a scheduled job can hold the study for review instead
+    of retrying it or reporting a broken input.
+    """
+
+    exit_code = 9
+
+
 class FusionError(MedfuseError):
     """The fusion stage failed."""
 

@@ -319,7 +319,7 @@ def test_no_array_view_of_a_temporary_image():
     # a full-suite run (a corner voxel "set") while passing alone.
     import ast
 
-    files = [REPO / "medfuse/volume" / name for name in ("registration.py", "registration_config.py", "pyramid.py", "resampling.py", "transforms.py", "masks.py", "overlay.py")]
+    files = [REPO / "medfuse/volume" / name for name in ("registration.py", "registration_config.py", "pyramid.py", "resampling.py", "transforms.py", "alignment_check.py", "masks.py", "overlay.py")]
     files += [REPO / "medfuse/cli/register.py", REPO / "bench/registration.py", *sorted((REPO / "tests").glob("test_registration*.py"))]
     offenders = []
     for path in files:

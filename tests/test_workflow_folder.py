@@ -54,7 +54,7 @@ select:
   fixed: {{modality: MR, description: '(?i)t1', orientation: axial}}
   moving: {{modality: MR, description: '(?i)synthetic'}}
 fusion: {{workers: 1}}
-outputs: {{folder: {tmp_path / 'out'}, nifti: true}}
+outputs: {{folder: {tmp_path / 'out'}, nifti: true, deliver_doubtful_registration: true}}
 retries: {{max_attempts: 2}}
 """)
     return wf
@@ -142,7 +142,7 @@ select:
   fixed: {{modality: MR, description: '(?i)t1'}}
   moving: {{modality: MR, description: '(?i)synthetic'}}
 fusion: {{workers: 1}}
-outputs: {{folder: {tmp_path / 'out'}}}
+outputs: {{folder: {tmp_path / 'out'}, deliver_doubtful_registration: true}}
 retries: {{max_attempts: 1}}
 """)
     code, lines = run("workflow", "run", str(wf), "--dry-run", "--json", capsys=capsys)

@@ -41,6 +41,7 @@ SAMPLE = Path(__file__).resolve().parents[1] / "sample_studies" / "mr-phantom-tw
 #: Slices kept of each sample series: the same ~50 mm of the phantom (2.4 mm and 3.6 mm spacing).
 SLICES = {"series1_t1": slice(20, 41), "series2_synthetic_contrast": slice(14, 28)}
 FIXED_SLICES = 21
+DELIVER_TO_PACS = {"pacs": "true", "deliver_doubtful_registration": "true"}
 PASSWORD_ENV = "MEDFUSE_TEST_PACS_PASSWORD"
 
 
@@ -80,7 +81,9 @@ def workflow_file(folder: Path, name: str, source: str, **extra) -> Path:
         "  moving: {modality: MR, description: '(?i)synthetic'}",
         "fusion: {workers: 1}",  # in-process: no Dask cluster start-up per study
         "outputs:",
-        *[f"  {k}: {v}" for k, v in extra.get("outputs", {"pacs": "true"}).items()],
+        # The 16-slice subsets of the rod phantom do not constrain the registration along the rods (it
+        # ends ~9 mm off, and the alignment check rightly doubts it): these tests are about delivery.
+        *[f"  {k}: {v}" for k, v in extra.get("outputs", DELIVER_TO_PACS).items()],
         f"retries: {{max_attempts: {extra.get('max_attempts', 5)}}}",
     ]
     path = folder / f"{name}.yaml"

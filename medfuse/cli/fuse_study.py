@@ -26,13 +26,20 @@ _REPORT = typer.Option(False, "--report", help="Also write the QC report report.
 _COLOUR = typer.Option(False, "--colour", "--color",
                        help="Also write an RGB Secondary Capture series: CT/MR fused with PET/SPECT in the "
                             "HOT_IRON palette (dicom_colour/).")
-_SCOPE = typer.Option("volume", "--saliency-scope", help="Saliency histograms per whole volume or per slice.")
+_SCOPE = typer.Option("volume", "--saliency-scope",
+                      help="Two-scale rule (--preset paper/photo) only: saliency histograms per whole volume or per slice.")
+_PRESET = typer.Option("default", "--preset",
+                       help="Fusion configuration: default (medfuse's pyramid rule, chosen on medical images in "
+                            "docs/metrics.md), paper (the paper's two-scale method exactly), photo (two-scale, "
+                            "medfuse's previous default).")
 _DETERMINISTIC = typer.Option(False, "--deterministic-uids",
                               help="Derive output UIDs from inputs, options and version (idempotent re-runs).")
 _UID_ENTROPY = typer.Option(None, "--uid-entropy",
                             help="Derive output UIDs from this text (e.g. a job key): same text, same UIDs.")
 _QUIET = typer.Option(False, "--quiet", "-q", help="Print only the output locations.")
 _JSON_LOG = typer.Option(False, "--json-log", help="Progress as JSON lines on stderr; the result as JSON on stdout.")
+_STRICT = typer.Option(False, "--strict", help="Write nothing and exit with 9 when the alignment check doubts a "
+                                               "registration (default: write, and warn).")
 
 
 def fuse_study_command(
@@ -47,18 +54,20 @@ def fuse_study_command(
     report: bool = _REPORT,
     colour: bool = _COLOUR,
     saliency_scope: str = _SCOPE,
+    preset: str = _PRESET,
     deterministic_uids: bool = _DETERMINISTIC,
     uid_entropy: str = _UID_ENTROPY,
     quiet: bool = _QUIET,
     json_log: bool = _JSON_LOG,
+    strict: bool = _STRICT,
 ) -> None:
     """Fuse the series of a patient folder into a new series of the same study."""
     from medfuse.study.pipeline import fuse_study
 
     options = _options(fixed=fixed, moving=tuple(moving or ()), window=window, workers=workers, scheduler=scheduler,
                        formats=formats, report=report, colour_series=colour, saliency_scope=saliency_scope,
-                       deterministic_uids=deterministic_uids, uid_entropy=uid_entropy, quiet=quiet,
-                       json_log=json_log)
+                       preset=preset, deterministic_uids=deterministic_uids, uid_entropy=uid_entropy, quiet=quiet,
+                       json_log=json_log, strict=strict)
     _print_result(fuse_study(patient_dir, out, options), json_log)
 
 
@@ -72,21 +81,25 @@ def fuse_volumes_command(
     report: bool = _REPORT,
     colour: bool = _COLOUR,
     saliency_scope: str = _SCOPE,
+    preset: str = _PRESET,
     deterministic_uids: bool = _DETERMINISTIC,
     uid_entropy: str = _UID_ENTROPY,
     quiet: bool = _QUIET,
     json_log: bool = _JSON_LOG,
+    strict: bool = _STRICT,
 ) -> None:
     """Fuse explicitly given volumes (K >= 2) onto the first one's grid."""
     from medfuse.study.pipeline import fuse_volumes
 
     options = _options(window=window, workers=workers, scheduler=scheduler, formats=formats, report=report,
-                       colour_series=colour, saliency_scope=saliency_scope, deterministic_uids=deterministic_uids,
-                       uid_entropy=uid_entropy, quiet=quiet, json_log=json_log)
+                       colour_series=colour, saliency_scope=saliency_scope, preset=preset,
+                       deterministic_uids=deterministic_uids,
+                       uid_entropy=uid_entropy, quiet=quiet, json_log=json_log, strict=strict)
     _print_result(fuse_volumes(volumes, out, options), json_log)
 
 
-def _options(*, formats: str | None, quiet: bool, json_log: bool, **kw):
+def _options(*, formats: str | None, quiet: bool, json_log: bool, preset: str, **kw):
+    from medfuse.core.config import FusionConfig
     from medfuse.study.pipeline import StudyOptions
     from medfuse.study.progress import Progress, auto_mode
 
@@ -98,7 +111,8 @@ def _options(*, formats: str | None, quiet: bool, json_log: bool, **kw):
         # Checked before any input is read: the window is used only if a CT is fused.
         parse_window(kw["window"])
     chosen = None if formats is None else tuple(f.strip().lower() for f in formats.split(",") if f.strip())
-    return StudyOptions(formats=chosen, progress=Progress(auto_mode(quiet=quiet, json_log=json_log)), **kw)
+    return StudyOptions(formats=chosen, progress=Progress(auto_mode(quiet=quiet, json_log=json_log)),
+                        fusion=FusionConfig.preset(preset), **kw)
 
 
 def _print_result(result, json_log: bool) -> None:
@@ -107,11 +121,23 @@ def _print_result(result, json_log: bool) -> None:
         "provenance": result.provenance_path, "report": result.report_path, "colour": result.colour_dir,
         "series_instance_uid": result.series_instance_uid,
     }
+    _warn_doubtful(result.alignment_warnings)
     if json_log:
         typer.echo(json.dumps({k: (str(v) if v is not None else None) for k, v in outputs.items()}
-                              | {"timings_s": result.timings}, sort_keys=True))
+                              | {"timings_s": result.timings, "alignment_warnings": result.alignment_warnings},
+                              sort_keys=True))
         return
     typer.echo(f"fused outputs in {result.out_dir}/")
     for name in ("dicom", "colour", "nifti", "provenance", "report"):
         if outputs[name] is not None:
             typer.echo(f"  {name:<10} {outputs[name]}")
+
+
+def _warn_doubtful(warnings: list[str]) -> None:
+    """Say a doubtful registration on stderr in any output mode (``--quiet`` too): it must not pass unseen."""
+    if not warnings:
+        return
+    typer.secho("medfuse: WARNING: DOUBTFUL REGISTRATION -- check the alignment before using these outputs "
+                "(recorded in provenance.json; --strict refuses such runs):", err=True, fg="red", bold=True)
+    for warning in warnings:
+        typer.secho(f"medfuse: WARNING:   {warning}", err=True, fg="red")

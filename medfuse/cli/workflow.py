@@ -58,6 +58,9 @@ def run(
     summary = run_workflow(wf, dry_run=dry_run, study_uid=study, wait_s=wait, retry_failed=retry_failed,
                            log=StudyLog(json_lines=json_logs, log_phi=log_phi), scheduler=scheduler, jobs=jobs,
                            task_timeout_s=task_timeout)
+    if summary.held:
+        typer.secho(f"medfuse: WARNING: {summary.held} studies held for review (doubtful registration, not delivered); "
+                    f"see medfuse workflow status {file}", err=True, fg="red", bold=True)
     if summary.failed:
         raise WorkflowError(
             f"{summary.failed} of {summary.done + summary.failed} studies fused in this pass failed in workflow '{wf.name}' "
@@ -70,7 +73,7 @@ def status(
     file: Path = typer.Argument(..., help="Workflow YAML file."),
     json_out: bool = typer.Option(False, "--json", help="Print the ledger as JSON."),
 ) -> None:
-    """Show what the workflow did: each study, its state, attempts, when, and why it failed."""
+    """Show what the workflow did: each study, its state, attempts, when, and why it failed or is held."""
     from medfuse.workflow.config import load_workflow
     from medfuse.workflow.ledger import Ledger
 
@@ -92,7 +95,7 @@ def status(
         table.add_column(column)
     for j in jobs:
         when = _dt.datetime.fromtimestamp(j.updated, _dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
-        detail = j.reason if j.state == "failed" else j.output_series_uid
+        detail = j.reason if j.state in ("failed", "held") else j.output_series_uid
         seconds = f"{j.duration_s:.1f}" if j.duration_s is not None else ""
         table.add_row(j.study_uid, j.state, f"{j.attempts}/{wf.max_attempts}", when, seconds, detail)
     Console(width=200).print(table)

@@ -14,6 +14,9 @@ Stages, each timed and reported, each failing with its own exit code
    everything to scratch files beside the output, slab by slab
    (:func:`medfuse.volume.staging.stage_on_grid`); the input pixels are
    released here;
+   **check** (4, or 9 with ``strict``) -- an independent check of each result
+   (:func:`medfuse.volume.alignment_check.check_alignment`); a doubt is said
+   on the terminal and kept in the provenance and the result;
 6. **fuse** (5) -- slice-wise fusion on Dask from and to those files
    (:func:`medfuse.volume.dispatch.fuse_staged`);
    with ``colour_series``, a second fusion on the functional volume's palette luma
@@ -69,6 +72,7 @@ from medfuse.atomic import (check_folder_creatable, claim_run_folder, crash_poin
                             with_crash_points)
 from medfuse.core.config import FusionConfig
 from medfuse.errors import (
+    DoubtfulRegistrationError,
     FusionError,
     InputError,
     MedfuseError,
@@ -91,6 +95,7 @@ from medfuse.volume.dispatch import (SALIENCY_SCOPES, fuse_staged, fuse_volume, 
                                      refuse_in_starting_worker)
 from medfuse.volume.intensity import choose_mapping, parse_window
 from medfuse.volume.model import Volume
+from medfuse.volume.alignment_check import check_alignment, doubtful_registrations
 from medfuse.volume.registration import RegistrationConfig, register
 from medfuse.volume.transforms import write_transform
 from medfuse.volume.staging import stage_on_grid
@@ -149,6 +154,12 @@ class StudyOptions:
         Excludes ``deterministic_uids``; recorded in the provenance.
     progress : Progress, optional
         Where stage progress goes (default: nowhere).
+    strict : bool
+        Refuse to write anything when the alignment check (stage **check**,
+        :mod:`medfuse.volume.alignment_check`) doubts a registration:
+        :class:`~medfuse.errors.DoubtfulRegistrationError` (exit code 9).
+        Without it the outputs are written and the doubt is recorded in
+        the provenance, the report and :attr:`StudyResult.alignment_warnings`.
     """
 
     fixed: str | None = None
@@ -166,6 +177,7 @@ class StudyOptions:
     deterministic_uids: bool = False
     uid_entropy: str | None = None
     progress: Progress | None = None
+    strict: bool = False
 
     def __post_init__(self) -> None:
         if self.formats is not None:
@@ -216,10 +228,11 @@ class StudyResult:
     study_instance_uid: str | None
     timings: dict = field(default_factory=dict)
     colour_dir: Path | None = None
+    alignment_warnings: list = field(default_factory=list)
 
 
 _STAGE_ERRORS = {
-    "scan": ScanError, "select": ScanError, "read": ScanError, "register": RegistrationError,
+    "scan": ScanError, "select": ScanError, "read": ScanError, "register": RegistrationError, "check": RegistrationError,
     "map": InputError, "fuse": FusionError, "colour": FusionError, "write": WriteError,
 }
 
@@ -333,6 +346,7 @@ class _Run:
         self.out_dir = out_dir
         self.progress = options.progress or Progress("quiet")
         self.timings: dict[str, float] = {}
+        self.checks: list = []  # AlignmentCheck per moving volume (stage "check")
         if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
             raise InputError(f"output folder {out_dir} already exists and is not empty")
         check_folder_creatable(out_dir)  # before any work, not at the write stage
@@ -385,6 +399,13 @@ class _Run:
             for index in range(1, len(volumes)):
                 registrations.append(register(fixed, volumes[index], options.registration))
                 advance(1, len(volumes) - 1)
+        with self.stage("check", total=len(volumes) - 1):
+            self.checks = [check_alignment(fixed, v, r.transform, r.initial) for v, r in zip(volumes[1:], registrations)]
+        doubts = doubtful_registrations(volumes, self.checks)
+        for doubt in doubts:
+            self.progress.info(f"DOUBTFUL REGISTRATION: {doubt}")
+        if doubts and options.strict:
+            raise DoubtfulRegistrationError(f"doubtful registration, nothing written (--strict): {'; '.join(doubts)}")
         try:
             self.out_dir.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -438,7 +459,7 @@ class _Run:
             if workers is not None:
                 workers.close()
             run_folder.remove()
-        return dataclasses.replace(result, timings=dict(self.timings))
+        return dataclasses.replace(result, timings=dict(self.timings), alignment_warnings=doubts)
 
     def _write(self, volumes, arrays, masks, staged, registrations, mappings, inputs, colour) -> StudyResult:
         options, out_dir = self.options, self.out_dir
@@ -538,6 +559,7 @@ class _Run:
             "inputs": [_describe_input(v, role="fixed" if i == 0 else "moving") for i, v in enumerate(volumes)],
             "invocation": inputs,
             "registration": [r.to_dict() for r in registrations],
+            "alignment_check": [c.to_dict() for c in self.checks],
             "intensity_mappings": [m.to_dict() for m in mappings],
             "fusion": options.fusion.to_dict(),
             "model": {"name": model, "sha256": sha},

@@ -135,6 +135,7 @@ def build_report(
              f"<style>{_CSS}</style></head><body>",
              f"<h1>medfuse {html.escape(provenance.get('medfuse_version', ''))} QC report</h1>",
              "<p class='note'>Full provenance: <a href='provenance.json'>provenance.json</a> (beside this page).</p>"]
+    parts.append(_alignment_section(provenance))
     parts.append(_inputs_table(provenance))
     parts.append("<h2>Sources and fused result (mid sections)</h2>")
     volumes = [*arrays, fused]
@@ -154,6 +155,19 @@ def build_report(
     parts.append(_table("Provenance", _flatten({k: v for k, v in provenance.items() if k != "timings_s"})))
     parts.append("</body></html>")
     return "\n".join(parts)
+
+
+def _alignment_section(provenance: dict) -> str:
+    """The alignment check's verdict at the top of the page: a red box when a registration is doubtful."""
+    checks = provenance.get("alignment_check") or []
+    doubts = [w for check in checks for w in check.get("warnings", [])]
+    if doubts:
+        items = "".join(f"<li>{html.escape(w)}</li>" for w in doubts)
+        return ("<div style='border:3px solid #c00;padding:0.5em;color:#c00'><h2>DOUBTFUL REGISTRATION</h2>"
+                f"<p>The independent alignment check doubts this result; do not use it before checking the "
+                f"overlay.</p><ul>{items}</ul></div>")
+    values = ", ".join(f"{c['agreement']:.3f} (peak {c['peak']:+.3f})" for c in checks)
+    return f"<p class='note'>Alignment check: no doubt found (edge agreement {html.escape(values)}).</p>"
 
 
 def _inputs_table(provenance: dict) -> str:

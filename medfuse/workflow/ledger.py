@@ -7,7 +7,10 @@ Every state change is its own committed transaction (WAL journal,
 killed at any instant leaves the ledger saying exactly how far each job got.
 
 States: ``pending`` → ``fetching`` → ``fusing`` → ``delivering`` → ``done``;
-``failed`` after an error (retried while ``attempts < max_attempts``).
+``failed`` after an error (retried while ``attempts < max_attempts``);
+``held`` when the fused study was not delivered because its registration is
+doubtful (:mod:`medfuse.volume.alignment_check`): kept for review, never
+retried or delivered by later runs.
 A job found in an in-progress state at the start of a run was interrupted
 (crash, SIGKILL); it is simply run again, which is safe because every
 delivery is idempotent (see :mod:`medfuse.workflow.runner`).
@@ -25,7 +28,7 @@ from pathlib import Path
 from medfuse.errors import WorkflowError
 
 IN_PROGRESS = ("fetching", "fusing", "delivering")
-STATES = ("pending", *IN_PROGRESS, "done", "failed")
+STATES = ("pending", *IN_PROGRESS, "done", "failed", "held")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -185,6 +188,16 @@ class Ledger:
                 (json.dumps(outputs, sort_keys=True), duration_s, now, key),
             )
             self._event(key, "done", now)
+
+    def hold(self, key: str, reason: str, outputs: dict, duration_s: float) -> None:
+        """Record that *key* was fused but is held for review, not delivered (*reason* says why)."""
+        now = time.time()
+        with self._transaction():
+            self._db.execute(
+                "UPDATE jobs SET state = 'held', reason = ?, outputs = ?, duration_s = ?, updated = ? WHERE key = ?",
+                (reason, json.dumps(outputs, sort_keys=True), duration_s, now, key),
+            )
+            self._event(key, "held", now, reason)
 
     def reset_attempts(self, key: str) -> Job:
         """Give a failed job a fresh set of attempts (its history stays in ``events``)."""

@@ -36,7 +36,7 @@ from medfuse.errors import WorkflowError, os_error_reason
 from medfuse.study.cohort.executor import StudyExecutor
 from medfuse.workflow.config import Workflow
 from medfuse.workflow.ledger import IN_PROGRESS, Ledger
-from medfuse.workflow.runner import JobPlan, RunSummary, StudyLog, _process
+from medfuse.workflow.runner import JobPlan, RunSummary, StudyLog, _process, record_hold
 
 
 def run_plans_on_dask(plans: list[JobPlan], workflow: Workflow, ledger: Ledger, log: StudyLog, summary: RunSummary,
@@ -84,6 +84,9 @@ def run_plans_on_dask(plans: list[JobPlan], workflow: Workflow, ledger: Ledger, 
 def _record(plan: JobPlan, outcome: dict, attempt: int, workflow: Workflow, ledger: Ledger, log: StudyLog,
             summary: RunSummary) -> None:
     study, duration = plan.candidate.study_uid, outcome["seconds"]
+    if outcome["ok"] and record_hold(plan, outcome["result"]["outputs"], attempt, duration, workflow, ledger, log,
+                                     summary):
+        return
     if outcome["ok"]:
         result = outcome["result"]
         ledger.finish(plan.key, result["outputs"], duration)

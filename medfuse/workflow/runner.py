@@ -87,6 +87,7 @@ class RunSummary:
     failed: int = 0
     skipped_done: int = 0
     skipped_gave_up: int = 0
+    held: int = 0
     not_matching: int = 0
     planned: list[dict] = field(default_factory=list)
     outcomes: dict = field(default_factory=dict)
@@ -275,6 +276,8 @@ def _run_plan(plan: JobPlan, workflow: Workflow, ledger: Ledger, source: Source,
         ledger.fail(plan.key, f"interrupted ({type(exc).__name__})", time.monotonic() - started)
         raise
     duration = time.monotonic() - started
+    if record_hold(plan, outputs, job.attempts, duration, workflow, ledger, log, summary):
+        return
     ledger.finish(plan.key, outputs, duration)
     summary.done += 1
     summary.outcomes[study] = "done"
@@ -291,6 +294,9 @@ def _admit(plan: JobPlan, workflow: Workflow, ledger: Ledger, log: StudyLog, sum
     if job is not None and job.state == "done":
         summary.skipped_done += 1
         summary.outcomes[study] = "already-done"
+        return False
+    if job is not None and job.state == "held":
+        summary.outcomes[study] = "held"
         return False
     if job is not None and job.state != "pending" and job.attempts >= workflow.max_attempts:
         summary.skipped_gave_up += 1
@@ -334,6 +340,10 @@ def _process(plan: JobPlan, workflow: Workflow, ledger: Ledger, source: Source, 
     if result.series_instance_uid != series_uid:
         raise WorkflowError(f"fuse-study wrote series {result.series_instance_uid}, not the UID derived from the "
                             f"job key ({series_uid})")
+    held = hold_for_review(result, workflow, work / "output", plan)
+    if held is not None:
+        shutil.rmtree(work, ignore_errors=True)
+        return held, series_uid
     files = sorted(p for p in Path(result.dicom_dir).iterdir() if p.is_file())
     ledger.advance(plan.key, "delivering", output_series_uid=series_uid, detail=f"{len(files)} instances")
     delivered: dict = {"output_series_uid": series_uid, "instances": len(files)}
@@ -343,6 +353,35 @@ def _process(plan: JobPlan, workflow: Workflow, ledger: Ledger, source: Source, 
         delivered["pacs"] = push_idempotent(source, plan.candidate.study_uid, series_uid, files)
     shutil.rmtree(work, ignore_errors=True)
     return delivered, series_uid
+
+
+def hold_for_review(result, workflow: Workflow, output: Path, plan: JobPlan) -> dict | None:
+    """The job's outputs record when the fused study is held instead of delivered; None to deliver it.
+
+    A study whose registration the alignment check doubts (``result.alignment_warnings``) is not
+    stored or copied anywhere unless the workflow file says ``outputs.deliver_doubtful_registration:
+    true``; its outputs are kept for review in ``<state_dir>/held/<key>/`` (provenance.json says why).
+    """
+    if not result.alignment_warnings or workflow.outputs.get("deliver_doubtful_registration"):
+        return None
+    review = workflow.state_dir / "held" / plan.key[:24]
+    shutil.rmtree(review, ignore_errors=True)
+    review.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    shutil.move(str(output), str(review))
+    return {"held": "doubtful registration, not delivered: " + "; ".join(result.alignment_warnings),
+            "review_folder": str(review)}
+
+
+def record_hold(plan: JobPlan, outputs: dict, attempt: int, duration: float, workflow: Workflow, ledger: Ledger,
+                log: StudyLog, summary: RunSummary) -> bool:
+    """Record a held job (see :func:`hold_for_review`) in the ledger, summary and log; False when not held."""
+    if "held" not in outputs:
+        return False
+    ledger.hold(plan.key, outputs["held"], outputs, duration)
+    summary.held += 1
+    summary.outcomes[plan.candidate.study_uid] = "held"
+    log.study(workflow.name, plan.candidate, "held", duration, attempt=attempt, reason=outputs["held"])
+    return True
 
 
 def drop_medfuse_output(folder: Path) -> int:

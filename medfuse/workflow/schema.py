@@ -142,6 +142,11 @@ WORKFLOW_SCHEMA: dict = {
                 "folder": {"type": "string", "minLength": 1},
                 "nifti": {"type": "boolean"},
                 "pacs": {"type": "boolean", "description": "store the fused series back into the same study on the source PACS"},
+                "deliver_doubtful_registration": {
+                    "type": "boolean",
+                    "description": "deliver a study whose registration the alignment check doubts (default false: "
+                                   "held for review, ledger state 'held')",
+                },
             },
         },
         "retries": {
