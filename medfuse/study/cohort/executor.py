@@ -101,17 +101,6 @@ class StudyExecutor:
         self._futures: dict = {}
         self._events: queue.Queue = queue.Queue()
 
-    @property
-    def distributed(self) -> bool:
-        return self._client is not None
-
-    @property
-    def workers(self) -> int:
-        """Workers taking tasks now (1 inline)."""
-        if self._client is None:
-            return 1
-        return len(self._client.scheduler_info().get("workers", {})) or 1
-
     def __enter__(self) -> "StudyExecutor":
         import distributed  # noqa: F401 - its first import sets its loggers' levels: before _quiet_dask
 
