@@ -193,6 +193,29 @@ def test_impossible_geometry_is_an_input_error_naming_the_file(series, tmp_path,
     assert code == 0 and words.split(" (")[0] in table.replace("\n", " ") or code == 0, err
 
 
+@pytest.mark.parametrize("keyword, value, words", [
+    ("PixelSpacing", [1e-300, 1e-300], "PixelSpacing 1e-300\\1e-300 mm is outside 0.001-1000 mm"),
+    ("PixelSpacing", [1e300, 1e300], "PixelSpacing 1e+300\\1e+300 mm is outside 0.001-1000 mm"),
+    ("ImagePositionPatient", [1e7, 0, 0], "ImagePositionPatient 1e+07\\0\\0 is beyond 100000 mm"),
+    ("RescaleSlope", "1e38", "take values beyond 1e+30 (float32 would overflow)"),
+    ("RescaleIntercept", "1e39", "take values beyond 1e+30 (float32 would overflow)"),
+])
+def test_values_beyond_what_a_volume_can_hold(series, tmp_path, capsys, keyword, value, words):
+    # Before: a 1e-300 mm spacing was an internal error (ITK: singular matrix); 1e300 and 1e38 wrote garbage.
+    files = copy_series(series, tmp_path / "in", lambda ds, i: setattr(ds, keyword, value))
+    out = tmp_path / "out.nii.gz"
+    message = assert_refused(_convert(capsys, tmp_path / "in", out), 3, str(tmp_path / "in"), words, output=out)
+    assert any(f.name in message for f in files)
+
+
+def test_rows_that_describe_fewer_pixels_than_the_file_holds(series, tmp_path, capsys):
+    # Rows 1 with a 256x256 Pixel Data would be read as 1-row images.
+    files = copy_series(series, tmp_path / "in", lambda ds, i: setattr(ds, "Rows", 1) if i == 2 else None)
+    out = tmp_path / "out.nii.gz"
+    assert_refused(_convert(capsys, tmp_path / "in", out), 3, files[2].name,
+                   "Pixel Data holds 131072 bytes but Rows, Columns, frames and bits call for 512", output=out)
+
+
 def test_pixel_spacing_that_differs_in_one_slice(series, tmp_path, capsys):
     copy_series(series, tmp_path / "in", lambda ds, i: setattr(ds, "PixelSpacing", [2, 2]) if i == 3 else None)
     out = tmp_path / "out.nii.gz"
@@ -256,6 +279,13 @@ def test_nifti_whose_only_orientation_has_an_infinite_origin(shared_data, tmp_pa
     nib.save(broken, path)
     out = tmp_path / "out.nii.gz"
     assert_refused(_convert(capsys, path, out), 2, str(path), "sform (code 1) hold non-finite values", output=out)
+
+
+def test_nifti_with_an_implausible_voxel_size(tmp_path, capsys):
+    path = tmp_path / "tiny.nii"
+    nib.save(nib.Nifti1Image(np.ones((8, 8, 8), np.float32), np.diag([1e-9, 1e-9, 1e-9, 1])), path)
+    out = tmp_path / "out.nii.gz"
+    assert_refused(_convert(capsys, path, out), 2, str(path), "voxel size 1e-09x1e-09x1e-09 mm is outside", output=out)
 
 
 def test_nifti_that_declares_more_voxels_than_it_holds(shared_data, tmp_path):

@@ -25,6 +25,7 @@ import SimpleITK as sitk
 
 from medfuse.atomic import atomic_open
 from medfuse.errors import InputError, WriteError
+from medfuse.io.dicom.geometry import MAX_POSITION_MM, PLAUSIBLE_SPACING_MM
 from medfuse.volume.model import Volume
 
 #: Flip between RAS and LPS world coordinates (its own inverse).
@@ -153,8 +154,12 @@ def image_from_ras(data_ijk: np.ndarray, affine_ras: np.ndarray, source: Path | 
     spacing = np.linalg.norm(linear, axis=0)
     if np.any(spacing <= 0) or not np.all(np.isfinite(linear)):
         raise InputError(f"{source}: affine has a zero or non-finite voxel size")
-    if not np.all(np.isfinite(affine_lps[:3, 3])):
-        raise InputError(f"{source}: affine has a non-finite origin")
+    low, high = PLAUSIBLE_SPACING_MM
+    if np.any(spacing < low) or np.any(spacing > high):
+        raise InputError(f"{source}: voxel size {'x'.join(f'{v:g}' for v in spacing)} mm is outside "
+                         f"{low:g}-{high:g} mm")
+    if not np.all(np.isfinite(affine_lps[:3, 3])) or np.any(np.abs(affine_lps[:3, 3]) > MAX_POSITION_MM):
+        raise InputError(f"{source}: affine has a non-finite origin or one beyond {MAX_POSITION_MM:g} mm")
     direction = linear / spacing
     if np.max(np.abs(direction.T @ direction - np.eye(3))) > ORTHOGONALITY_TOLERANCE:
         raise InputError(f"{source}: affine has shear (e.g. uncorrected gantry tilt); not supported")

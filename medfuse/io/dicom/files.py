@@ -163,7 +163,8 @@ def _check_pixels(header: InstanceHeader, handle, offset: int, size: int) -> Non
 
 def _native_bytes(header: InstanceHeader) -> int:
     """Bytes of uncompressed Pixel Data that Rows, Columns, frames, samples and bits call for."""
-    return (header.rows * header.columns * max(1, len(header.frames)) * header.samples_per_pixel
+    frames = max(1, header.declared_frames, len(header.frames))
+    return (header.rows * header.columns * frames * header.samples_per_pixel
             * max(1, header.bits_allocated) + 7) // 8
 
 

@@ -28,6 +28,10 @@ SPACING_ABSOLUTE_TOLERANCE_MM = 0.01
 MISSING_SLICE_FACTOR = 1.5
 TILT_TOLERANCE_DEG = 0.1
 DUPLICATE_POSITION_TOLERANCE_MM = 1e-3
+#: Pixel and voxel sizes accepted (mm): beyond them ITK's matrices become singular or overflow.
+PLAUSIBLE_SPACING_MM = (1e-3, 1e3)
+#: Largest |coordinate| of an image position (mm): 100 m.
+MAX_POSITION_MM = 1e5
 #: Largest deviation of a direction cosine vector's length from 1.
 COSINE_LENGTH_TOLERANCE = 0.01
 #: Largest deviation from 90° between the row and column directions.

@@ -159,6 +159,8 @@ class InstanceHeader:
     functional_groups: bool = False
     photometric: str = ""
     has_palette_lut: bool = False
+    #: NumberOfFrames as the header states it (0 when absent).
+    declared_frames: int = 0
     #: Why this file cannot be part of a volume although its header parsed ("" when none).
     problem: str = ""
 
@@ -228,6 +230,7 @@ def header_from_dataset(
         pixel_offset=pixel_offset,
         functional_groups="PerFrameFunctionalGroupsSequence" in ds,
         photometric=_raw_text(ds, "PhotometricInterpretation").upper(),
+        declared_frames=max(0, _raw_int(ds, "NumberOfFrames") or 0),
         has_palette_lut=any(k in ds for k in ("RedPaletteColorLookupTableData",
                                               "SegmentedRedPaletteColorLookupTableData")),
         problem=problem,

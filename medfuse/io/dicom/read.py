@@ -100,6 +100,8 @@ def _resolve(series_info_or_dir) -> SeriesInfo:
         return candidates[0]
     if not candidates:
         first = index.series[0]
+        if len(index.series) == 1:
+            raise SeriesReadError(f"{series_info_or_dir}: {first.label}: {first.reason}")
         raise SeriesReadError(f"{series_info_or_dir}: no image series ({first.label}: {first.reason})")
     usable = [s for s in candidates if s.usable]
     if len(usable) == 1:

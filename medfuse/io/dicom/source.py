@@ -211,6 +211,11 @@ def check_pixel_element(stream, offset: int, size: int, expected: int, syntax: U
         raise NotDicomError(f"truncated DICOM: pixel data has {max(0, available)} of {expected} bytes")
     if declared != 0xFFFFFFFF and declared > available:
         raise NotDicomError(f"Pixel Data declares {declared} bytes but the file holds {available} after it")
+    if (syntax is None or not syntax.is_compressed) and declared != 0xFFFFFFFF and declared > expected + 1:
+        # More pixels than Rows x Columns x frames describe: one of them is wrong, and reading would
+        # reshape the bytes into a garbled image.
+        raise NotDicomError(f"Pixel Data holds {declared} bytes but Rows, Columns, frames and bits call for "
+                            f"{expected}")
 
 
 def missing_decoder(transfer_syntax_uid: str) -> str:

@@ -20,6 +20,8 @@ from collections import defaultdict
 import numpy as np
 
 from medfuse.io.dicom.geometry import (
+    MAX_POSITION_MM,
+    PLAUSIBLE_SPACING_MM,
     TILT_TOLERANCE_DEG,
     StackGeometry,
     analyse_stack,
@@ -30,6 +32,10 @@ from medfuse.io.dicom.geometry import (
 from medfuse.io.dicom.headers import IMAGE_SOP_CLASSES, FrameHeader, InstanceHeader
 from medfuse.io.dicom.series import SeriesInfo, SliceRef
 from medfuse.io.dicom.source import missing_decoder
+
+#: Largest magnitude a rescaled pixel may reach: far inside float32 (3.4e38), so sums and products of
+#: voxels in later stages stay finite.
+MAX_RESCALED_VALUE = 1e30
 
 #: Series made of at most this many slices, split off by orientation from a
 #: larger stack of the same SeriesInstanceUID, are called localizers.
@@ -192,10 +198,19 @@ def _first_problem(refs: list[SliceRef], members: list[InstanceHeader]) -> str:
             return f"{name}: no PixelSpacing"
         if np.any(frame.pixel_spacing <= 0):
             return f"{name}: PixelSpacing {_values(frame.pixel_spacing)} is not positive"
+        low, high = PLAUSIBLE_SPACING_MM
+        if np.any(frame.pixel_spacing < low) or np.any(frame.pixel_spacing > high):
+            return f"{name}: PixelSpacing {_values(frame.pixel_spacing)} mm is outside {low:g}-{high:g} mm"
+        if np.any(np.abs(frame.position) > MAX_POSITION_MM):
+            return f"{name}: ImagePositionPatient {_values(frame.position)} is beyond {MAX_POSITION_MM:g} mm"
         if not (np.isfinite(frame.slope) and np.isfinite(frame.intercept)):
             return f"{name}: RescaleSlope/RescaleIntercept is not a finite number"
         if frame.slope == 0:
             return f"{name}: RescaleSlope is 0 (every pixel would read as the intercept)"
+        stored = 2.0 ** max(1, ref.instance.bits_stored or ref.instance.bits_allocated or 16)
+        if abs(frame.slope) * stored + abs(frame.intercept) > MAX_RESCALED_VALUE:
+            return (f"{name}: RescaleSlope {frame.slope:g} and RescaleIntercept {frame.intercept:g} take "
+                    f"values beyond {MAX_RESCALED_VALUE:g} (float32 would overflow)")
     spacings = {tuple(r.frame.pixel_spacing) for r in refs if r.frame.pixel_spacing is not None}
     if len(spacings) > 1:
         low, high = min(spacings), max(spacings)
@@ -314,6 +329,10 @@ def _build(
         return refuse(codec_problem, **common)
     if n_slices < 2:
         return refuse("single slice: not a volume", **common)
+    if not PLAUSIBLE_SPACING_MM[0] <= abs(stack.spacing) <= PLAUSIBLE_SPACING_MM[1]:
+        low, high = PLAUSIBLE_SPACING_MM
+        return refuse(f"slice spacing {stack.spacing:g} mm (from the positions) is outside {low:g}-{high:g} mm",
+                      **common)
     if stack.tilt_deg > TILT_TOLERANCE_DEG:
         return refuse(f"gantry tilt {stack.tilt_deg:.1f}° (tilted stacks are not resampled yet)", **common)
     if stack.gaps:
