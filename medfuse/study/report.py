@@ -20,6 +20,7 @@ import base64
 import html
 import io
 import json
+import mmap
 from collections.abc import Sequence
 
 import numpy as np
@@ -77,7 +78,21 @@ def sections(volume: np.ndarray, spacing_xyz: Sequence[float], size: int = 192) 
     dict with 'axial' (Y, X), 'coronal' (Z, X) and 'sagittal' (Z, Y) arrays,
     rows flipped for coronal/sagittal so that increasing slice index is up.
     """
-    return {name: _square_pixels(plane, mm, size) for name, (plane, mm) in _mid_planes(volume, spacing_xyz).items()}
+    out = {name: _square_pixels(plane, mm, size) for name, (plane, mm) in _mid_planes(volume, spacing_xyz).items()}
+    _release(volume)
+    return out
+
+
+def _release(volume: np.ndarray) -> None:
+    """Unmap the pages a memory-mapped volume's mid planes touched (a sagittal plane touches every page).
+
+    The scratch files stay in the page cache; only this process's resident set shrinks, so the report
+    adds a few planes to the run's peak memory instead of every volume it shows. ``np.memmap`` keeps its
+    ``mmap`` object in ``_mmap`` (views share it); plain arrays have none and are left alone.
+    """
+    mapped = getattr(volume, "_mmap", None)
+    if mapped is not None and hasattr(mapped, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
+        mapped.madvise(mmap.MADV_DONTNEED)
 
 
 def colour_sections(fused_luma: np.ndarray, indices: np.ndarray, palette, spacing_xyz: Sequence[float],
@@ -88,12 +103,14 @@ def colour_sections(fused_luma: np.ndarray, indices: np.ndarray, palette, spacin
     palette chroma, the colour series' rule: :func:`medfuse.study.colour.rgb_slices`),
     never from an RGB copy of the volume.
     """
-    lumas = _mid_planes(fused_luma, spacing_xyz)
+    lumas = {name: (np.array(plane, np.float32), mm) for name, (plane, mm) in _mid_planes(fused_luma, spacing_xyz).items()}
+    index_planes = {name: np.array(plane) for name, (plane, _) in _mid_planes(indices, spacing_xyz).items()}
+    _release(fused_luma)
+    _release(indices)
     out = {}
-    for name, (index_plane, _) in _mid_planes(indices, spacing_xyz).items():
+    for name, index_plane in index_planes.items():
         luma, mm = lumas[name]
-        ycbcr = np.concatenate([np.asarray(luma, np.float32)[..., None], palette.ycbcr[np.asarray(index_plane), 1:]],
-                               axis=-1)
+        ycbcr = np.concatenate([luma[..., None], palette.ycbcr[index_plane, 1:]], axis=-1)
         rgb = np.clip(ycbcr_to_rgb(ycbcr), 0.0, 1.0)
         out[name] = np.stack([_square_pixels(rgb[..., c], mm, size) for c in range(3)], axis=-1)
     return out
@@ -138,10 +155,10 @@ def build_report(
     parts.append(_alignment_section(provenance))
     parts.append(_inputs_table(provenance))
     parts.append("<h2>Sources and fused result (mid sections)</h2>")
-    volumes = [*arrays, fused]
     names = [*labels, "FUSED"]
+    montage = [sections(v, spacing) for v in (*arrays, fused)]
     for orientation in ("axial", "coronal", "sagittal"):
-        figures = [_figure(sections(v, spacing)[orientation], f"{n} ({orientation})") for v, n in zip(volumes, names)]
+        figures = [_figure(cut[orientation], f"{n} ({orientation})") for cut, n in zip(montage, names)]
         parts.append("<div>" + "".join(figures) + "</div>")
     if colour is not None:
         coloured = colour_sections(*colour, spacing)
@@ -149,7 +166,7 @@ def build_report(
                      + "".join(_figure(coloured[o], f"colour ({o})") for o in ("axial", "coronal", "sagittal"))
                      + "</div>")
     parts.append(_weights_section(weight_planes, labels, spacing))
-    parts.append(_overlay_section(arrays, masks, labels, spacing))
+    parts.append(_overlay_section(montage[0], arrays, masks, labels, spacing))
     parts.append(_metrics_section(arrays, fused))
     parts.append(_table("Timings per stage (s)", provenance.get("timings_s", {})))
     parts.append(_table("Provenance", _flatten({k: v for k, v in provenance.items() if k != "timings_s"})))
@@ -218,13 +235,13 @@ def _weights_section(planes: dict[str, np.ndarray], labels, spacing) -> str:
             "of each slice's weights.</p>" + "".join(parts))
 
 
-def _overlay_section(arrays, masks, labels, spacing) -> str:
+def _overlay_section(fixed: dict[str, np.ndarray], arrays, masks, labels, spacing) -> str:
     parts = ["<h2>Registration overlay</h2><p class='note'>Fixed in green, moving (resampled) in magenta: "
              "grey where they agree. Yellow: edge of the moving volume's coverage.</p>"]
-    fixed = sections(arrays[0], spacing)
     for array, mask, label in zip(arrays[1:], masks[1:], labels[1:]):
         moving = sections(array, spacing)
-        cover = sections(np.ones_like(array) if mask is None else mask.astype(np.float32), spacing)
+        cover = ({name: np.ones_like(plane) for name, plane in moving.items()} if mask is None
+                 else sections(mask, spacing))
         figures = []
         for orientation in ("axial", "coronal", "sagittal"):
             f, m = fixed[orientation], moving[orientation]
