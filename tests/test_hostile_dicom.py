@@ -21,7 +21,9 @@ import pytest
 from hostile_support import assert_refused, copy_series, pixel_element_offset, run_cli, run_limited
 from pydicom.uid import DeflatedExplicitVRLittleEndian, generate_uid
 
+from medfuse.errors import SelectionError
 from medfuse.io.dicom.index import scan_folder
+from medfuse.io.select import find_series, select_series
 
 SERIES = "dicom/d2n_mr_siemens_anat/001"
 ENHANCED = "dicom/d2n_mr_philips_enhanced/001"
@@ -143,6 +145,11 @@ def test_corrupt_deflate_stream(series, tmp_path):
     index = scan_folder(tmp_path / "in")
     (reason,) = [r for p, r in index.skipped if p.name == files[0].name]
     assert reason.startswith("corrupt Deflate stream")
+    # fuse-study chooses its series through select: it refuses the folder the same way.
+    for choose in (lambda: select_series(index, None), lambda: find_series(index, "4")):
+        with pytest.raises(SelectionError) as info:
+            choose()
+        assert "1 DICOM file(s) cannot be read" in str(info.value) and files[0].name in str(info.value)
 
 
 def test_deflate_bomb_is_refused_within_memory(series, tmp_path):

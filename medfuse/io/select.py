@@ -32,7 +32,7 @@ import re
 from dataclasses import dataclass, field
 
 from medfuse.errors import SelectionError
-from medfuse.io.dicom.series import FolderIndex, SeriesInfo, mask_identifier
+from medfuse.io.dicom.series import FolderIndex, SeriesInfo, mask_identifier, orphans_problem
 from medfuse.io.dicom.verdicts import choose_split
 
 ORIENTATIONS = ("axial", "coronal", "sagittal", "oblique")
@@ -153,6 +153,7 @@ def find_series(index: FolderIndex, key: str | int) -> SeriesInfo:
         which may have been the series asked for); several match and none is
         usable (each one's reason is given); several usable ones match.
     """
+    _check_orphans(index)
     text = str(key).strip()
     text, colon, part = text.partition(":")
     matches = [s for s in index.series if s.series_instance_uid == text]
@@ -181,6 +182,13 @@ def find_series(index: FolderIndex, key: str | int) -> SeriesInfo:
                                  + "; ".join(f"{s.label}: {s.reason}" for s in matches))
         raise SelectionError(f"{len(usable)} usable series match {text!r}: {describe_candidates(usable)}")
     return matches[0]
+
+
+def _check_orphans(index: FolderIndex) -> None:
+    """Refuse to choose from a folder holding DICOM files whose series is unknown: any series may miss them."""
+    problem = orphans_problem(index)
+    if problem:
+        raise SelectionError(f"{index.root}: {problem}")
 
 
 def _skipped_note(index: FolderIndex, shown: int = 3) -> str:
@@ -229,6 +237,7 @@ def select_series(
         series of different patients.
     """
     rules = SelectionRules.from_value(rules)
+    _check_orphans(index)
     # Overrides are resolved first so that a requested series that is
     # unusable is reported with the scan's reason for it.
     given = {role: _usable_override(index, role, key)

@@ -25,7 +25,7 @@ from medfuse.errors import SeriesReadError
 from medfuse.io.dicom.geometry import direction_matrix
 from medfuse.io.dicom.headers import reference_dicts
 from medfuse.io.dicom.index import scan_folder
-from medfuse.io.dicom.series import SeriesInfo, SliceRef, skipped_note
+from medfuse.io.dicom.series import SeriesInfo, SliceRef, orphans_problem, skipped_note
 from medfuse.io.dicom.source import NotDicomError, decoder_package, load_dataset, missing_decoder
 from medfuse.volume.model import InstanceReference, SeriesReference, Volume
 
@@ -91,11 +91,7 @@ def _resolve(series_info_or_dir) -> SeriesInfo:
     if not index.series:
         raise SeriesReadError(f"{series_info_or_dir}: no DICOM series found{skipped_note(index)}")
     if index.orphans:
-        path, reason = index.orphans[0]
-        more = f" (+{len(index.orphans) - 1} more)" if len(index.orphans) > 1 else ""
-        raise SeriesReadError(f"{series_info_or_dir}: {len(index.orphans)} DICOM file(s) cannot be read, and a "
-                              f"series read without them could miss slices: {path.name}: {reason}{more}; "
-                              "fix or remove them")
+        raise SeriesReadError(f"{series_info_or_dir}: {orphans_problem(index)}")
     if len(candidates) == 1:
         return candidates[0]
     if not candidates:

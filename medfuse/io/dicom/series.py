@@ -190,6 +190,16 @@ def skipped_note(index: FolderIndex, shown: int = 3) -> str:
     return f" ({len(index.skipped)} file(s) skipped: {listed}{more})"
 
 
+def orphans_problem(index: FolderIndex) -> str:
+    """Why no series of *index* may be read as complete: DICOM files whose series is unknown ('' when none)."""
+    if not index.orphans:
+        return ""
+    path, reason = index.orphans[0]
+    more = f" (+{len(index.orphans) - 1} more)" if len(index.orphans) > 1 else ""
+    return (f"{len(index.orphans)} DICOM file(s) cannot be read, and a series read without them could miss "
+            f"slices: {path}: {reason}{more}; fix or remove them")
+
+
 def mask_identifier(value: str) -> str:
     """Mask a patient identifier for display: keep the last 2 characters."""
     if not value:
