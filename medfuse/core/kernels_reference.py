@@ -179,15 +179,6 @@ class GuideWindows:
             raise ValueError(f"a guide needs (..., H, W) images, got shape {self.guide.shape}")
         self._statistics: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
-    def statistics(self, radius: int) -> tuple[np.ndarray, np.ndarray]:
-        """``(mean(I), mean(I²) − mean(I)²)`` over the windows of ``radius``, float64, shape of the guide."""
-        if radius not in self._statistics:
-            stats = np.empty((2,) + self.guide.shape)
-            stats[0] = self.guide
-            np.square(stats[0], out=stats[1])
-            self._store(radius, box_mean(stats, radius, out=stats))
-        return self._statistics[radius]
-
     def _store(self, radius: int, means: np.ndarray) -> None:
         """Cache mean(I) and var(I) from ``means = [mean(I), mean(I²)]`` (turned into var in place)."""
         mean_i, var_i = means
