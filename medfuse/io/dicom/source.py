@@ -15,7 +15,13 @@ against the file before anything is allocated for it:
   bomb" cannot fill memory, and a corrupt stream is refused with zlib's
   reason;
 * the Pixel Data element's own length field may not claim more bytes than
-  the file holds after it.
+  the file holds after it, and uncompressed Pixel Data may hold neither
+  fewer nor (beyond one padding byte) more bytes than Rows × Columns ×
+  frames × bits describe.
+
+Also here: which decoder a compressed transfer syntax needs
+(:func:`missing_decoder`), and reading a whole dataset within these bounds
+for pixel decoding (:func:`load_dataset`).
 """
 
 from __future__ import annotations
