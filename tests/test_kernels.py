@@ -18,7 +18,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from medfuse.core import decomposition, filters, fusion, kernels, kernels_reference
+from medfuse.core import decomposition, filters, fusion, kernels_reference
 from medfuse.core.config import FusionConfig
 from medfuse.core.fusion import fuse_slices, fuse_stack
 
@@ -173,3 +173,9 @@ def test_the_cache_goes_under_xdg_cache_home_and_is_reused(tmp_path):
     assert second["cache_dir"] == str(folder)
     assert np.array_equal(fused_first, fused_second)
 
+
+def test_importing_medfuse_does_not_import_numba_until_a_kernel_runs():
+    code = ("import sys, numpy as np, medfuse, medfuse.api, medfuse.core.filters as f; before = 'numba' in sys.modules; "
+            "f.box_mean(np.ones((4, 4)), 1); print(before, 'numba' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, check=True)
+    assert done.stdout.split() == ["False", "True"]
