@@ -128,12 +128,14 @@ def test_without_strict_a_doubtful_registration_is_written_said_and_recorded(cap
                                                                            mirrored_t2):
     out = tmp_path / "out"
     code, stdout, err = run(capsys, "fuse-volumes", shared_data / T1, mirrored_t2, "-o", out, "--workers", "1",
-                            "--format", "nifti", "--quiet")
+                            "--format", "nifti", "--quiet", "--report")
     assert code == 0, err
     assert "DOUBTFUL REGISTRATION" in err and "mirrored left-right fits better" in err
     provenance = json.loads((out / "provenance.json").read_text())
     (check,) = provenance["alignment_check"]
     assert check["doubtful"] is True and check["mirrored"] > check["agreement"]
+    report = (out / "report.html").read_text()
+    assert "DOUBTFUL REGISTRATION" in report and "mirrored left-right fits better" in report
 
 
 def test_two_patients_forced_together_in_fuse_study_are_refused(capsys, tmp_path, shared_data, repo_root):
