@@ -5,7 +5,8 @@ Pyramid rule (medfuse's default, ``FusionConfig.rule == 'pyramid'``):
 1. CNN             activity F̂_k (as below), upsampled nearest
 2. decision        D_k = 1 where k maximises F̂_k · mean_window(I_k²), else 0
 3. blending        F = collapse_l(Σ_k G_l(D_k) · L_l(I_k)) over the Laplacian
-                   pyramids L_l of the sources and Gaussian pyramids G_l of D_k
+                   pyramids L_l of the sources and Gaussian pyramids G_l of D_k;
+                   the coarsest band from the source brightest there
 4. envelope        F clipped to [min_k I_k, max_k I_k] at every pixel
 
 Two-scale rule (the paper's, section III, ``rule == 'two-scale'``):
@@ -304,7 +305,8 @@ def _fuse_pyramid(
     decided = decision_weights(stack, config.decision_radius, activity)
     t2 = clock()
     timings["decision"] = t2 - t1
-    fused, coarse_w = blend(stack, decided, config.pyramid_levels)
+    coarsest = "max" if config.coarsest_band == "max" else "weights"
+    fused, coarse_w = blend(stack, decided, config.pyramid_levels, coarsest=coarsest)
     if config.envelope_clip:
         np.clip(fused, stack.min(axis=0), stack.max(axis=0), out=fused)
     else:

@@ -2,7 +2,7 @@
 
 Burt & Adelson's pyramids ("The Laplacian pyramid as a compact image code",
 IEEE Trans. Communications 31(4), 1983) with the 5-tap binomial kernel
-(1, 4, 6, 4, 1)/16 and mirrored borders. :func:`blend` is the blending of
+(1, 4, 6, 4, 1)/16 and half-sample symmetric borders (d c b a | a b c d). :func:`blend` is the blending of
 Burt & Adelson ("A multiresolution spline", ACM TOG 2(4), 1983), as Mertens,
 Kautz & Van Reeth use it for exposure fusion (Pacific Graphics 2007): each
 source's Laplacian band is weighted by the Gaussian pyramid of its weight
@@ -16,30 +16,45 @@ axes (sources, slices) are carried along.
 from __future__ import annotations
 
 import numpy as np
-from scipy import ndimage
 
 __all__ = ["gaussian_pyramid", "laplacian_pyramid", "collapse", "blend", "max_levels"]
 
-_KERNEL = np.array([1.0, 4.0, 6.0, 4.0, 1.0]) / 16.0
+def _reduce_axis(images: np.ndarray, axis: int) -> np.ndarray:
+    """Binomial (1, 4, 6, 4, 1)/16 low-pass of one axis, keeping every second sample.
 
-
-def _smooth(images: np.ndarray) -> np.ndarray:
-    """Separable binomial smoothing of the last two axes, mirrored borders."""
-    out = ndimage.convolve1d(images, _KERNEL, axis=-1, mode="mirror")
-    return ndimage.convolve1d(out, _KERNEL, axis=-2, mode="mirror")
+    Computed at the kept samples only; borders are half-sample symmetric
+    (d c b a | a b c d), as scipy.ndimage's mode 'reflect'.
+    """
+    line = np.moveaxis(images, axis, -1)
+    kept = (line.shape[-1] + 1) // 2
+    padded = np.pad(line, [(0, 0)] * (line.ndim - 1) + [(2, 2)], mode="symmetric")
+    taps = [padded[..., offset : offset + 2 * kept : 2] for offset in range(5)]
+    out = taps[0] + taps[4]
+    out += 4.0 * (taps[1] + taps[3])
+    out += 6.0 * taps[2]
+    out /= 16.0
+    return np.moveaxis(out, -1, axis)
 
 
 def _reduce(images: np.ndarray) -> np.ndarray:
-    return _smooth(images)[..., ::2, ::2]
+    return _reduce_axis(_reduce_axis(images, images.ndim - 2), images.ndim - 1)
+
+
+def _expand_axis(images: np.ndarray, size: int, axis: int) -> np.ndarray:
+    """Upsample one axis by 2 to ``size``: what zero insertion and 2 x the binomial kernel
+    give inside the image, computed on the coarse grid so that borders, mirrored there
+    (half-sample symmetric), stay exact too (a constant stays that constant)."""
+    coarse = np.moveaxis(images, axis, -1)
+    padded = np.concatenate([coarse[..., :1], coarse, coarse[..., -1:]], axis=-1)
+    out = np.empty(coarse.shape[:-1] + (2 * coarse.shape[-1],), dtype=images.dtype)
+    out[..., 0::2] = (padded[..., :-2] + 6.0 * padded[..., 1:-1] + padded[..., 2:]) / 8.0
+    out[..., 1::2] = (padded[..., 1:-1] + padded[..., 2:]) * 0.5
+    return np.moveaxis(out[..., :size], -1, axis)
 
 
 def _expand(images: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Upsample to ``shape`` (the finer level's size): zero insertion, then 4 x smoothing."""
-    out = np.zeros(images.shape[:-2] + tuple(shape), dtype=images.dtype)
-    out[..., ::2, ::2] = images
-    out = _smooth(out)
-    out *= 4.0
-    return out
+    """Upsample the last two axes to ``shape`` (the finer level's size)."""
+    return _expand_axis(_expand_axis(images, shape[0], images.ndim - 2), shape[1], images.ndim - 1)
 
 
 def max_levels(shape: tuple[int, ...]) -> int:
@@ -98,7 +113,9 @@ def collapse(bands: list[np.ndarray]) -> np.ndarray:
     return image
 
 
-def blend(sources: np.ndarray, weights: np.ndarray, levels: int) -> tuple[np.ndarray, np.ndarray]:
+def blend(
+    sources: np.ndarray, weights: np.ndarray, levels: int, *, coarsest: str = "weights"
+) -> tuple[np.ndarray, np.ndarray]:
     """Blend K sources with per-pixel weight maps, band by band.
 
     F = collapse(Σ_k G_l(W_k) · L_l(I_k)), l = 0 … levels − 1.
@@ -109,16 +126,28 @@ def blend(sources: np.ndarray, weights: np.ndarray, levels: int) -> tuple[np.nda
     weights : ndarray, same shape, float, summing to 1 over K
     levels : int >= 1
         1 is a plain per-pixel weighted sum.
+    coarsest : {'weights', 'max'}
+        How the coarsest band (a low-pass image) is blended: by the weights'
+        Gaussian pyramid like every other band, or by taking at each pixel
+        the source whose coarsest band is brightest.
 
     Returns
     -------
-    fused : ndarray, shape (..., H, W), float64
+    fused : ndarray, shape (..., H, W), float32 for float32 sources, else float64
     coarsest_weights : ndarray, shape (K, ..., H, W), float32
         The weights that blended the coarsest band, expanded back to full
         size (what decides the image's large-scale intensities).
     """
-    source_bands = laplacian_pyramid(np.asarray(sources, dtype=np.float64), levels)
-    weight_levels = gaussian_pyramid(np.asarray(weights, dtype=np.float64), levels)
+    if coarsest not in ("weights", "max"):
+        raise ValueError(f"coarsest must be 'weights' or 'max', got {coarsest!r}")
+    # float32 sources stay float32 (8-bit outputs need no more; half the memory traffic).
+    dtype = np.float32 if np.asarray(sources).dtype == np.float32 else np.float64
+    source_bands = laplacian_pyramid(np.asarray(sources, dtype=dtype), levels)
+    weight_levels = gaussian_pyramid(np.asarray(weights, dtype=dtype), levels)
+    if coarsest == "max":
+        top = source_bands[-1]
+        brightest = np.argmax(top, axis=0)
+        weight_levels[-1] = (np.arange(top.shape[0]).reshape((-1,) + (1,) * brightest.ndim) == brightest).astype(dtype)
     fused = collapse([(w * band).sum(axis=0) for w, band in zip(weight_levels, source_bands)])
     coarse = weight_levels[-1]
     for finer in reversed(weight_levels[:-1]):

@@ -138,9 +138,8 @@ def upsample_nearest(maps: np.ndarray, size: tuple[int, int], stride: int) -> np
         raise ValueError(
             f"maps of size {(h, w)} do not tile an image of size {(big_h, big_w)} with stride {(stride_h, stride_w)}"
         )
-    rows = np.arange(big_h) // stride_h
-    columns = np.arange(big_w) // stride_w
-    return maps[..., rows[:, None], columns[None, :]]
+    # Repeating whole rows, then columns, is several times faster than a fancy index.
+    return np.repeat(np.repeat(maps, stride_h, axis=-2)[..., :big_h, :], stride_w, axis=-1)[..., :big_w]
 
 
 def max_abs_weights(details: np.ndarray) -> np.ndarray:
@@ -235,5 +234,15 @@ def decision_weights(sources: np.ndarray, radius: int, activity: np.ndarray | No
     score = box_mean(np.square(sources, dtype=np.float64), radius)
     if activity is not None:
         score *= activity
-    chosen = np.argmax(score, axis=0)
-    return (np.arange(sources.shape[0]).reshape((-1,) + (1,) * chosen.ndim) == chosen).astype(np.float32)
+    # A running comparison (strictly greater wins, so ties keep the earlier
+    # source, as argmax does) is much faster than argmax over the first axis.
+    best = score[0].copy()
+    chosen = np.zeros(best.shape, np.intp)
+    for k in range(1, score.shape[0]):
+        better = score[k] > best
+        chosen[better] = k
+        np.maximum(best, score[k], out=best)
+    weights = np.empty(sources.shape, np.float32)
+    for k in range(score.shape[0]):
+        np.equal(chosen, k, out=weights[k], casting="unsafe")
+    return weights
