@@ -57,8 +57,7 @@ def assert_each_fused_once(server, db, studies) -> None:
 
 def dask_workflow(folder, name, server):
     """The workflow tests' workflow file (sample study's two MR series, stored back into the PACS)."""
-    return workflow_file(folder, name, dicomweb_source(server),
-                         outputs={"pacs": "true", "deliver_doubtful_registration": "true"})
+    return workflow_file(folder, name, dicomweb_source(server))
 
 
 def start_run(*args: str) -> subprocess.Popen:
