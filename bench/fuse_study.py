@@ -185,14 +185,24 @@ def scope_consistency(fixed_path: str, moving_path: str) -> dict:
     arrays = [map_to_unit(v)[0] for v in (fixed, moved)]
     cover = sitk.GetArrayFromImage(coverage).astype(bool)
     sources = np.mean([interslice_variation(a, cover) for a in arrays])
-    out = {"sources_mad": round(float(sources), 5)}
+    # Second normaliser: the mean over voxel pairs of the LARGEST source change. A fused volume
+    # that takes each voxel from one source in both slices stays below 1 on it; above 1 means it
+    # switches between sources from slice to slice (flicker of its own).
+    both = cover[1:] & cover[:-1]
+    largest = np.maximum.reduce([np.abs(np.diff(a, axis=0)) for a in arrays])[both].mean()
+    out = {"sources_mad": round(float(sources), 5), "largest_source_change": round(float(largest), 5)}
+    for index, array in enumerate(arrays):
+        out[f"source{index}"] = round(interslice_variation(array, cover) / sources, 4)
+    out["pixel_max"] = round(interslice_variation(np.maximum.reduce(arrays), cover) / sources, 4)
     # The default (pyramid) rule has no saliency, so no scope; the two-scale
     # rule (--preset photo, the previous default) is measured with both scopes.
     runs = {"default": (FusionConfig(), "volume"), "photo_volume": (FusionConfig.photo(), "volume"),
             "photo_slice": (FusionConfig.photo(), "slice")}
     for name, (config, scope) in runs.items():
         fused = fuse_volume(arrays, [None, cover], config, workers=2, saliency_scope=scope)
-        out[name] = round(interslice_variation(fused, cover) / sources, 4)
+        variation = interslice_variation(fused, cover)
+        out[name] = round(variation / sources, 4)
+        out[name + "_to_largest"] = round(variation / largest, 4)
     return out
 
 
