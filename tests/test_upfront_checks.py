@@ -75,7 +75,7 @@ def test_nifti_inputs_default_to_nifti_output(nifti_pair, tmp_path, capsys):
     code = main(["fuse-volumes", *map(str, nifti_pair), "-o", str(out), "--workers", "1", "--json-log"])
     assert code == 0
     captured = capsys.readouterr()
-    events = [json.loads(line) for line in captured.err.splitlines()]
+    events = [json.loads(line) for line in captured.err.splitlines() if line.startswith("{")]
     info = [e["message"] for e in events if e["event"] == "info"]
     assert any(m.startswith("writing NIfTI only: no input is a DICOM CT or MR series") for m in info), info
     result = json.loads(captured.out)
