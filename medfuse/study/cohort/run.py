@@ -13,6 +13,8 @@ One pass (:func:`run_cohort`):
 4. record each outcome as it arrives: the reporter's line or bar, and
    ``OUT/cohort.csv`` (study, status, seconds, reason, code), rewritten
    atomically after every study so that it is right even if the pass is killed.
+   A study fused although the alignment check doubts its registration is
+   ``done`` with the doubt as its reason (as in its provenance and report).
 
 A study's failure is its row; it never stops the others, and the next pass
 tries it again (with everything not finished). Outputs are fuse-study's
@@ -133,7 +135,9 @@ def run_cohort(root: str | os.PathLike, out: str | os.PathLike, options: CohortO
                     "settings": options.fusion_settings()})
             for name, result in executor.outcomes():
                 if result["ok"]:
-                    outcome = StudyOutcome(name, "done", result["seconds"])
+                    doubts = result["result"].get("alignment_warnings") or []
+                    outcome = StudyOutcome(name, "done", result["seconds"],
+                                           "registration doubtful: " + "; ".join(doubts) if doubts else "")
                 else:
                     outcome = StudyOutcome(name, "failed", result["seconds"], result["message"], result["exit_code"])
                 shutil.rmtree(out / INPUT_LINKS / name, ignore_errors=True)
@@ -166,7 +170,8 @@ def fuse_one(input_dir: str, out_dir: str, study: CohortStudy, settings: dict, e
         if finished(out, study, formats, report) is None:  # another run of this task finished first
             return {"seconds": round(time.monotonic() - started, 3), "already": True}
         raise
-    return {"seconds": round(time.monotonic() - started, 3), "series_uid": result.series_instance_uid}
+    return {"seconds": round(time.monotonic() - started, 3), "series_uid": result.series_instance_uid,
+            "alignment_warnings": list(result.alignment_warnings)}
 
 
 def _record(out: Path, summary: CohortSummary, outcome: StudyOutcome, on_outcome, append: bool = True) -> None:
