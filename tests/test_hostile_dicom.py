@@ -59,18 +59,15 @@ def test_file_cut_inside_the_pixel_data_length_field(series, tmp_path):
 
 def test_gigabyte_length_field_after_a_valid_meta_header(series, tmp_path):
     source = sorted(series.iterdir())[0]
-    meta = pydicom.dcmread(source, stop_before_pixels=True).file_meta
-    ds = pydicom.Dataset()
-    ds.file_meta = meta
     folder = tmp_path / "in"
     folder.mkdir()
     target = folder / "liar.dcm"
-    ds.save_as(target, enforce_file_format=False)
-    # One explicit-VR element with a 4-byte length: (0009,0010) UN, 3.9 GB declared, 16 bytes present.
-    with open(target, "ab") as handle:
-        handle.write(b"\x09\x00\x10\x00UN\x00\x00" + (0xF0000000).to_bytes(4, "little") + b"x" * 16)
+    # The real file's preamble and file meta, then one explicit-VR element with a 4-byte length:
+    # (0008,0005) UN, 3.9 GB declared, 16 bytes present.
+    target.write_bytes(source.read_bytes()[:_meta_end(source)] + b"\x08\x00\x05\x00UN\x00\x00"
+                       + (0xF0000000).to_bytes(4, "little") + b"x" * 16)
     for argv, code in ((["scan", folder], 3), (["convert", folder, "-o", tmp_path / "o.nii"], 3)):
-        message = assert_refused(run_limited(argv), code, str(folder), "liar.dcm")
+        message = assert_refused(run_limited(argv), code, str(folder), "liar.dcm", "truncated DICOM")
         assert "no DICOM series found" in message
 
 
