@@ -84,19 +84,16 @@ def test_pixel_data_length_beyond_the_end_of_the_file(series, tmp_path):
 
 def test_sequences_nested_thousands_deep(series, tmp_path):
     source = sorted(series.iterdir())[0]
-    meta = pydicom.dcmread(source, stop_before_pixels=True).file_meta
-    ds = pydicom.Dataset()
-    ds.file_meta = meta
     folder = tmp_path / "in"
     folder.mkdir()
-    target = folder / "deep.dcm"
-    ds.save_as(target, enforce_file_format=False)
-    # (0008,1140) SQ of undefined length holding an item of undefined length holding ..., 20000 deep.
+    # The real file's preamble and meta, then (0008,1140) SQ of undefined length holding an item of
+    # undefined length holding another such sequence ..., 20000 deep.
     opening = b"\x08\x00\x40\x11SQ\x00\x00\xff\xff\xff\xff" + b"\xfe\xff\x00\xe0\xff\xff\xff\xff"
     closing = b"\xfe\xff\x0d\xe0\x00\x00\x00\x00" + b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
-    with open(target, "ab") as handle:
-        handle.write(opening * 20000 + closing * 20000)
+    (folder / "deep.dcm").write_bytes(source.read_bytes()[:_meta_end(source)] + opening * 20000 + closing * 20000)
     assert_refused(run_limited(["scan", folder]), 3, "deep.dcm", "no DICOM series found")
+    skipped = dict(scan_folder(folder).skipped)
+    assert skipped[folder / "deep.dcm"] == "sequences nested too deeply"
 
 
 @pytest.mark.parametrize("keyword, value, words", [
