@@ -105,11 +105,6 @@ def _options(*, formats: str | None, quiet: bool, json_log: bool, preset: str, *
 
     if quiet and json_log:
         raise InputError("--quiet and --json-log exclude each other")
-    if kw.get("window") is not None:
-        from medfuse.volume.intensity import parse_window
-
-        # Checked before any input is read: the window is used only if a CT is fused.
-        parse_window(kw["window"])
     chosen = None if formats is None else tuple(f.strip().lower() for f in formats.split(",") if f.strip())
     return StudyOptions(formats=chosen, progress=Progress(auto_mode(quiet=quiet, json_log=json_log)),
                         fusion=FusionConfig.preset(preset), **kw)
