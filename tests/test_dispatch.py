@@ -229,9 +229,14 @@ def test_empty_air_slices_are_not_fused_as_tissue(pair):
 
 
 def test_volume_saliency_scope_differs_from_per_slice(pair, in_process):
-    per_slice = fuse_volume(list(pair), None, workers=1, chunk_slices=4, saliency_scope="slice")
-    assert not np.array_equal(per_slice, in_process)
-    for fused in (per_slice, in_process):
+    # Saliency (and so its scope) belongs to the two-scale rule; the default pyramid rule has none.
+    two_scale = FusionConfig.photo()
+    per_slice = fuse_volume(list(pair), None, two_scale, workers=1, chunk_slices=4, saliency_scope="slice")
+    per_volume = fuse_volume(list(pair), None, two_scale, workers=1, chunk_slices=4, saliency_scope="volume")
+    assert not np.array_equal(per_slice, per_volume)
+    pyramid_per_slice = fuse_volume(list(pair), None, workers=1, chunk_slices=4, saliency_scope="slice")
+    np.testing.assert_array_equal(pyramid_per_slice, in_process)
+    for fused in (per_slice, per_volume, in_process):
         ratio = interslice_variation(fused) / np.mean([interslice_variation(s) for s in pair])
         assert 0.2 < ratio < 5.0  # a sane fused volume varies between slices like its sources
 

@@ -20,4 +20,6 @@ def test_model_identity_is_the_verified_hash_of_the_file_in_use():
 
 
 def test_model_identity_is_empty_without_cnn_weights():
-    assert _model_identity(FusionConfig().replace(detail_rule="max-abs")) == (None, None)
+    assert _model_identity(FusionConfig(decision="energy")) == (None, None)
+    assert _model_identity(FusionConfig.photo().replace(detail_rule="max-abs")) == (None, None)
+    assert _model_identity(FusionConfig())[0] is not None  # the default's decision uses the CNN
