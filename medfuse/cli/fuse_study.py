@@ -116,12 +116,12 @@ def _print_result(result, json_log: bool) -> None:
         "provenance": result.provenance_path, "report": result.report_path, "colour": result.colour_dir,
         "series_instance_uid": result.series_instance_uid,
     }
-    _warn_doubtful(result.alignment_warnings)
-    if json_log:
+    if json_log:  # the doubts are JSON too: "info" events on stderr, alignment_warnings in the result
         typer.echo(json.dumps({k: (str(v) if v is not None else None) for k, v in outputs.items()}
                               | {"timings_s": result.timings, "alignment_warnings": result.alignment_warnings},
                               sort_keys=True))
         return
+    _warn_doubtful(result.alignment_warnings)
     typer.echo(f"fused outputs in {result.out_dir}/")
     for name in ("dicom", "colour", "nifti", "provenance", "report"):
         if outputs[name] is not None:
@@ -129,7 +129,7 @@ def _print_result(result, json_log: bool) -> None:
 
 
 def _warn_doubtful(warnings: list[str]) -> None:
-    """Say a doubtful registration on stderr in any output mode (``--quiet`` too): it must not pass unseen."""
+    """Say a doubtful registration on stderr, ``--quiet`` too: it must not pass unseen (``--json-log``: as JSON)."""
     if not warnings:
         return
     typer.secho("medfuse: WARNING: DOUBTFUL REGISTRATION -- check the alignment before using these outputs "
