@@ -147,6 +147,8 @@ def test_no_halos_on_every_shared_medical_pair(shared_data, preset):
     for pair in pairs:
         images = [to_unit_float(read_image(p)) for p in sorted(pair.glob("[abc].*"))]
         fused = fuse(images, config=config).fused
+        # No edge spreads: the fused luma never exceeds the brightest source's (a CT skull keeps its width).
+        assert np.all(_luma255(fused) <= np.max([_luma255(im) for im in images], axis=0) + 1), pair.name
         black = np.all([_luma255(im) == 0 for im in images], axis=0)
         if black.any():
             lit = float(np.mean(_luma255(fused)[black] > 1))
