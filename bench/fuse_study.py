@@ -184,12 +184,12 @@ def scope_consistency(fixed_path: str, moving_path: str) -> dict:
     moved, coverage = resample_onto(fixed, moving, register(fixed, moving).transform)
     arrays = [map_to_unit(v)[0] for v in (fixed, moved)]
     cover = sitk.GetArrayFromImage(coverage).astype(bool)
-    sources = np.mean([interslice_variation(a, cover) for a in arrays])
+    sources = float(np.mean([interslice_variation(a, cover) for a in arrays]))
     # Second normaliser: the mean over voxel pairs of the LARGEST source change. A fused volume
     # that takes each voxel from one source in both slices stays below 1 on it; above 1 means it
     # switches between sources from slice to slice (flicker of its own).
     both = cover[1:] & cover[:-1]
-    largest = np.maximum.reduce([np.abs(np.diff(a, axis=0)) for a in arrays])[both].mean()
+    largest = float(np.maximum.reduce([np.abs(np.diff(a, axis=0)) for a in arrays])[both].mean())
     out = {"sources_mad": round(float(sources), 5), "largest_source_change": round(float(largest), 5)}
     for index, array in enumerate(arrays):
         out[f"source{index}"] = round(interslice_variation(array, cover) / sources, 4)
