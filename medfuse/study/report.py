@@ -91,7 +91,9 @@ def _release(volume: np.ndarray) -> None:
     ``mmap`` object in ``_mmap`` (views share it); plain arrays have none and are left alone.
     """
     mapped = getattr(volume, "_mmap", None)
-    if mapped is not None and hasattr(mapped, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
+    # Read-only maps only: on a copy-on-write map MADV_DONTNEED would drop pages written in this process.
+    if (mapped is not None and getattr(volume, "mode", None) == "r" and hasattr(mapped, "madvise")
+            and hasattr(mmap, "MADV_DONTNEED")):
         mapped.madvise(mmap.MADV_DONTNEED)
 
 
