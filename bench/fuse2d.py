@@ -45,26 +45,11 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from medfuse.api import to_unit_float  # noqa: E402
+from bench_pairs import PAIRS, SHARED, load_pair  # puts the repository on sys.path
 from medfuse.core.config import FusionConfig  # noqa: E402
 from medfuse.core import decomposition, fusion, kernels_reference  # noqa: E402
 from medfuse.core.fusion import STAGES, fuse_stack  # noqa: E402
 from medfuse.io.images import read_image  # noqa: E402
-
-SHARED = Path(os.environ.get("MEDFUSE_SHARED_DATA", REPO.parent / "shared" / "data"))
-PAIRS = {
-    256: ("ct-mri/ivrl_1/a.png", "ct-mri/ivrl_1/b.png"),
-    512: ("ir-vis/ifcnn_Navi/a.png", "ir-vis/ifcnn_Navi/b.png"),
-}
-
-
-def load_pair(size: int) -> np.ndarray:
-    stack = np.stack([to_unit_float(read_image(SHARED / "pairs2d" / name)) for name in PAIRS[size]])
-    assert stack.shape == (2, size, size), stack.shape
-    return stack
 
 
 def median_ms(samples: list[float]) -> float:

@@ -27,25 +27,13 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from medfuse.api import to_unit_float  # noqa: E402
+from bench_pairs import PAIRS, load_image  # puts the repository on sys.path
 from medfuse.core import kernels_reference  # noqa: E402
 from medfuse.core.filters import guided_filter  # noqa: E402
-from medfuse.io.images import read_image  # noqa: E402
-
-SHARED = Path(os.environ.get("MEDFUSE_SHARED_DATA", REPO.parent / "shared" / "data"))
-PAIRS = {
-    256: ("ct-mri/ivrl_1/a.png", "ct-mri/ivrl_1/b.png"),
-    512: ("ir-vis/ifcnn_Navi/a.png", "ir-vis/ifcnn_Navi/b.png"),
-}
 
 
 def interleaved_ms(functions: dict, runs: int) -> dict[str, float]:
@@ -76,7 +64,7 @@ def main() -> None:
           "| max \\|ours − float64 ref\\| | max \\|OpenCV − float64 ref\\| (interior) |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for size, names in PAIRS.items():
-        guide, src = (to_unit_float(read_image(SHARED / "pairs2d" / name)) for name in names)
+        guide, src = (load_image(name) for name in names)
         assert guide.shape == (size, size) and guide.dtype == np.float32
         for radius in (7, 45):
             for eps in (1e-6, 0.1):
