@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pydicom
@@ -31,12 +32,12 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
-_BATCH = """
+BATCH_SCRIPT = """
 import contextlib, io, json, resource, sys, time
 resource.setrlimit(resource.RLIMIT_AS, ({limit}, {limit}))
 from medfuse.cli.app import main
 results = []
-for argv in json.loads(sys.stdin.read()):
+for argv in json.loads(open(sys.argv[1]).read()):
     out, err = io.StringIO(), io.StringIO()
     started = time.monotonic()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
@@ -56,8 +57,11 @@ def run_limited_batch(commands: list[list], *, limit: int = MEMORY_LIMIT,
     fails the whole batch, with its stderr in the assertion.
     """
     argvs = [[str(a) for a in argv] for argv in commands]
-    done = subprocess.run([sys.executable, "-c", _BATCH.format(limit=limit)], input=json.dumps(argvs),
-                          capture_output=True, text=True, timeout=timeout)
+    with tempfile.TemporaryDirectory(prefix="medfuse-batch-") as folder:
+        listing = Path(folder) / "commands.json"
+        listing.write_text(json.dumps(argvs))
+        done = subprocess.run([sys.executable, "-c", BATCH_SCRIPT.format(limit=limit), str(listing)],
+                              capture_output=True, text=True, timeout=timeout)
     assert done.returncode == 0, f"batch process died with {done.returncode}: {done.stderr[-2000:]}"
     return [tuple(r) for r in json.loads(done.stdout)]
 

@@ -30,7 +30,7 @@ import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
-from hostile_support import MEMORY_LIMIT
+from hostile_support import BATCH_SCRIPT, MEMORY_LIMIT
 
 SEED = 16
 #: DICOM bases: shared series, variants drawn per base, extra convert options.
@@ -44,19 +44,6 @@ NIFTI_VARIANTS = 60
 FUSE_VARIANTS = 20
 FUZZ_MEMORY_LIMIT = 2 * MEMORY_LIMIT  # fuse-study's own peak address space was 1.1 GB when measured
 
-_BATCH = """
-import contextlib, io, json, resource, sys, time
-resource.setrlimit(resource.RLIMIT_AS, ({limit}, {limit}))
-from medfuse.cli.app import main
-results = []
-for argv in json.loads(open(sys.argv[1]).read()):
-    out, err = io.StringIO(), io.StringIO()
-    started = time.monotonic()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main(argv)
-    results.append([code, out.getvalue(), err.getvalue(), time.monotonic() - started])
-sys.__stdout__.write(json.dumps(results))
-"""
 
 
 # --- DICOM mutations ---------------------------------------------------------------
@@ -261,7 +248,7 @@ def _run_batches(commands: list[list[str]], root: Path, batches: int = 2) -> lis
     for i, chunk in enumerate(chunks):
         listing = root / f"batch-{i}.json"
         listing.write_text(json.dumps(chunk))
-        procs.append(subprocess.Popen([sys.executable, "-c", _BATCH.format(limit=FUZZ_MEMORY_LIMIT), str(listing)],
+        procs.append(subprocess.Popen([sys.executable, "-c", BATCH_SCRIPT.format(limit=FUZZ_MEMORY_LIMIT), str(listing)],
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     results: list = [None] * len(commands)
     for i, proc in enumerate(procs):
