@@ -26,6 +26,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from fuse_study import steal_seconds  # bench/ is the script's folder, so on sys.path
+
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "sample_studies" / "mr-phantom-two-contrasts"
 
@@ -41,7 +43,7 @@ def make_cohort(root: Path, studies: int) -> None:
 def one_pass(root: Path, out: Path, jobs: int) -> dict:
     from medfuse.study.cohort.run import CohortOptions, run_cohort
 
-    load, steal = os.getloadavg()[0], _steal_seconds()
+    load, steal = os.getloadavg()[0], steal_seconds()
     ready = []
     started = time.perf_counter()
     summary = run_cohort(root, out, CohortOptions(formats=("dicom",), jobs=jobs),
@@ -53,22 +55,12 @@ def one_pass(root: Path, out: Path, jobs: int) -> dict:
             "studies_per_hour": round(summary.total / (ended - started) * 3600, 1),
             "start_up_s": round(ready[0] - started, 2),
             "studies_per_hour_after_start_up": round(summary.total / (ended - ready[0]) * 3600, 1),
-            "load_before": round(load, 2), "steal_s": round(_steal_seconds() - steal, 2)}
+            "load_before": round(load, 2), "steal_s": round(steal_seconds() - steal, 2)}
 
 
 def series_uids(out: Path) -> dict[str, str]:
     return {p.name: json.loads((p / "provenance.json").read_text())["outputs"]["dicom"]["series_instance_uid"]
             for p in sorted(out.iterdir()) if p.is_dir()}
-
-
-def _steal_seconds() -> float:
-    """CPU time the hypervisor gave to other guests (``cpu`` line of /proc/stat, 8th value); 0 if unknown."""
-    try:
-        with open("/proc/stat") as stat:
-            fields = stat.readline().split()
-        return int(fields[8]) / os.sysconf("SC_CLK_TCK")
-    except (OSError, IndexError, ValueError):
-        return 0.0
 
 
 def main() -> None:

@@ -146,15 +146,15 @@ if __name__ == "__main__":
 """
     script = out.parent / f"run_{out.name}.py"
     script.write_text(code)
-    load, steal = os.getloadavg()[0], _steal_seconds()
+    load, steal = os.getloadavg()[0], steal_seconds()
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, cwd=REPO, check=False)
     if done.returncode != 0:
         raise SystemExit(f"{kind} run failed:\n{done.stderr[-3000:]}")
-    return {"load_before": round(load, 2), "steal_s": round(_steal_seconds() - steal, 2),
+    return {"load_before": round(load, 2), "steal_s": round(steal_seconds() - steal, 2),
             **json.loads(done.stdout.strip().splitlines()[-1])}
 
 
-def _steal_seconds() -> float:
+def steal_seconds() -> float:
     """CPU time the hypervisor gave to other guests while this machine's CPUs wanted to run (all CPUs).
 
     Read from the ``cpu`` line of /proc/stat (its 8th value, in clock ticks); 0 where that is not
