@@ -9,7 +9,7 @@ from medfuse.api import fuse, to_unit_float
 from medfuse.core.colour import rgb_to_ycbcr
 from medfuse.core.config import FusionConfig
 from medfuse.core.fusion import PYRAMID_STAGES, fuse_slices, fuse_stack
-from medfuse.core.pyramid import blend, collapse, gaussian_pyramid, laplacian_pyramid, max_levels
+from medfuse.core.pyramid import blend, collapse, expand_to, gaussian_pyramid, laplacian_pyramid, max_levels
 from medfuse.core.weights import decision_weights
 from medfuse.io.images import read_image
 
@@ -50,6 +50,8 @@ def test_blending_with_one_source_weighted_one_returns_that_source():
     fused, coarse = blend(images, weights, 4)
     np.testing.assert_allclose(fused, images[1], atol=1e-12)
     np.testing.assert_allclose(coarse[1], 1.0, atol=1e-6)
+    assert coarse.shape == (3, 5, 7)  # the coarsest level of 40 x 50
+    np.testing.assert_allclose(expand_to(coarse, (40, 50))[1], 1.0, atol=1e-6)  # expanding keeps constants
 
 
 def test_decision_maps_are_one_hot_and_pick_the_higher_energy():

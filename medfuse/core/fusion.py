@@ -34,7 +34,7 @@ from medfuse.core.config import FusionConfig
 from medfuse.core.decomposition import decompose
 from medfuse.core.extractor import ActivityExtractor
 from medfuse.core.filters import GuideWindows
-from medfuse.core.pyramid import blend
+from medfuse.core.pyramid import blend, expand_to
 from medfuse.core.weights import (
     average_weights,
     decision_weights,
@@ -166,7 +166,7 @@ def fuse_slices(
     """
     config = config or FusionConfig()
     stack = _checked_stack(volumes, ndim=4, what="volumes (K, Z, H, W)")
-    fused, _, _, _ = _fuse(stack, config, extractor, saliency_histograms, threads)
+    fused, _, _, _ = _fuse(stack, config, extractor, saliency_histograms, threads, keep_weights=False)
     return fused
 
 
@@ -202,8 +202,14 @@ def _fuse(
     extractor: ActivityExtractor | None,
     saliency_histograms: np.ndarray | None,
     threads: int = 1,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, float]]:
-    """Fuse a (K, N, H, W) stack; returns fused (N, H, W) and weights (K, N, H, W)."""
+    *,
+    keep_weights: bool = True,
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, dict[str, float]]:
+    """Fuse a (K, N, H, W) stack; returns fused (N, H, W) and weights (K, N, H, W).
+
+    Without ``keep_weights`` the pyramid rule does not expand its coarsest-band
+    weights to full size (base weights None): nobody reads them then.
+    """
     k, n, h, w = stack.shape
     if config.uses_cnn and extractor is None:
         raise FusionError(
@@ -216,7 +222,7 @@ def _fuse(
     if isinstance(threads, bool) or int(threads) != threads or threads < 1:
         raise ValueError(f"threads must be a positive integer, got {threads!r}")
     if config.rule == "pyramid":
-        return _fuse_pyramid(stack, config, extractor)
+        return _fuse_pyramid(stack, config, extractor, keep_weights)
     by_source = _SourceGroups(k, int(threads), n * h * w)
     timings = dict.fromkeys(STAGES, 0.0)
     clock = time.perf_counter
@@ -279,18 +285,20 @@ def _fuse(
     fused = np.einsum("knhw,knhw->nhw", base_w, base, dtype=np.float32)
     fused += np.einsum("knhw,knhw->nhw", detail_w, detail, dtype=np.float32)
     # Clip to the sources' range (paper III-D: remove out-of-range values).
-    low = stack.min(axis=(0, 2, 3))[:, None, None]
-    high = stack.max(axis=(0, 2, 3))[:, None, None]
-    np.clip(fused, low, high, out=fused)
     if config.envelope_clip:
+        # Per pixel; inside the global range below, so that clip would change nothing more.
         np.clip(fused, stack.min(axis=0), stack.max(axis=0), out=fused)
+    else:
+        low = stack.min(axis=(0, 2, 3))[:, None, None]
+        high = stack.max(axis=(0, 2, 3))[:, None, None]
+        np.clip(fused, low, high, out=fused)
     timings["reconstruction"] = clock() - t4
     return fused, base_w, detail_w, timings
 
 
 def _fuse_pyramid(
-    stack: np.ndarray, config: FusionConfig, extractor: ActivityExtractor | None
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, float]]:
+    stack: np.ndarray, config: FusionConfig, extractor: ActivityExtractor | None, keep_weights: bool
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, dict[str, float]]:
     """The pyramid rule on a (K, N, H, W) stack; returns fused (N, H, W) and weights (K, N, H, W)."""
     k, n, h, w = stack.shape
     timings = dict.fromkeys(PYRAMID_STAGES, 0.0)
@@ -311,9 +319,12 @@ def _fuse_pyramid(
         np.clip(fused, stack.min(axis=0), stack.max(axis=0), out=fused)
     else:
         np.clip(fused, 0.0, 1.0, out=fused)
-    coarse_w = normalise_sum(np.clip(coarse_w, 0.0, 1.0, out=coarse_w))
+    base_w = None
+    if keep_weights:
+        base_w = expand_to(coarse_w, (h, w)).astype(np.float32, copy=False)
+        base_w = normalise_sum(np.clip(base_w, 0.0, 1.0, out=base_w))
     timings["blending"] = clock() - t2
-    return fused.astype(np.float32), coarse_w, decided, timings
+    return fused.astype(np.float32, copy=False), base_w, decided, timings
 
 
 # Thread pools by size, shared by all fusions of the process (starting

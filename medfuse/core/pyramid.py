@@ -17,7 +17,10 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["gaussian_pyramid", "laplacian_pyramid", "collapse", "blend", "max_levels"]
+from medfuse.core.weights import one_hot_largest
+
+__all__ = ["gaussian_pyramid", "laplacian_pyramid", "collapse", "blend", "expand_to", "max_levels"]
+
 
 def _reduce_axis(images: np.ndarray, axis: int) -> np.ndarray:
     """Binomial (1, 4, 6, 4, 1)/16 low-pass of one axis, keeping every second sample.
@@ -134,9 +137,10 @@ def blend(
     Returns
     -------
     fused : ndarray, shape (..., H, W), float32 for float32 sources, else float64
-    coarsest_weights : ndarray, shape (K, ..., H, W), float32
-        The weights that blended the coarsest band, expanded back to full
-        size (what decides the image's large-scale intensities).
+    coarsest_weights : ndarray, shape (K, ..., h, w)
+        The weights that blended the coarsest band, at that band's size (what
+        decides the image's large-scale intensities); :func:`expand_to`
+        brings them to full size where they are wanted.
     """
     if coarsest not in ("weights", "max"):
         raise ValueError(f"coarsest must be 'weights' or 'max', got {coarsest!r}")
@@ -145,11 +149,22 @@ def blend(
     source_bands = laplacian_pyramid(np.asarray(sources, dtype=dtype), levels)
     weight_levels = gaussian_pyramid(np.asarray(weights, dtype=dtype), levels)
     if coarsest == "max":
-        top = source_bands[-1]
-        brightest = np.argmax(top, axis=0)
-        weight_levels[-1] = (np.arange(top.shape[0]).reshape((-1,) + (1,) * brightest.ndim) == brightest).astype(dtype)
+        weight_levels[-1] = one_hot_largest(source_bands[-1], dtype)
     fused = collapse([(w * band).sum(axis=0) for w, band in zip(weight_levels, source_bands)])
-    coarse = weight_levels[-1]
-    for finer in reversed(weight_levels[:-1]):
-        coarse = _expand(coarse, finer.shape[-2:])
-    return fused, coarse.astype(np.float32)
+    return fused, weight_levels[-1]
+
+
+def expand_to(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Expand a pyramid level of an image of size ``shape`` (H, W) back to that size, level by level.
+
+    The inverse of the size chain of :func:`gaussian_pyramid`: each level is
+    ceil(half) the size of the one above it.
+    """
+    sizes = [tuple(shape)]
+    while sizes[-1] != tuple(image.shape[-2:]):
+        if sizes[-1][0] <= image.shape[-2] and sizes[-1][1] <= image.shape[-1]:
+            raise ValueError(f"a level of size {image.shape[-2:]} is not in the pyramid of an image of size {shape}")
+        sizes.append(((sizes[-1][0] + 1) // 2, (sizes[-1][1] + 1) // 2))
+    for size in reversed(sizes[:-1]):
+        image = _expand(image, size)
+    return image

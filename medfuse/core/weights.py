@@ -20,6 +20,7 @@ __all__ = [
     "max_abs_weights",
     "refine",
     "decision_weights",
+    "one_hot_largest",
 ]
 
 # A per-pixel weight sum below this is treated as "no information": the pixel
@@ -234,15 +235,30 @@ def decision_weights(sources: np.ndarray, radius: int, activity: np.ndarray | No
     score = box_mean(np.square(sources, dtype=np.float64), radius)
     if activity is not None:
         score *= activity
+    return one_hot_largest(score)
+
+
+def one_hot_largest(scores: np.ndarray, dtype: type = np.float32) -> np.ndarray:
+    """1 where a source's score is the largest over axis 0, else 0; ties go to the first source.
+
+    Parameters
+    ----------
+    scores : ndarray, shape (K, ...), real
+    dtype : numpy dtype of the result
+
+    Returns
+    -------
+    ndarray, shape of ``scores``, ``dtype``; sums to 1 over axis 0.
+    """
     # A running comparison (strictly greater wins, so ties keep the earlier
     # source, as argmax does) is much faster than argmax over the first axis.
-    best = score[0].copy()
+    best = scores[0].copy()
     chosen = np.zeros(best.shape, np.intp)
-    for k in range(1, score.shape[0]):
-        better = score[k] > best
+    for k in range(1, scores.shape[0]):
+        better = scores[k] > best
         chosen[better] = k
-        np.maximum(best, score[k], out=best)
-    weights = np.empty(sources.shape, np.float32)
-    for k in range(score.shape[0]):
+        np.maximum(best, scores[k], out=best)
+    weights = np.empty(scores.shape, dtype)
+    for k in range(scores.shape[0]):
         np.equal(chosen, k, out=weights[k], casting="unsafe")
     return weights
