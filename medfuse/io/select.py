@@ -32,7 +32,7 @@ import re
 from dataclasses import dataclass, field
 
 from medfuse.errors import SelectionError
-from medfuse.io.dicom.series import FolderIndex, SeriesInfo, mask_identifier, orphans_problem
+from medfuse.io.dicom.series import FolderIndex, SeriesInfo, mask_identifier, orphans_problem, skipped_files
 from medfuse.io.dicom.verdicts import choose_split
 
 ORIENTATIONS = ("axial", "coronal", "sagittal", "oblique")
@@ -191,13 +191,10 @@ def _check_orphans(index: FolderIndex) -> None:
         raise SelectionError(f"{index.root}: {problem}")
 
 
-def _skipped_note(index: FolderIndex, shown: int = 3) -> str:
-    """'; N files skipped by the scan: path: reason, ...' (first *shown* files), or ''."""
-    if not index.skipped:
-        return ""
-    listed = ", ".join(f"{path}: {reason}" for path, reason in index.skipped[:shown])
-    more = f", and {len(index.skipped) - shown} more" if len(index.skipped) > shown else ""
-    return f"; {len(index.skipped)} file(s) skipped by the scan: {listed}{more}"
+def _skipped_note(index: FolderIndex) -> str:
+    """'; N files skipped by the scan: path: reason, ...' (the first three files), or ''."""
+    listing = skipped_files(index, verb="skipped by the scan")
+    return f"; {listing}" if listing else ""
 
 
 def _usable_override(index: FolderIndex, role: str, key: str | int) -> SeriesInfo:

@@ -181,13 +181,19 @@ class FolderIndex:
         }
 
 
-def skipped_note(index: FolderIndex, shown: int = 3) -> str:
-    """' (N file(s) skipped: path: reason, ...)' naming the first *shown* skipped files, or ''."""
+def skipped_files(index: FolderIndex, shown: int = 3, *, verb: str = "skipped") -> str:
+    """'N file(s) <verb>: path: reason, ...' naming the first *shown* skipped files, or ''."""
     if not index.skipped:
         return ""
     listed = ", ".join(f"{path}: {reason}" for path, reason in index.skipped[:shown])
     more = f", and {len(index.skipped) - shown} more" if len(index.skipped) > shown else ""
-    return f" ({len(index.skipped)} file(s) skipped: {listed}{more})"
+    return f"{len(index.skipped)} file(s) {verb}: {listed}{more}"
+
+
+def skipped_note(index: FolderIndex, shown: int = 3) -> str:
+    """' (N file(s) skipped: path: reason, ...)' naming the first *shown* skipped files, or ''."""
+    listing = skipped_files(index, shown)
+    return f" ({listing})" if listing else ""
 
 
 def orphans_problem(index: FolderIndex) -> str:
