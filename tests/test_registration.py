@@ -16,7 +16,7 @@ import pytest
 import SimpleITK as sitk
 
 from medfuse.errors import InputError, RegistrationError
-from medfuse.volume.masks import foreground_mask
+from medfuse.volume.masks import ball_morphology, foreground_mask
 from medfuse.volume.model import InstanceReference, SeriesReference, Volume
 from medfuse.volume.overlay import registration_overlay
 from medfuse.volume.validation import inverted_contrast, mean_tre, moved_by, rigid_about_centre
@@ -255,6 +255,29 @@ def test_foreground_mask_excludes_air_around_the_head(t1_pair):
     assert not any(mask[a, b, c] for a in (0, z - 1) for b in (0, y - 1) for c in (0, x - 1))
     # Air outside the head is dark: the masked voxels are far brighter than the rest.
     assert np.median(values[mask]) > 10 * max(np.median(values[~mask]), 1.0)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_ball_morphology_equals_itk_voxel_for_voxel(seed):
+    # The mask's morphology replaced SimpleITK's ball filters for speed (issue 14); it must give their voxels,
+    # anisotropic radii, radius 0 along an axis and the image border included.
+    rng = np.random.default_rng(seed)
+    for _ in range(6):
+        shape = tuple(int(n) for n in rng.integers(5, 24, 3))
+        radius = tuple(int(r) for r in rng.integers(0, 5, 3))
+        binary = rng.random(shape) < rng.uniform(0.05, 0.8)
+        image = sitk.GetImageFromArray(binary.astype(np.uint8))
+        kernel = {"kernelRadius": list(radius[::-1]), "kernelType": sitk.sitkBall, "foregroundValue": 1}
+        expected = {
+            True: sitk.GetArrayFromImage(sitk.BinaryDilate(image, **kernel)) > 0,
+            False: sitk.GetArrayFromImage(sitk.BinaryErode(image, **kernel)) > 0,
+        }
+        for dilate in (True, False):
+            np.testing.assert_array_equal(ball_morphology(binary, radius, dilate=dilate), expected[dilate],
+                                          err_msg=f"{'dilation' if dilate else 'erosion'} {shape} {radius}")
+        opened = sitk.GetArrayFromImage(sitk.BinaryMorphologicalOpening(image, **kernel)) > 0
+        np.testing.assert_array_equal(
+            ball_morphology(ball_morphology(binary, radius, dilate=False), radius, dilate=True), opened)
 
 
 def test_overlay_shows_fixed_and_moved(small_mr):

@@ -22,6 +22,7 @@ mask here keeps the bright object:
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import numpy as np
@@ -133,24 +134,104 @@ def foreground_mask(image: sitk.Image, config: MaskConfig | None = None, *, on_i
         raise InputError("cannot compute a foreground mask: the image is constant")
     threshold = _background_threshold(content, config)
     del content, values  # freed before the morphology's own peak
-    above = sitk.Cast(work > threshold, sitk.sitkUInt8)
-    del work
-    joined = _morphology(above, sitk.BinaryDilate, config.closing_radius_mm)
-    filled = sitk.BinaryFillhole(joined, fullyConnected=False, foregroundValue=1)
-    solid = _morphology(filled, sitk.BinaryErode, config.closing_radius_mm)
-    opened = _morphology(solid, sitk.BinaryMorphologicalOpening, config.opening_radius_mm)
-    kept = _largest_component(opened)
+    above = sitk.GetArrayViewFromImage(work) > np.float32(threshold)  # (Z, Y, X) bool, compared as ITK does
+    spacing = work.GetSpacing()
+    joined = ball_morphology(above, _radius(config.closing_radius_mm, spacing), dilate=True)
+    filled = _fill_holes(joined, work)
+    del joined
+    solid = ball_morphology(filled, _radius(config.closing_radius_mm, spacing), dilate=False)
+    del filled
+    opening = _radius(config.opening_radius_mm, spacing)
+    opened = ball_morphology(ball_morphology(solid, opening, dilate=False), opening, dilate=True)
+    kept = _largest_component(opened, work)
+    del opened
     if kept is None or _fraction_kept(kept, above) < config.min_kept_fraction:
         # The opening or the largest-component rule threw much of the object
         # away: it is made of thin or separate parts. Keep every part.
         kept = solid
-    if not np.any(sitk.GetArrayViewFromImage(kept)):
+    del above, solid
+    if not np.any(kept):
         raise InputError("cannot compute a foreground mask: no bright object found")
-    dilated = _morphology(kept, sitk.BinaryDilate, config.dilation_radius_mm)
+    dilated = _as_image(ball_morphology(kept, _radius(config.dilation_radius_mm, spacing), dilate=True), work)
+    del work
     if not on_image_grid:
         return dilated
     on_grid = sitk.Resample(dilated, image, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
     return on_grid
+
+
+def ball_morphology(binary: np.ndarray, radius_zyx: tuple[int, ...], *, dilate: bool) -> np.ndarray:
+    """Dilation or erosion of a binary array by ITK's flat ball, voxel for voxel as ITK gives it, faster.
+
+    SimpleITK's ``BinaryDilate``/``BinaryErode`` with ``sitkBall`` run on one
+    thread and took 2.5 s of the 512 x 512 x 200 CT's registration (issue 14).
+    ITK's ball of radius r holds the offsets d with ``sum((d_i / (r_i + 0.5))**2) <= 1``
+    (checked against ITK). It is convex and symmetric, so every box
+    ``[-c_i, c_i]`` whose corner c lies in it lies in it too: the ball is the
+    union of its few maximal boxes, and dilating by it is the union of the
+    dilations by the boxes. A box dilation is separable (one axis at a time)
+    and ``[-h, h]`` is h steps of ``[-1, 1]``, so boxes that share a start
+    share its steps. Erosion is the same with AND. As in ITK, the outside of
+    the array counts as background for a dilation and as foreground for an
+    erosion (the edge of the image does not erode an object).
+    ``tests/test_registration.py`` compares it with ITK voxel for voxel.
+
+    Parameters
+    ----------
+    binary : ndarray (Z, Y, X) bool
+    radius_zyx : tuple of int
+        Ball radius in voxels per axis, in array order (0: no extent).
+    dilate : bool
+        True: dilation; False: erosion.
+
+    Returns
+    -------
+    ndarray (Z, Y, X) bool
+        A new array.
+    """
+    binary = np.asarray(binary, dtype=bool)
+    if not any(radius_zyx):
+        return binary.copy()
+    combine = np.logical_or if dilate else np.logical_and
+    return _combined_boxes(binary, _ball_boxes(tuple(radius_zyx)), 0, combine)
+
+
+def _ball_boxes(radius: tuple[int, ...]) -> list[tuple[int, ...]]:
+    """Half-extents of the maximal boxes whose union is ITK's ball of *radius* (sorted)."""
+    semi = [r + 0.5 for r in radius]
+    corners = [c for c in itertools.product(*(range(r + 1) for r in radius))
+               if sum((ci / s) ** 2 for ci, s in zip(c, semi)) <= 1.0]
+    return [c for c in corners if not any(o != c and all(oi >= ci for oi, ci in zip(o, c)) for o in corners)]
+
+
+def _combined_boxes(array: np.ndarray, boxes: list[tuple[int, ...]], axis: int, combine) -> np.ndarray:
+    """Union (or intersection) over *boxes* of *array* filtered by each box along axes *axis* onward.
+
+    May return *array* itself; never writes into it.
+    """
+    if axis == array.ndim:
+        return array
+    out, current, reached = None, array, 0
+    for half in sorted({box[axis] for box in boxes}):
+        for _ in range(half - reached):
+            current = _step(current, axis, combine)
+        reached = half
+        part = _combined_boxes(current, [box for box in boxes if box[axis] == half], axis + 1, combine)
+        if out is None:
+            out = part if part is not current and part is not array else part.copy()
+        else:
+            combine(out, part, out=out)
+    return out
+
+
+def _step(array: np.ndarray, axis: int, combine) -> np.ndarray:
+    """*array* combined with its neighbours at -1 and +1 along *axis* (a new array)."""
+    out = array.copy()
+    ahead = tuple(slice(1, None) if a == axis else slice(None) for a in range(array.ndim))
+    behind = tuple(slice(None, -1) if a == axis else slice(None) for a in range(array.ndim))
+    combine(out[ahead], array[behind], out=out[ahead])
+    combine(out[behind], array[ahead], out=out[behind])
+    return out
 
 
 def _background_threshold(content: np.ndarray, config: MaskConfig) -> float:
@@ -173,11 +254,9 @@ def _background_threshold(content: np.ndarray, config: MaskConfig) -> float:
     return float(otsu.GetThresholds()[0])
 
 
-def _fraction_kept(mask: sitk.Image, reference: sitk.Image) -> float:
-    """Fraction of the nonzero voxels of *reference* that are nonzero in *mask*."""
-    kept = sitk.GetArrayViewFromImage(mask).astype(bool)
-    whole = sitk.GetArrayViewFromImage(reference).astype(bool)
-    return float(np.count_nonzero(kept & whole)) / max(int(np.count_nonzero(whole)), 1)
+def _fraction_kept(mask: np.ndarray, reference: np.ndarray) -> float:
+    """Fraction of the nonzero voxels of *reference* that are nonzero in *mask* (bool arrays)."""
+    return float(np.count_nonzero(mask & reference)) / max(int(np.count_nonzero(reference)), 1)
 
 
 def _coarse_copy(image: sitk.Image, spacing_mm: float) -> sitk.Image:
@@ -188,17 +267,26 @@ def _coarse_copy(image: sitk.Image, spacing_mm: float) -> sitk.Image:
     return sitk.BinShrink(image, [int(f) for f in factors])
 
 
-def _morphology(binary: sitk.Image, operation, radius_mm: float) -> sitk.Image:
-    radius = [int(round(radius_mm / s)) for s in binary.GetSpacing()]
-    if not any(radius):
-        return binary
-    # By keyword: the fourth positional parameter is backgroundValue for
-    # some of these filters and foregroundValue for others.
-    return operation(binary, kernelRadius=radius, kernelType=sitk.sitkBall, foregroundValue=1)
+def _radius(radius_mm: float, spacing_xyz: tuple[float, ...]) -> tuple[int, ...]:
+    """A radius in mm as whole voxels per axis, in array (Z, Y, X) order."""
+    return tuple(int(round(radius_mm / s)) for s in spacing_xyz[::-1])
 
 
-def _largest_component(binary: sitk.Image) -> sitk.Image | None:
-    components = sitk.ConnectedComponent(binary)
+def _as_image(binary: np.ndarray, grid: sitk.Image) -> sitk.Image:
+    """A (Z, Y, X) bool array as a uint8 image on the grid of *grid*."""
+    image = sitk.GetImageFromArray(binary.view(np.uint8))
+    image.CopyInformation(grid)
+    return image
+
+
+def _fill_holes(binary: np.ndarray, grid: sitk.Image) -> np.ndarray:
+    """*binary* with every background region not connected to the image border filled (face connectivity)."""
+    filled = sitk.BinaryFillhole(_as_image(binary, grid), fullyConnected=False, foregroundValue=1)
+    return sitk.GetArrayViewFromImage(filled) > 0
+
+
+def _largest_component(binary: np.ndarray, grid: sitk.Image) -> np.ndarray | None:
+    components = sitk.ConnectedComponent(_as_image(binary, grid))
     shapes = sitk.LabelShapeStatisticsImageFilter()
     shapes.Execute(components)
     labels = shapes.GetLabels()
@@ -207,4 +295,4 @@ def _largest_component(binary: sitk.Image) -> sitk.Image | None:
     # The largest; among equal sizes the first label, as RelabelComponent would rank them (without its
     # second full-size label image).
     largest = max(labels, key=lambda label: (shapes.GetNumberOfPixels(label), -label))
-    return sitk.Cast(components == largest, sitk.sitkUInt8)
+    return sitk.GetArrayViewFromImage(components) == largest
