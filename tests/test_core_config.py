@@ -59,5 +59,5 @@ def test_bad_parameters_are_refused_with_an_input_error(changes):
 
 def test_to_dict_lists_every_parameter():
     data = FusionConfig.paper().to_dict()
-    assert data["eps_d"] == 1e-6 and data["model"] is None
+    assert data["eps_d"] == 1e-6 and data["model"] == "efficientnet-lite0"  # the float32 trunk, not the int8 default
     assert FusionConfig(**data) == FusionConfig.paper()

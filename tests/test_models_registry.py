@@ -44,7 +44,7 @@ def test_shipped_manifest_describes_every_file_fully(repo_root):
     manifest_path = repo_root / "models" / MANIFEST_NAME
     raw = tomllib.loads(manifest_path.read_text())
     manifest = read_manifest(manifest_path)
-    assert manifest.default == "efficientnet-lite0"
+    assert manifest.default == "efficientnet-lite0-int8"
     for entry in manifest.models.values():
         assert entry.licence and entry.weights_source and entry.export_command and entry.architecture
         for depth, row in entry.depths.items():
@@ -57,7 +57,7 @@ def test_shipped_manifest_describes_every_file_fully(repo_root):
 def test_list_shows_the_default_and_resnet50_as_export_only(user_registry):
     rows = list_models()
     defaults = [r for r in rows if r.is_default]
-    assert [(r.name, r.depth) for r in defaults] == [("efficientnet-lite0", 3)]
+    assert [(r.name, r.depth) for r in defaults] == [("efficientnet-lite0-int8", 3)]
     resnet = [r for r in rows if r.name == "resnet50"]
     assert len(resnet) == 1 and resnet[0].origin == "export only" and resnet[0].depth is None
 
@@ -171,7 +171,7 @@ def test_non_editable_install_finds_the_shipped_models(repo_root, tmp_path):
                          env=env).stdout.splitlines()
     assert out[0].startswith(str(venv)), "the installed copy, not the source checkout, must be imported"
     assert out[1].startswith(str(venv)) and out[1].endswith("share/medfuse/models/manifest.toml")
-    assert out[2] == "efficientnet-lite0@3"
+    assert out[2] == "efficientnet-lite0-int8@3"
     verify = subprocess.run([str(venv / "bin" / "medfuse"), "models", "verify"], capture_output=True, text=True,
                             cwd=elsewhere, env=env)
     assert verify.returncode == 0, verify.stderr

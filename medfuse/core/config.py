@@ -53,7 +53,9 @@ _PAPER: dict[str, Any] = {
     "eps_d": 1e-6,
     "features_on": "source",
     "clip_detail_weights": False,
-    "model": None,
+    # The float32 trunk: the shipped default is its int8 quantisation
+    # (docs/models.md, "Int8 trunk"), which the paper never had.
+    "model": "efficientnet-lite0",
     "depth": None,
     "saliency_levels": 256,
     "saliency_normalisation": "minmax",
@@ -119,7 +121,9 @@ class FusionConfig:
         Clip guided-filtered detail weights to [0, 1] before renormalising
         (with ε_d = 1e-6 they overshoot; the paper does not clip).
     model, depth : str or None, int or None
-        Feature extractor name and depth; None means the shipped default.
+        Feature extractor name and depth; None means the shipped default
+        (the int8 EfficientNet-Lite0 trunk, at its default depth 3). The
+        paper preset names the float32 trunk, ``efficientnet-lite0``.
     saliency_levels : int
         Grey levels the source is quantised to for the saliency histogram
         (paper: 256, i.e. 8-bit).
@@ -159,8 +163,8 @@ class FusionConfig:
     # the 72 shared medical pairs and stops up-to-5x detail amplification
     # (docs/fusion.md, "Measured quality of the variants").
     clip_detail_weights: bool = True
-    model: str | None = _PAPER["model"]
-    depth: int | None = _PAPER["depth"]
+    model: str | None = None
+    depth: int | None = None
     saliency_levels: int = _PAPER["saliency_levels"]
     saliency_normalisation: str = _PAPER["saliency_normalisation"]
     detail_temperature: float = _PAPER["detail_temperature"]

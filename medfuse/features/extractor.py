@@ -40,7 +40,7 @@ class OnnxActivityExtractor:
     Attributes
     ----------
     name : str
-        ``"<model>@<depth>"``, e.g. ``"efficientnet-lite0@3"``.
+        ``"<model>@<depth>"``, e.g. ``"efficientnet-lite0-int8@3"``.
     model, depth, stride, channels, threads
         What was loaded: registry name, depth, output stride, feature channels,
         onnxruntime intra-op threads (None = onnxruntime's default).

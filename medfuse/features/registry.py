@@ -105,6 +105,9 @@ def _session(entry: ModelEntry, depth: int, threads: int | None):
             options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
             options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
             options.inter_op_num_threads = 1
+            # Errors only: the int8 trunk's graph optimiser reports the constants it
+            # folded away as warnings on every load, which no user can act on.
+            options.log_severity_level = 3
             if threads is not None:
                 options.intra_op_num_threads = threads
             try:
