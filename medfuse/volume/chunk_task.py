@@ -124,8 +124,8 @@ def fuse_chunk(stack: np.ndarray, cover: np.ndarray, config: FusionConfig,
         # needs the one-source rule below, and its per-voxel work is skipped.
         everywhere = len(members) >= 2 and bool(part_cover.all())
         count = part_cover.sum(axis=0) if not everywhere else None
-        only = np.argmax(part_cover, axis=0) if not everywhere else None
         if weights is not None and not everywhere:
+            only = np.argmax(part_cover, axis=0)
             # Where one taking-part source alone covers a voxel its weight is 1 (the fused value is its own).
             single = (np.arange(len(members))[:, None, None, None] == only[None]) & (count == 1)
             for kind in range(2):
@@ -147,8 +147,11 @@ def fuse_chunk(stack: np.ndarray, cover: np.ndarray, config: FusionConfig,
                     weights[kind, list(members), index] = np.where(both, plane, weights[kind, list(members), index])
         if not everywhere:
             # Voxels that only one source covers take that source's value; none: 0.
-            single = np.take_along_axis(part, only[None], axis=0)[0]
-            result = np.where(count >= 2, result, np.where(count == 1, single, 0.0))
+            alone = np.zeros(result.shape, np.float32)
+            for source in range(len(members)):
+                np.copyto(alone, part[source], where=part_cover[source])
+            np.copyto(alone, result, where=count >= 2)
+            result = alone
         out[slices] = result
     if weights is None:
         return out
