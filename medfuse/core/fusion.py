@@ -34,12 +34,13 @@ from medfuse.core.config import FusionConfig
 from medfuse.core.decomposition import decompose
 from medfuse.core.extractor import ActivityExtractor
 from medfuse.core.filters import GuideWindows
-from medfuse.core.pyramid import blend, expand_to
+from medfuse.core.pyramid import blend_decisions
 from medfuse.core.weights import (
     average_weights,
-    decision_weights,
+    decision_indices,
     max_abs_weights,
     normalise_sum,
+    one_hot,
     saliency_weights,
     softmax_weights,
     upsample_nearest,
@@ -204,11 +205,11 @@ def _fuse(
     threads: int = 1,
     *,
     keep_weights: bool = True,
-) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, dict[str, float]]:
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None, dict[str, float]]:
     """Fuse a (K, N, H, W) stack; returns fused (N, H, W) and weights (K, N, H, W).
 
-    Without ``keep_weights`` the pyramid rule does not expand its coarsest-band
-    weights to full size (base weights None): nobody reads them then.
+    Without ``keep_weights`` the pyramid rule builds neither weight stack
+    (both None): nobody reads them then.
     """
     k, n, h, w = stack.shape
     if config.uses_cnn and extractor is None:
@@ -222,7 +223,7 @@ def _fuse(
     if isinstance(threads, bool) or int(threads) != threads or threads < 1:
         raise ValueError(f"threads must be a positive integer, got {threads!r}")
     if config.rule == "pyramid":
-        return _fuse_pyramid(stack, config, extractor, keep_weights)
+        return _fuse_pyramid(stack, config, extractor, keep_weights, int(threads))
     by_source = _SourceGroups(k, int(threads), n * h * w)
     timings = dict.fromkeys(STAGES, 0.0)
     clock = time.perf_counter
@@ -297,34 +298,43 @@ def _fuse(
 
 
 def _fuse_pyramid(
-    stack: np.ndarray, config: FusionConfig, extractor: ActivityExtractor | None, keep_weights: bool
-) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, dict[str, float]]:
-    """The pyramid rule on a (K, N, H, W) stack; returns fused (N, H, W) and weights (K, N, H, W)."""
+    stack: np.ndarray, config: FusionConfig, extractor: ActivityExtractor | None, keep_weights: bool, threads: int
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None, dict[str, float]]:
+    """The pyramid rule on a (K, N, H, W) stack; returns fused (N, H, W) and weights (K, N, H, W).
+
+    Without ``keep_weights`` neither weight stack is built (both None). The
+    decision and the blending are compiled kernels working on row ranges, shared
+    among ``threads`` threads when the stack is large enough to pay for them.
+    """
     k, n, h, w = stack.shape
     timings = dict.fromkeys(PYRAMID_STAGES, 0.0)
     clock = time.perf_counter
+    parts = min(int(threads), max(1, (k * n * h * w) // _MIN_PIXELS_PER_THREAD))
+    executor = _pool(parts) if parts > 1 else None
     t0 = clock()
-    activity = None
+    cells = stride = None
     if config.decision == "cnn-energy":
         cells = _activity(extractor, stack.reshape(k * n, h, w))
-        activity = upsample_nearest(cells.reshape((k, n) + cells.shape[-2:]), (h, w), extractor.stride)
+        cells = cells.reshape((k, n) + cells.shape[-2:])
+        stride = extractor.stride
     t1 = clock()
     timings["cnn"] = t1 - t0
-    decided = decision_weights(stack, config.decision_radius, activity)
+    chosen = decision_indices(stack, config.decision_radius, cells, stride, parts=parts, executor=executor)
+    decided = one_hot(chosen, k) if keep_weights else None
     t2 = clock()
     timings["decision"] = t2 - t1
-    coarsest = "max" if config.coarsest_band == "max" else "weights"
-    fused, coarse_w = blend(stack, decided, config.pyramid_levels, coarsest=coarsest)
-    if config.envelope_clip:
-        np.clip(fused, stack.min(axis=0), stack.max(axis=0), out=fused)
-    else:
-        np.clip(fused, 0.0, 1.0, out=fused)
-    base_w = None
-    if keep_weights:
-        base_w = expand_to(coarse_w, (h, w)).astype(np.float32, copy=False)
-        base_w = normalise_sum(np.clip(base_w, 0.0, 1.0, out=base_w))
+    fused, base_w = blend_decisions(
+        stack,
+        chosen,
+        config.pyramid_levels,
+        coarsest="max" if config.coarsest_band == "max" else "weights",
+        envelope=config.envelope_clip,
+        keep_weights=keep_weights,
+        parts=parts,
+        executor=executor,
+    )
     timings["blending"] = clock() - t2
-    return fused.astype(np.float32, copy=False), base_w, decided, timings
+    return fused, base_w, decided, timings
 
 
 # Thread pools by size, shared by all fusions of the process (starting

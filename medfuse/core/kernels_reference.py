@@ -7,6 +7,13 @@ reference to 1e-6 on random images, borders, radii larger than the image)
 and by ``bench/guided_filter.py`` as its float64 reference. Same functions,
 signatures and results as :mod:`medfuse.core.filters`.
 
+The pyramid rule's kernels have their reference here too:
+:func:`decision_indices` and :func:`blend_decisions`, with the signatures of
+:func:`medfuse.core.weights.decision_indices` and
+:func:`medfuse.core.pyramid.blend_decisions`, built from the NumPy functions of
+those modules (this module's box mean for the local energy); the bench's
+"x reference" rows of the default rule and the tests use them.
+
 All filters act on the last two axes of an array of shape ``(..., H, W)`` and
 treat every leading index as an independent image.
 
@@ -34,7 +41,10 @@ import threading
 import numpy as np
 from scipy.ndimage import correlate1d, uniform_filter1d
 
-__all__ = ["box_mean", "guided_filter", "GuideWindows", "gaussian_blur"]
+from medfuse.core.pyramid import blend_clipped
+from medfuse.core.weights import decision_scores, largest_index, one_hot, upsample_nearest
+
+__all__ = ["box_mean", "guided_filter", "GuideWindows", "gaussian_blur", "decision_indices", "blend_decisions"]
 
 
 def _window_counts(n: int, radius: int) -> np.ndarray:
@@ -296,3 +306,30 @@ def gaussian_blur(images: np.ndarray, sigma: float, radius: int) -> np.ndarray:
         shape[axis] = n
         out /= inside.reshape(shape)
     return out
+
+
+def decision_indices(
+    sources: np.ndarray, radius: int, cells: np.ndarray | None = None, stride: int = 1, **_threads
+) -> np.ndarray:
+    """:func:`medfuse.core.weights.decision_indices` in NumPy: the activity upsampled, scores, running comparison.
+
+    ``parts`` and ``executor`` are accepted and ignored (one thread).
+    """
+    activity = None if cells is None else upsample_nearest(cells, sources.shape[-2:], stride)
+    return largest_index(decision_scores(sources, radius, activity, box=box_mean))
+
+
+def blend_decisions(
+    sources: np.ndarray,
+    chosen: np.ndarray,
+    levels: int,
+    *,
+    coarsest: str = "max",
+    envelope: bool = True,
+    keep_weights: bool = True,
+    **_threads,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """:func:`medfuse.core.pyramid.blend_decisions` in NumPy: :func:`medfuse.core.pyramid.blend_clipped` of the
+    one-hot maps. ``parts`` and ``executor`` are accepted and ignored (one thread)."""
+    return blend_clipped(sources, one_hot(chosen, sources.shape[0]), levels, coarsest=coarsest, envelope=envelope,
+                         keep_weights=keep_weights)

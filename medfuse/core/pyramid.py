@@ -11,15 +11,32 @@ scales and without a halo at coarse ones.
 
 All functions work on stacks: the last two axes are the image, any leading
 axes (sources, slices) are carried along.
+
+The fusion runs :func:`blend_decisions`, the compiled kernels of
+:mod:`medfuse.core.kernels_pyramid`; the NumPy functions here are its readable
+reference and test oracle (:func:`blend_clipped` is what it computes) and stay
+public (pyramids for reports and tools).
 """
 
 from __future__ import annotations
 
+from concurrent.futures import Executor
+
 import numpy as np
 
-from medfuse.core.weights import one_hot_largest
+from medfuse.core import kernels
+from medfuse.core.weights import normalise_sum, one_hot, one_hot_largest
 
-__all__ = ["gaussian_pyramid", "laplacian_pyramid", "collapse", "blend", "expand_to", "max_levels"]
+__all__ = [
+    "gaussian_pyramid",
+    "laplacian_pyramid",
+    "collapse",
+    "blend",
+    "blend_clipped",
+    "blend_decisions",
+    "expand_to",
+    "max_levels",
+]
 
 
 def _reduce_axis(images: np.ndarray, axis: int) -> np.ndarray:
@@ -152,6 +169,126 @@ def blend(
         weight_levels[-1] = one_hot_largest(source_bands[-1], dtype)
     fused = collapse([(w * band).sum(axis=0) for w, band in zip(weight_levels, source_bands)])
     return fused, weight_levels[-1]
+
+
+def blend_clipped(
+    sources: np.ndarray,
+    weights: np.ndarray,
+    levels: int,
+    *,
+    coarsest: str = "max",
+    envelope: bool = True,
+    keep_weights: bool = True,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """The pyramid rule's blending in NumPy: :func:`blend`, then the clip, and the coarsest weights at full size.
+
+    The reference of :func:`blend_decisions` (which takes the deciding source's
+    index instead of one-hot ``weights``).
+
+    Parameters
+    ----------
+    sources : ndarray, shape (K, N, H, W), float32
+    weights : ndarray, shape (K, N, H, W), float
+        The one-hot decision maps.
+    levels : int >= 1
+    coarsest : {'max', 'weights'}
+        See :func:`blend`.
+    envelope : bool
+        Clip each fused pixel to [min_k I_k, max_k I_k] there (else to [0, 1]).
+    keep_weights : bool
+        Also return the weights that blended the coarsest band, expanded to
+        full size, clipped to [0, 1] and renormalised over K.
+
+    Returns
+    -------
+    fused : ndarray, shape (N, H, W), float32
+    base_weights : ndarray, shape (K, N, H, W), float32, or None without ``keep_weights``
+    """
+    fused, coarse_weights = blend(sources, weights, levels, coarsest=coarsest)
+    if envelope:
+        np.clip(fused, sources.min(axis=0), sources.max(axis=0), out=fused)
+    else:
+        np.clip(fused, 0.0, 1.0, out=fused)
+    base_weights = None
+    if keep_weights:
+        base_weights = expand_to(coarse_weights, sources.shape[-2:]).astype(np.float32, copy=False)
+        base_weights = normalise_sum(np.clip(base_weights, 0.0, 1.0, out=base_weights))
+    return fused.astype(np.float32, copy=False), base_weights
+
+
+def blend_decisions(
+    sources: np.ndarray,
+    chosen: np.ndarray,
+    levels: int,
+    *,
+    coarsest: str = "max",
+    envelope: bool = True,
+    keep_weights: bool = True,
+    parts: int = 1,
+    executor: Executor | None = None,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """:func:`blend_clipped` of the one-hot maps of ``chosen``, on compiled kernels.
+
+    Three passes at full size or half size (:mod:`medfuse.core.kernels_pyramid`)
+    and the small levels in between, with the float32 operations of the NumPy
+    functions in their order: the result is :func:`blend_clipped`'s, byte for byte.
+
+    Parameters
+    ----------
+    sources : ndarray, shape (K, N, H, W), float32
+    chosen : ndarray, shape (N, H, W), uint8
+        The deciding source of each pixel (:func:`medfuse.core.weights.decision_indices`).
+    levels, coarsest, envelope, keep_weights
+        As for :func:`blend_clipped`.
+    parts : int >= 1
+        Share the rows (or slices) among this many tasks of ``executor`` (same result for any count).
+    executor : concurrent.futures.Executor, optional
+        Runs the tasks; none: all in the calling thread.
+
+    Returns
+    -------
+    fused : ndarray, shape (N, H, W), float32
+    base_weights : ndarray, shape (K, N, H, W), float32, or None without ``keep_weights``
+    """
+    if coarsest not in ("weights", "max"):
+        raise ValueError(f"coarsest must be 'weights' or 'max', got {coarsest!r}")
+    k, n, h, w = sources.shape
+    levels = min(levels, max_levels((h, w)))
+    if levels == 1:
+        # No pyramid (one level asked for, or images under 4 pixels a side): a per-pixel weighted sum.
+        return blend_clipped(sources, one_hot(chosen, k), 1, coarsest=coarsest, envelope=envelope,
+                             keep_weights=keep_weights)
+    sources = np.ascontiguousarray(sources, dtype=np.float32)
+    chosen = np.ascontiguousarray(chosen, dtype=np.uint8)
+    level1 = ((h + 1) // 2, (w + 1) // 2)
+    gauss = np.empty((k, n) + level1, np.float32)
+    weights = np.empty((k, n) + level1, np.float32)
+    kernels.run_pieces(
+        lambda index, first, stop: kernels.reduce_finest_rows(sources, chosen, index, first, stop, gauss, weights),
+        kernels.split_work(n, level1[0], parts),
+        executor,
+    )
+    top = level1
+    for _ in range(levels - 2):
+        top = ((top[0] + 1) // 2, (top[1] + 1) // 2)
+    collapsed = np.empty((n,) + level1, np.float32)
+    coarse_weights = np.empty((k, n) + top, np.float32)
+    weights_level1 = np.empty((k, n) + (level1 if keep_weights else (0, 0)), np.float32)
+    kernels.run_pieces(
+        lambda index, _first, _stop: kernels.blend_coarse(gauss, weights, index, levels, coarsest == "max", collapsed,
+                                                          coarse_weights, weights_level1),
+        kernels.split_work(n, 1, parts),
+        executor,
+    )
+    fused = np.empty((n, h, w), np.float32)
+    base_weights = np.empty((k, n) + ((h, w) if keep_weights else (0, 0)), np.float32)
+    kernels.run_pieces(
+        lambda index, first, stop: kernels.blend_finest_rows(sources, chosen, gauss, collapsed, weights_level1, index,
+                                                             first, stop, envelope, fused, base_weights),
+        kernels.split_work(n, h, parts),
+        executor,
+    )
+    return fused, base_weights if keep_weights else None
 
 
 def expand_to(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:

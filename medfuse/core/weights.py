@@ -6,8 +6,12 @@ sources, N images (slices) each. Final weights sum to 1 over K at every pixel.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from concurrent.futures import Executor
+
 import numpy as np
 
+from medfuse.core import kernels
 from medfuse.core.filters import GuideWindows, box_mean
 from medfuse.core.saliency import saliency_maps
 
@@ -20,6 +24,10 @@ __all__ = [
     "max_abs_weights",
     "refine",
     "decision_weights",
+    "decision_scores",
+    "decision_indices",
+    "largest_index",
+    "one_hot",
     "one_hot_largest",
 ]
 
@@ -128,19 +136,26 @@ def upsample_nearest(maps: np.ndarray, size: tuple[int, int], stride: int) -> np
     -------
     ndarray, shape (..., H, W), maps' dtype
     """
-    h, w = maps.shape[-2:]
+    big_h, big_w = size
+    stride_h = stride_w = _tiling_stride(maps.shape[-2:], size, stride)
+    # Repeating whole rows, then columns, is several times faster than a fancy index.
+    return np.repeat(np.repeat(maps, stride_h, axis=-2)[..., :big_h, :], stride_w, axis=-1)[..., :big_w]
+
+
+def _tiling_stride(cells: tuple[int, int], size: tuple[int, int], stride: int) -> int:
+    """``stride`` as an int, once checked that ``cells`` (h, w) cells of that stride tile an image of ``size`` (H, W)."""
+    h, w = cells
     big_h, big_w = size
     if h > big_h or w > big_w or h < 1 or w < 1:
         raise ValueError(f"cannot upsample maps of size {(h, w)} to {(big_h, big_w)}")
     if isinstance(stride, bool) or int(stride) != stride or stride < 1:
         raise ValueError(f"stride must be a positive integer, got {stride!r}")
-    stride_h = stride_w = int(stride)
-    if -(-big_h // stride_h) != h or -(-big_w // stride_w) != w:
+    stride = int(stride)
+    if -(-big_h // stride) != h or -(-big_w // stride) != w:
         raise ValueError(
-            f"maps of size {(h, w)} do not tile an image of size {(big_h, big_w)} with stride {(stride_h, stride_w)}"
+            f"maps of size {(h, w)} do not tile an image of size {(big_h, big_w)} with stride {(stride, stride)}"
         )
-    # Repeating whole rows, then columns, is several times faster than a fancy index.
-    return np.repeat(np.repeat(maps, stride_h, axis=-2)[..., :big_h, :], stride_w, axis=-1)[..., :big_w]
+    return stride
 
 
 def max_abs_weights(details: np.ndarray) -> np.ndarray:
@@ -232,10 +247,129 @@ def decision_weights(sources: np.ndarray, radius: int, activity: np.ndarray | No
     >>> w[0, 0, 0].tolist(), w[1, 0, 0, 4:].tolist()
     ([1.0, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0], [1.0, 1.0, 1.0, 1.0])
     """
-    score = box_mean(np.square(sources, dtype=np.float64), radius)
+    return one_hot(largest_index(decision_scores(sources, radius, activity)), sources.shape[0])
+
+
+def decision_scores(
+    sources: np.ndarray, radius: int, activity: np.ndarray | None = None, *, box: Callable = box_mean
+) -> np.ndarray:
+    """The scores of :func:`decision_weights`: mean of I_k² over the window, times the activity if given.
+
+    Parameters
+    ----------
+    sources : ndarray, shape (K, N, H, W), float
+    radius : int >= 0
+    activity : ndarray, shape (K, N, H, W), optional
+    box : callable
+        The box mean (``box(images, radius)``, float64 result); the NumPy reference's for the tests' oracle.
+
+    Returns
+    -------
+    ndarray, shape (K, N, H, W), float64
+    """
+    score = box(np.square(sources, dtype=np.float64), radius)
     if activity is not None:
         score *= activity
-    return one_hot_largest(score)
+    return score
+
+
+def decision_indices(
+    sources: np.ndarray,
+    radius: int,
+    cells: np.ndarray | None = None,
+    stride: int = 1,
+    *,
+    parts: int = 1,
+    executor: Executor | None = None,
+) -> np.ndarray:
+    """The index of the source that decides each pixel: :func:`decision_weights`, compiled.
+
+    One pass over the images (:func:`medfuse.core.kernels.decide_rows`): the
+    local energy's window sums are added up directly in float64 (not slid),
+    and the CNN activity is read from its cell, so the upsampled activity is
+    never built. The box mean of :func:`decision_scores` slides running sums
+    instead: scores differ by float round-off (~1e-16 of the image's largest
+    score), so a decision can differ where two scores tie that closely, above
+    all in black areas, where running sums leave round-off and direct sums
+    give every source exactly 0 (a tie: the first source decides).
+
+    Parameters
+    ----------
+    sources : ndarray, shape (K, N, H, W), float32 in [0, 1], K <= 255
+    radius : int >= 0
+        Window radius of the local energy.
+    cells : ndarray, shape (K, N, ceil(H / stride), ceil(W / stride)), real, optional
+        CNN activity per cell (as the extractor returns it); none: the energy decides alone.
+    stride : int
+        Pixels per cell side (see :func:`upsample_nearest`).
+    parts : int >= 1
+        Share the rows among this many tasks of ``executor`` (same result for any count).
+    executor : concurrent.futures.Executor, optional
+        Runs the tasks; none: all in the calling thread.
+
+    Returns
+    -------
+    ndarray, shape (N, H, W), uint8
+        The source with the largest score; ties go to the first.
+    """
+    k, n, h, w = sources.shape
+    if k > 255:
+        raise ValueError(f"at most 255 sources can decide, got {k}")
+    if cells is None:
+        cells, stride = np.zeros((k, n, 0, 0)), 1
+    else:
+        stride = _tiling_stride(cells.shape[-2:], (h, w), stride)
+        cells = np.ascontiguousarray(cells, dtype=np.float64)
+    images = np.ascontiguousarray(sources, dtype=np.float32)
+    chosen = np.empty((n, h, w), np.uint8)
+    kernels.run_pieces(
+        lambda index, first, stop: kernels.decide_rows(images, cells, stride, int(radius), index, first, stop, chosen),
+        kernels.split_work(n, h, parts),
+        executor,
+    )
+    return chosen
+
+
+def largest_index(scores: np.ndarray) -> np.ndarray:
+    """Index over axis 0 of the largest score; ties go to the first source.
+
+    Parameters
+    ----------
+    scores : ndarray, shape (K, ...), real
+
+    Returns
+    -------
+    ndarray, shape ``scores.shape[1:]``, uint8 (intp for more than 255 sources)
+    """
+    # A running comparison (strictly greater wins, so ties keep the earlier
+    # source, as argmax does) is much faster than argmax over the first axis.
+    best = scores[0].copy()
+    chosen = np.zeros(best.shape, np.uint8 if scores.shape[0] <= 256 else np.intp)
+    for k in range(1, scores.shape[0]):
+        better = scores[k] > best
+        chosen[better] = k
+        np.maximum(best, scores[k], out=best)
+    return chosen
+
+
+def one_hot(chosen: np.ndarray, count: int, dtype: type = np.float32) -> np.ndarray:
+    """Maps that are 1 where ``chosen`` is their index, else 0.
+
+    Parameters
+    ----------
+    chosen : ndarray, shape (...), integer in [0, count)
+    count : int
+        K, the number of maps.
+    dtype : numpy dtype of the result
+
+    Returns
+    -------
+    ndarray, shape (count, ...), ``dtype``; sums to 1 over axis 0.
+    """
+    weights = np.empty((count,) + chosen.shape, dtype)
+    for k in range(count):
+        np.equal(chosen, k, out=weights[k], casting="unsafe")
+    return weights
 
 
 def one_hot_largest(scores: np.ndarray, dtype: type = np.float32) -> np.ndarray:
@@ -250,15 +384,4 @@ def one_hot_largest(scores: np.ndarray, dtype: type = np.float32) -> np.ndarray:
     -------
     ndarray, shape of ``scores``, ``dtype``; sums to 1 over axis 0.
     """
-    # A running comparison (strictly greater wins, so ties keep the earlier
-    # source, as argmax does) is much faster than argmax over the first axis.
-    best = scores[0].copy()
-    chosen = np.zeros(best.shape, np.intp)
-    for k in range(1, scores.shape[0]):
-        better = scores[k] > best
-        chosen[better] = k
-        np.maximum(best, scores[k], out=best)
-    weights = np.empty(scores.shape, dtype)
-    for k in range(scores.shape[0]):
-        np.equal(chosen, k, out=weights[k], casting="unsafe")
-    return weights
+    return one_hot(largest_index(scores), scores.shape[0], dtype)
