@@ -22,7 +22,6 @@ from collections.abc import Sequence
 from functools import lru_cache
 
 import numpy as np
-from scipy import ndimage
 
 from medfuse.errors import InputError
 
@@ -143,14 +142,20 @@ def gaussian_filter(image: np.ndarray, size: int, sigma: float, *, valid: bool) 
     """Separable Gaussian window, zero-padded like MATLAB ``filter2``.
 
     ``valid=True`` keeps only fully covered positions ((H-size+1, W-size+1));
-    ``valid=False`` returns the zero-padded 'same' result ((H, W)).
+    ``valid=False`` returns the zero-padded 'same' result ((H, W)). Float64,
+    computed by the compiled loop :func:`medfuse.metrics._kernels.correlate_zero`
+    (the values of ``scipy.ndimage.correlate1d`` down the columns and then along
+    the rows with ``mode="constant"``, to round-off).
     """
+    from medfuse.metrics import _kernels  # numba is imported by the first metric that needs it
+
     kernel = gaussian_kernel_1d(size, sigma)
-    out = ndimage.correlate1d(image, kernel, axis=0, mode="constant", cval=0.0)
-    out = ndimage.correlate1d(out, kernel, axis=1, mode="constant", cval=0.0)
-    if valid:
-        half = size // 2
-        out = out[half : out.shape[0] - half, half : out.shape[1] - half]
+    half = size // 2
+    image = np.ascontiguousarray(image, dtype=np.float64)
+    rows, cols = image.shape
+    shape = (max(rows - 2 * half, 0), max(cols - 2 * half, 0)) if valid else (rows, cols)
+    out = np.empty(shape, np.float64)
+    _kernels.correlate_zero(image, kernel, half if valid else 0, out)
     return out
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+import threading
 from functools import lru_cache
 
 import numpy as np
@@ -35,6 +36,8 @@ CORRELATION_WINDOW = 11
 CORRELATION_SIGMA = 1.5
 CORRELATION_C = 1e-4
 
+_BANK_LOCK = threading.Lock()
+
 
 @dataclass(frozen=True)
 class PhaseCongruency:
@@ -58,10 +61,19 @@ def _frequency_grid(n: int) -> np.ndarray:
     return np.arange(-n / 2, n / 2) / n
 
 
-@lru_cache(maxsize=2)
 def _filter_bank(rows: int, cols: int):
-    """Log-Gabor filters per (orientation, scale) and the per-orientation
-    noise-model sums, which depend only on the image size."""
+    """Log-Gabor filters per orientation ((scales, rows, cols) float64) and the
+    per-orientation noise-model sums, which depend only on the image size.
+
+    Built once per size and process; threads evaluating slices of one size
+    (the QC report) wait for the first one's bank instead of each building it.
+    """
+    with _BANK_LOCK:
+        return _build_filter_bank(rows, cols)
+
+
+@lru_cache(maxsize=2)
+def _build_filter_bank(rows: int, cols: int):
     x, y = np.meshgrid(_frequency_grid(cols), _frequency_grid(rows))
     radius = np.sqrt(x * x + y * y)
     radius[rows // 2, cols // 2] = 1.0
@@ -96,7 +108,7 @@ def _filter_bank(rows: int, cols: int):
         sum_aiaj = float(
             sum((spatial[i] * spatial[j]).sum() for i in range(N_SCALES) for j in range(i + 1, N_SCALES))
         )
-        bank.append((angle, filters, float((filters[0] ** 2).sum()), sum_an2, sum_aiaj))
+        bank.append((angle, np.stack(filters), float((filters[0] ** 2).sum()), sum_an2, sum_aiaj))
     return bank
 
 
@@ -120,45 +132,28 @@ def phase_congruency(image: np.ndarray) -> PhaseCongruency:
     -------
     PhaseCongruency
     """
+    from medfuse.metrics import _kernels  # numba is imported by the first metric that needs it
+
     rows, cols = image.shape
     image_fft = fft.fft2(image)
-    zeros = np.zeros((rows, cols))
-    total_energy = zeros.copy()
-    total_sum_an = zeros.copy()
-    cov_x2, cov_y2, cov_xy = zeros.copy(), zeros.copy(), zeros.copy()
+    total_energy, total_sum_an = np.zeros((rows, cols)), np.zeros((rows, cols))
+    cov_x2, cov_y2, cov_xy = np.zeros((rows, cols)), np.zeros((rows, cols)), np.zeros((rows, cols))
+    sum_an, max_an, energy, finest_power = (np.empty((rows, cols)) for _ in range(4))
     for angle, filters, em_n, sum_an2, sum_aiaj in _filter_bank(rows, cols):
-        responses = [fft.ifft2(image_fft * f) for f in filters]
-        amplitudes = [np.abs(r) for r in responses]
-        sum_an = np.sum(amplitudes, axis=0)
-        max_an = np.max(amplitudes, axis=0)
-        sum_e = np.sum([r.real for r in responses], axis=0)
-        sum_o = np.sum([r.imag for r in responses], axis=0)
-        x_energy = np.sqrt(sum_e**2 + sum_o**2) + _EPSILON
-        mean_e, mean_o = sum_e / x_energy, sum_o / x_energy
-        energy = zeros.copy()
-        for r in responses:
-            e, o = r.real, r.imag
-            energy += e * mean_e + o * mean_o - np.abs(e * mean_o - o * mean_e)
+        # All scales of one orientation in one batched inverse FFT: (scales, rows, cols) complex.
+        responses = fft.ifft2(image_fft * filters, axes=(-2, -1), overwrite_x=True)
+        _kernels.orientation_energy(responses, _EPSILON, sum_an, max_an, energy, finest_power)
 
         # Noise: Rayleigh model fitted to the median finest-scale energy.
-        median_e2n = np.median(amplitudes[0] ** 2)
+        median_e2n = np.median(finest_power)
         noise_power = (-median_e2n / np.log(0.5)) / em_n
         noise_energy2 = 2 * noise_power * sum_an2 + 4 * noise_power * sum_aiaj
         tau = np.sqrt(noise_energy2 / 2)
         threshold = (tau * np.sqrt(np.pi / 2) + NOISE_K * np.sqrt((2 - np.pi / 2) * tau**2)) / _NOISE_RESCALE
-        energy = np.maximum(energy - threshold, 0.0)
-
-        width = sum_an / (max_an + _EPSILON) / N_SCALES
-        weight = 1.0 / (1.0 + np.exp((CUT_OFF - width) * SIGMOID_G))
-        weighted = weight * energy
-        total_sum_an += sum_an
-        total_energy += weighted
-        # Energy <= sum_an, so where sum_an is 0 the limit of the ratio is 0.
-        pc_o = np.divide(weighted, sum_an, out=np.zeros_like(weighted), where=sum_an > 0)
-        cx, cy = pc_o * np.cos(angle), pc_o * np.sin(angle)
-        cov_x2 += cx * cx
-        cov_y2 += cy * cy
-        cov_xy += cx * cy
+        # Energy <= sum_an, so where sum_an is 0 the orientation's congruency is 0 (the limit of the ratio).
+        _kernels.accumulate_orientation(sum_an, max_an, energy, float(threshold), N_SCALES, _EPSILON, CUT_OFF,
+                                        SIGMOID_G, np.cos(angle), np.sin(angle), total_energy, total_sum_an,
+                                        cov_x2, cov_y2, cov_xy)
 
     cov_x2 /= N_ORIENTATIONS / 2
     cov_y2 /= N_ORIENTATIONS / 2
