@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import stat
 import tracemalloc
+import zlib
 
 import nibabel as nib
 import numpy as np
@@ -12,6 +13,7 @@ import pydicom
 import pytest
 import SimpleITK as sitk
 
+import medfuse.io.nifti as nifti_module
 from medfuse.errors import InputError, WriteError
 from medfuse.io.nifti import RAS_LPS_FLIP, ras_affine, read_nifti, write_nifti
 from medfuse.io.volumes import load_volume, replace_non_finite
@@ -213,3 +215,37 @@ def test_streamed_file_equals_nibabel_writing_the_whole_array(tmp_path, dtype):
     assert from_slices.read_bytes() == expected
     with pytest.raises(WriteError, match="do not fit the grid"):
         write_nifti(grid, tmp_path / "short.nii", array=[plane for plane in data[:-1]])
+
+
+@pytest.mark.parametrize("shape", [(40, 64, 48), (3, 5, 7)])
+def test_gzip_bytes_do_not_depend_on_threads_and_any_reader_reads_them(tmp_path, shape):
+    """The .nii.gz is compressed piece by piece in threads: same bytes for 1, 2 and 3 threads, one gzip
+    member whose content is the .nii file, read back by nibabel and SimpleITK."""
+    data = (np.random.default_rng(7).random(shape) * np.linspace(0, 1, shape[2])).astype(np.float32)
+    image = sitk.GetImageFromArray(data)
+    image.SetSpacing((0.8, 0.9, 2.5))
+    written = {threads: write_nifti(image, tmp_path / f"t{threads}.nii.gz", threads=threads).read_bytes()
+               for threads in (1, 2, 3)}
+    assert written[1] == written[2] == written[3]
+    plain = write_nifti(image, tmp_path / "plain.nii").read_bytes()
+    inflate = zlib.decompressobj(wbits=31)  # gzip: checks the header, the CRC-32 and the size
+    assert inflate.decompress(written[1]) == plain
+    assert inflate.eof and inflate.unused_data == b""  # one member, nothing after it
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "t2.nii.gz"))), data)
+    np.testing.assert_array_equal(np.asarray(nib.load(tmp_path / "t2.nii.gz").dataobj).transpose(2, 1, 0), data)
+
+
+def test_large_volumes_are_compressed_in_threads_by_default(tmp_path, monkeypatch):
+    threads_used = []
+    real = nifti_module.PieceGzipWriter
+
+    def spy(fileobj, level, threads=1):
+        threads_used.append(threads)
+        return real(fileobj, level, threads)
+
+    monkeypatch.setattr(nifti_module, "PieceGzipWriter", spy)
+    monkeypatch.setattr(nifti_module, "_cpu_count", lambda: 2)
+    monkeypatch.setattr(nifti_module, "PARALLEL_GZIP_MIN_BYTES", 4 * 8 * 8 * 4)
+    write_nifti(sitk.GetImageFromArray(np.zeros((4, 8, 8), np.float32)), tmp_path / "large.nii.gz")
+    write_nifti(sitk.GetImageFromArray(np.zeros((3, 8, 8), np.float32)), tmp_path / "small.nii.gz")
+    assert threads_used == [2, 1]

@@ -13,10 +13,13 @@ column is the origin. Array axes: a NIfTI array is indexed (i, j, k) =
 
 from __future__ import annotations
 
-import gzip
 import logging
 import os
+import struct
+import zlib
+from collections import deque
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import nibabel as nib
@@ -33,6 +36,13 @@ RAS_LPS_FLIP = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 #: gzip level for .nii.gz: on the shared CT, 1 was 9x faster than 6 for 14 % more bytes.
 GZIP_LEVEL = 1
+
+#: Voxel bytes from which a .nii.gz is compressed by several threads (below it a thread pool costs
+#: more than it saves). The bytes written do not depend on the number of threads.
+PARALLEL_GZIP_MIN_BYTES = 16 * 2**20
+
+#: Most threads compressing one .nii.gz.
+MAX_GZIP_THREADS = 4
 
 #: Largest |D^T D - I| accepted for the direction part of an affine;
 #: beyond it the affine has shear (e.g. an uncorrected gantry tilt).
@@ -185,7 +195,7 @@ def ras_affine(image: sitk.Image) -> np.ndarray:
 
 
 def write_nifti(volume_or_image: Volume | sitk.Image, path: str | os.PathLike, *,
-                array: Sequence[np.ndarray] | None = None) -> Path:
+                array: Sequence[np.ndarray] | None = None, threads: int | None = None) -> Path:
     """Write a 3-D volume as NIfTI-1 with sform = qform = the RAS affine (code 1, scanner).
 
     The voxels are the image's own, keeping its pixel type (float32 for a
@@ -196,8 +206,16 @@ def write_nifti(volume_or_image: Volume | sitk.Image, path: str | os.PathLike, *
     renamed, so a failed write never leaves a partial file; it is created like
     a plain ``open()`` would (mode 0666 minus the umask). Voxels are streamed
     slice by slice (through gzip for ``.nii.gz``), so writing needs memory for
-    one slice, not a copy of the volume. Gzip output carries no timestamp, so
-    the same volume gives the same bytes.
+    a few slices, not a copy of the volume.
+
+    ``.nii.gz`` is one standard gzip member (any gzip reader reads it) whose
+    deflate stream is cut at the header and at every slice, each piece
+    compressed on its own with the previous piece's last 32 KiB as dictionary
+    (as ``pigz`` does), so pieces can be compressed by *threads* threads at
+    once (default: the CPUs available, at most :data:`MAX_GZIP_THREADS`, for
+    volumes of :data:`PARALLEL_GZIP_MIN_BYTES` or more; else 1). The bytes
+    depend only on the voxels and the grid, never on the number of threads,
+    and carry no timestamp: the same volume gives the same file.
 
     Returns
     -------
@@ -231,13 +249,16 @@ def write_nifti(volume_or_image: Volume | sitk.Image, path: str | os.PathLike, *
     nifti.set_qform(affine, code=1)
     nifti.header.set_xyzt_units(xyz="mm")
     compressed = str(path).lower().endswith(".gz")
+    if threads is None:
+        voxel_bytes = int(np.prod(size_zyx, dtype=np.int64)) * dtype.itemsize
+        threads = min(_cpu_count(), MAX_GZIP_THREADS) if voxel_bytes >= PARALLEL_GZIP_MIN_BYTES else 1
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise WriteError(f"cannot write {path}: {exc.strerror or exc}") from None
     with atomic_open(path, "wb") as handle:
         if compressed:
-            with gzip.GzipFile(fileobj=handle, mode="wb", mtime=0, filename="", compresslevel=GZIP_LEVEL) as stream:
+            with PieceGzipWriter(handle, GZIP_LEVEL, threads) as stream:
                 _write_single_file(nifti, slices, dtype, stream)
         else:
             _write_single_file(nifti, slices, dtype, handle)
@@ -248,7 +269,8 @@ def _write_single_file(nifti: nib.Nifti1Image, slices: Sequence[np.ndarray], dty
     """Header, extension flag and voxels (slice by slice) of a single-file NIfTI into an open stream.
 
     A (Y, X) slice in C order is NIfTI's (i, j) plane in its on-disk (Fortran)
-    order, so the slices are written as they are, k after k.
+    order, so the slices are written as they are, k after k (without a
+    ``bytes`` copy when a slice is already contiguous in the file's byte order).
     """
     nifti.update_header()
     header = nifti.header
@@ -256,4 +278,84 @@ def _write_single_file(nifti: nib.Nifti1Image, slices: Sequence[np.ndarray], dty
     header.write_to(stream)
     stream.write(b"\0" * (int(header.get_data_offset()) - stream.tell()))
     for plane in slices:
-        stream.write(np.ascontiguousarray(plane, dtype=dtype.newbyteorder(header.endianness)).tobytes())
+        stream.write(memoryview(np.ascontiguousarray(plane, dtype=dtype.newbyteorder(header.endianness))).cast("B"))
+
+
+class PieceGzipWriter:
+    """A write-only gzip stream whose pieces (one per ``write``) are compressed in parallel threads.
+
+    One gzip member (RFC 1952: header with no name and mtime 0, one deflate
+    stream, CRC-32 and size): each piece is compressed by its own raw-deflate
+    compressor primed with the previous piece's last 32 KiB (the deflate
+    window) and ended by a sync flush, which byte-aligns it so the pieces
+    concatenate into one valid stream; an empty final block ends it. The bytes
+    depend on the data and on where the writes cut it, not on *threads*.
+    Pieces are handed to the threads as they are (no copy): the caller must
+    not change a written buffer before :meth:`close`. At most *threads* + 1
+    pieces are in flight.
+    """
+
+    _WINDOW = 32 * 1024
+
+    def __init__(self, fileobj, level: int, threads: int = 1):
+        self._file = fileobj
+        self._level = level
+        self._threads = max(1, int(threads))
+        self._pool = ThreadPoolExecutor(self._threads) if self._threads > 1 else None
+        self._pending: deque = deque()
+        self._dictionary = memoryview(b"")
+        self._crc = 0
+        self._size = 0
+        # gzip header: deflate, no flags, mtime 0, XFL 4 (fastest) / 2 (best) / 0 as Python's gzip writes it, OS unknown.
+        extra = {1: 4, 9: 2}.get(level, 0)
+        self._file.write(b"\x1f\x8b\x08\x00" + struct.pack("<I", 0) + bytes([extra, 255]))
+
+    def write(self, data) -> int:
+        piece = memoryview(data).cast("B")
+        if not piece.nbytes:
+            return 0
+        if self._pool is None:
+            self._file.write(self._deflate(piece, self._dictionary))
+        else:
+            self._pending.append(self._pool.submit(self._deflate, piece, self._dictionary))
+            while len(self._pending) > self._threads:
+                self._file.write(self._pending.popleft().result())
+        self._crc = zlib.crc32(piece, self._crc)
+        self._size += piece.nbytes
+        self._dictionary = piece[-self._WINDOW:]
+        return piece.nbytes
+
+    def tell(self) -> int:
+        """Uncompressed bytes written so far."""
+        return self._size
+
+    def _deflate(self, piece: memoryview, dictionary: memoryview) -> bytes:
+        compressor = (zlib.compressobj(self._level, zlib.DEFLATED, -zlib.MAX_WBITS, zdict=dictionary) if dictionary
+                      else zlib.compressobj(self._level, zlib.DEFLATED, -zlib.MAX_WBITS))
+        return compressor.compress(piece) + compressor.flush(zlib.Z_SYNC_FLUSH)
+
+    def close(self) -> None:
+        """Write the pieces still in flight, the final block and the trailer."""
+        while self._pending:
+            self._file.write(self._pending.popleft().result())
+        self._file.write(zlib.compressobj(self._level, zlib.DEFLATED, -zlib.MAX_WBITS).flush(zlib.Z_FINISH))
+        self._file.write(struct.pack("<II", self._crc, self._size & 0xFFFFFFFF))
+
+    def __enter__(self) -> PieceGzipWriter:
+        return self
+
+    def __exit__(self, kind, value, traceback) -> None:
+        try:
+            if kind is None:
+                self.close()
+        finally:
+            if self._pool is not None:
+                # After a failure the pieces still in flight are dropped (the temporary file is discarded).
+                for future in self._pending:
+                    future.cancel()
+                self._pool.shutdown(wait=True)
+
+
+def _cpu_count() -> int:
+    """CPUs this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
