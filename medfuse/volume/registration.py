@@ -126,7 +126,8 @@ class RegistrationResult:
         return out
 
 
-def register(fixed: Volume, moving: Volume, config: RegistrationConfig | None = None) -> RegistrationResult:
+def register(fixed: Volume, moving: Volume, config: RegistrationConfig | None = None, *,
+             fixed_mask: sitk.Image | None = None) -> RegistrationResult:
     """Register *moving* to *fixed*: rigid, then optionally affine.
 
     Parameters
@@ -137,6 +138,11 @@ def register(fixed: Volume, moving: Volume, config: RegistrationConfig | None = 
         patient coordinate system) and the identity is returned.
     config : RegistrationConfig, optional
         Defaults to ``RegistrationConfig()``.
+    fixed_mask : SimpleITK.Image, optional
+        A foreground mask of the fixed volume already at hand (uint8, 1
+        inside, on any grid covering it), used instead of computing the
+        automatic one when ``config.auto_mask`` asks for a fixed mask (the
+        alignment check's mirror control reuses its own).
 
     Returns
     -------
@@ -171,15 +177,18 @@ def register(fixed: Volume, moving: Volume, config: RegistrationConfig | None = 
     # The filters (mask, pyramid, resampling) give the same voxels with any thread count; the
     # metric and the optimiser run with config.threads (pyramid.evaluate_metric, pyramid.optimise).
     with itk_threads(config.filter_threads):
-        return _register_images(fixed_image, moving_image, config, started)
+        return _register_images(fixed_image, moving_image, config, started, fixed_mask)
 
 
 def _register_images(
-    fixed_image: sitk.Image, moving_image: sitk.Image, config: RegistrationConfig, started: float
+    fixed_image: sitk.Image, moving_image: sitk.Image, config: RegistrationConfig, started: float,
+    given_mask: sitk.Image | None,
 ) -> RegistrationResult:
     # The masks stay on their coarse working grid; each pyramid level resamples them once.
-    fixed_mask = (foreground_mask(fixed_image, config.mask, on_image_grid=False)
-                  if config.auto_mask in ("fixed", "both") else None)
+    fixed_mask = None
+    if config.auto_mask in ("fixed", "both"):
+        fixed_mask = given_mask if given_mask is not None else foreground_mask(fixed_image, config.mask,
+                                                                                on_image_grid=False)
     moving_mask = foreground_mask(moving_image, config.mask, on_image_grid=False) if config.auto_mask == "both" else None
     fixed, moving = Pyramid(fixed_image, fixed_mask), Pyramid(moving_image, moving_mask)
     initial, initialization = _initial_transform(fixed, moving, config)
