@@ -117,3 +117,11 @@ def ct_slices():
         b = np.clip(((x - 64) ** 2 + (y - 60 - shift) ** 2 < 900) * 0.8 + rng.normal(0, 0.02, (128, 128)), 0, 1)
         cases.append(([a, b], np.maximum(a, b)))
     return cases
+
+
+def test_compute_all_of_named_metrics_equals_the_full_call(ct_slices):
+    sources, fused = ct_slices[1]
+    full = metrics.compute_all(sources, fused)
+    assert {name: metrics.compute_all(sources, fused, names=(name,))[name] for name in reversed(metrics.METRIC_NAMES)} \
+        == full
+    assert list(metrics.compute_all(sources, fused, names=("QP", "EN"))) == ["QP", "EN"]

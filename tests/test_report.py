@@ -14,6 +14,7 @@ from PIL import Image
 
 import medfuse.core.fusion
 from medfuse.core.config import FusionConfig
+from medfuse.metrics import compute_all
 from medfuse.study.colour import Palette
 from medfuse.study.report import build_report, colour_sections, sections
 from medfuse.volume.chunk_task import WeightPlanes
@@ -107,6 +108,18 @@ def test_report_is_self_contained(report_html):
     assert not re.search(r"""(src|href)=['"]https?://""", report_html)
     for metric in ("EN", "MI", "VIFF", "QMI", "QG", "QY", "QC", "QP"):
         assert f"<th>{metric}</th>" in report_html
+
+
+def test_metrics_table_holds_each_slices_compute_all_values(sources, fused_with_planes, report_html):
+    """The report spreads the metrics over threads, one task per slice and metric: the table still shows
+    what one compute_all call per slice gives, in METRIC_NAMES order."""
+    _, arrays, _ = sources
+    fused, _ = fused_with_planes
+    z = fused.shape[0]
+    for index in (z // 4, z // 2, (3 * z) // 4):
+        values = compute_all([a[index] for a in arrays], fused[index])
+        row = f"<tr><th>slice {index}</th>" + "".join(f"<td>{round(v, 4)}</td>" for v in values.values()) + "</tr>"
+        assert row in report_html
 
 
 @pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian chromium not installed")

@@ -34,24 +34,29 @@ METRICS: dict[str, Callable[[Sequence[np.ndarray], np.ndarray], float]] = {
 METRIC_NAMES = tuple(METRICS)
 
 
-def compute_all(sources: Sequence[np.ndarray], fused: np.ndarray) -> dict[str, float]:
-    """All eight metrics of one fused image.
+def compute_all(sources: Sequence[np.ndarray], fused: np.ndarray,
+                names: Sequence[str] = METRIC_NAMES) -> dict[str, float]:
+    """All eight metrics of one fused image (or those named).
 
     Parameters
     ----------
     sources : sequence of K >= 2 arrays, (H, W) or (H, W, 3)
     fused : (H, W) or (H, W, 3) array, same size
+    names : sequence of str, optional
+        Which metrics, from :data:`METRIC_NAMES` (default all); a caller can
+        spread one image's metrics over threads and get the values a single
+        call gives.
 
     Returns
     -------
     dict
-        ``{name: value}`` in :data:`METRIC_NAMES` order.
+        ``{name: value}`` in *names* order.
     """
     grey, out = prepare(sources, fused)
     # The converted float64 arrays are in [0, 255]; hand them on as [0, 1] so
     # each metric's own conversion is exact and not repeated on colour data.
     unit = [g / 255.0 for g in grey]
-    return {name: fn(unit, out / 255.0) for name, fn in METRICS.items()}
+    return {name: METRICS[name](unit, out / 255.0) for name in names}
 
 
 __all__ = [

@@ -71,6 +71,8 @@ def _add_scaled(target, values, weight, start, stop, shift):
     On views indexed from 0: with ``j + shift`` numba would check every index for wrap-around and
     the loop would not be vectorised (3x slower).
     """
+    if stop <= start:
+        return  # the kernel is wider than the image: this tap never lands inside it (a negative stop would wrap)
     destination = target[start:stop]
     source = values[start + shift:stop + shift]
     for j in range(destination.shape[0]):

@@ -30,7 +30,7 @@ import SimpleITK as sitk
 from PIL import Image
 
 from medfuse.core.colour import ycbcr_to_rgb
-from medfuse.metrics import compute_all
+from medfuse.metrics import METRIC_NAMES, compute_all
 
 __all__ = ["build_report", "colour_sections", "png_data_uri", "sections"]
 
@@ -261,21 +261,25 @@ def _overlay_section(fixed: dict[str, np.ndarray], arrays, masks, labels, spacin
 def _metrics_section(arrays, fused) -> str:
     z = fused.shape[0]
     indices = sorted({z // 4, z // 2, (3 * z) // 4})
-
-    def scores(index: int) -> dict[str, float]:
-        values = compute_all([np.asarray(a[index]) for a in arrays], np.asarray(fused[index]))
-        return {name: round(float(value), 4) for name, value in values.items()}
-
-    # The slices in parallel threads (the metrics' FFTs, NumPy and compiled loops release the GIL; each
-    # slice's values are computed the same way whatever thread runs it).
-    with ThreadPoolExecutor(max_workers=min(len(indices), _cpu_count())) as pool:
-        rows = {f"slice {index}": values for index, values in zip(indices, pool.map(scores, indices))}
-    names = next(iter(rows.values())).keys()
-    head = "".join(f"<th>{html.escape(n)}</th>" for n in names)
-    body = "".join(f"<tr><th>{html.escape(r)}</th>" + "".join(f"<td>{v[n]}</td>" for n in names) + "</tr>"
+    cases = {index: ([np.asarray(a[index]) for a in arrays], np.asarray(fused[index])) for index in indices}
+    # One task per slice and metric, in parallel threads (the metrics' FFTs, NumPy and compiled loops
+    # release the GIL), the costliest first so that two threads finish together: QP is about 70 % of a
+    # slice's time. Each value is computed as a single compute_all call computes it, whatever thread runs it.
+    tasks = [(index, name) for name in _BY_COST for index in indices]
+    with ThreadPoolExecutor(max_workers=_cpu_count()) as pool:
+        values = pool.map(lambda task: compute_all(*cases[task[0]], names=(task[1],))[task[1]], tasks)
+        scores = dict(zip(tasks, values))
+    rows = {f"slice {index}": {name: round(float(scores[index, name]), 4) for name in METRIC_NAMES}
+            for index in indices}
+    head = "".join(f"<th>{html.escape(n)}</th>" for n in METRIC_NAMES)
+    body = "".join(f"<tr><th>{html.escape(r)}</th>" + "".join(f"<td>{v[n]}</td>" for n in METRIC_NAMES) + "</tr>"
                    for r, v in rows.items())
     return ("<h2>Fusion metrics on representative slices</h2><p class='note'>medfuse.metrics, sources and fused "
             f"in [0, 1]; higher is better for all.</p><table><tr><th></th>{head}</tr>{body}</table>")
+
+
+#: The metrics from the costliest to the cheapest on a 512² slice (bench/metrics_speed.py).
+_BY_COST = ("QP", "VIFF", "QY", "QC", "QG", "MI", "QMI", "EN")
 
 
 def _cpu_count() -> int:
