@@ -237,7 +237,7 @@ def test_round_off_outside_the_unit_range_is_clipped_not_refused(stacks):
     assert 0.0 <= result.fused.min() and result.fused.max() <= 1.0
 
 
-@pytest.mark.parametrize("name", ["paper", "max-abs", "features-on-detail"])
+@pytest.mark.parametrize("name", ["default", "energy-decision", "paper", "max-abs", "features-on-detail"])
 def test_output_is_byte_identical_whatever_the_thread_count(stacks, extractor, name, monkeypatch):
     # Threads even for these small crops (by default they need ~2**17 pixels each).
     monkeypatch.setattr(fusion_module, "_MIN_PIXELS_PER_THREAD", 1)

@@ -9,8 +9,17 @@ from medfuse.api import fuse, to_unit_float
 from medfuse.core.colour import rgb_to_ycbcr
 from medfuse.core.config import FusionConfig
 from medfuse.core.fusion import PYRAMID_STAGES, fuse_slices, fuse_stack
-from medfuse.core.pyramid import blend, collapse, expand_to, gaussian_pyramid, laplacian_pyramid, max_levels
-from medfuse.core.weights import decision_weights
+from medfuse.core.pyramid import (
+    blend,
+    blend_clipped,
+    blend_decisions,
+    collapse,
+    expand_to,
+    gaussian_pyramid,
+    laplacian_pyramid,
+    max_levels,
+)
+from medfuse.core.weights import decision_indices, decision_weights, one_hot
 from medfuse.io.images import read_image
 
 MEDICAL_TASKS = ("ct-mri", "pet-mri", "spect-mri", "t1-t2")
@@ -65,6 +74,32 @@ def test_decision_maps_are_one_hot_and_pick_the_higher_energy():
     # CNN activity multiplies the energy: a source with zero activity never decides.
     activity = np.stack([np.ones_like(low), np.zeros_like(low), np.ones_like(low)])
     assert np.all(decision_weights(np.stack([low, high, low]), 2, activity)[1] == 0.0)
+
+
+@pytest.mark.parametrize("k", [2, 3, 5])
+@pytest.mark.parametrize("levels", [1, 2, 4, 7])
+def test_compiled_blending_is_the_numpy_blending_byte_for_byte(k, levels):
+    """Ring and disc (sharp edges on black), K sources, N = 2 slices, odd size: every option of the rule."""
+    disc = disc_on_black(101)
+    stack = np.stack([np.stack([disc[k_ % 2] * (1 - 0.1 * k_), np.roll(disc[(k_ + 1) % 2], 7, axis=1)])
+                      for k_ in range(k)]).astype(np.float32)  # (K, 2, 101, 101)
+    chosen = decision_indices(stack, 3)
+    for coarsest in ("max", "weights"):
+        for envelope in (True, False):
+            fused, base = blend_decisions(stack, chosen, levels, coarsest=coarsest, envelope=envelope)
+            expected_fused, expected_base = blend_clipped(stack, one_hot(chosen, k), levels, coarsest=coarsest,
+                                                          envelope=envelope)
+            assert fused.tobytes() == expected_fused.tobytes(), (coarsest, envelope)
+            assert base.tobytes() == expected_base.tobytes(), (coarsest, envelope)
+            if envelope:
+                assert np.all(fused >= stack.min(axis=0)) and np.all(fused <= stack.max(axis=0))
+            assert np.max(np.abs(base.sum(axis=0) - 1.0)) < 1e-5
+
+
+def test_compiled_blending_refuses_an_unknown_coarsest_rule():
+    stack = np.zeros((2, 1, 8, 8), np.float32)
+    with pytest.raises(ValueError, match="coarsest"):
+        blend_decisions(stack, np.zeros((1, 8, 8), np.uint8), 3, coarsest="decision")
 
 
 @pytest.mark.parametrize("k", [2, 3, 4, 5])

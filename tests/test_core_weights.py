@@ -1,11 +1,23 @@
-"""Weight rules: normalisation, softmax, nearest upsampling, max-abs, refinement."""
+"""Weight rules: normalisation, softmax, nearest upsampling, max-abs, refinement, the pyramid rule's decision."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from medfuse.core.weights import max_abs_weights, normalise_sum, refine, saliency_weights, softmax_weights, upsample_nearest
+from medfuse.core.weights import (
+    decision_indices,
+    decision_weights,
+    largest_index,
+    max_abs_weights,
+    normalise_sum,
+    one_hot,
+    one_hot_largest,
+    refine,
+    saliency_weights,
+    softmax_weights,
+    upsample_nearest,
+)
 
 
 def test_normalise_sum_gives_equal_weights_where_all_weights_are_zero():
@@ -108,3 +120,40 @@ def test_max_abs_agrees_with_argmax_including_ties_between_any_sources(k):
     onehot = max_abs_weights(details)
     assert onehot.dtype == np.float32
     assert np.array_equal(onehot, (np.arange(k)[:, None, None, None] == expected).astype(np.float32))
+
+
+@pytest.mark.parametrize("k", [2, 3, 5])
+def test_largest_index_is_argmax_with_ties_to_the_first_and_one_hot_spells_it_out(k):
+    rng = np.random.default_rng(10 + k)
+    scores = rng.random((k, 2, 20, 30))
+    scores[:, :, :4] = 0.25  # every source tied
+    scores[-1, :, 4:8] = scores.max(axis=0)[:, 4:8]  # the last ties the best
+    chosen = largest_index(scores)
+    assert chosen.dtype == np.uint8 and np.array_equal(chosen, scores.argmax(axis=0))
+    maps = one_hot(chosen, k)
+    assert maps.dtype == np.float32 and maps.shape == scores.shape
+    assert np.array_equal(maps, (np.arange(k)[:, None, None, None] == chosen).astype(np.float32))
+    assert np.array_equal(one_hot_largest(scores, np.float64), maps.astype(np.float64))
+
+
+@pytest.mark.parametrize("radius", [0, 2, 30])
+def test_compiled_decision_picks_the_source_decision_weights_picks(radius):
+    rng = np.random.default_rng(radius)
+    low = (0.1 + 0.2 * rng.random((2, 37, 29))).astype(np.float32)  # N = 2 slices
+    stack = np.stack([low, low + 0.5, low])
+    stack[:, :, 10:20, 5:15] = stack[::-1, :, 10:20, 5:15]  # the brightest source changes inside a box
+    cells = np.ones((3, 2, 5, 4), np.float32)
+    cells[0, :, :, 2:] = 10.0  # activity favours the first source right of column 16
+    chosen = decision_indices(stack, radius, cells, stride=8)
+    expected = decision_weights(stack, radius, upsample_nearest(cells, (37, 29), 8))
+    assert chosen.shape == (2, 37, 29)
+    assert np.array_equal(one_hot(chosen, 3), expected)
+    assert np.array_equal(one_hot(decision_indices(stack, radius), 3), decision_weights(stack, radius))
+
+
+def test_compiled_decision_refuses_cells_that_do_not_tile_the_images():
+    stack = np.zeros((2, 1, 20, 37), np.float32)
+    with pytest.raises(ValueError, match="stride"):
+        decision_indices(stack, 3, np.ones((2, 1, 3, 5), np.float32), stride=4)
+    with pytest.raises(ValueError):
+        decision_indices(stack, 3, np.ones((2, 1, 30, 50), np.float32), stride=1)
