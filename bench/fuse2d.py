@@ -8,14 +8,22 @@ Prints a markdown table of the per-stage median wall-clock time (ms) of
 pair: the core without the CNN (detail rule max-abs) in the paper's
 configuration and the two-scale rule with box 7 (the default before the
 pyramid rule), both with the shipped CNN, ``FusionConfig()`` (whatever the
-default rule is) with the CNN, the core without the CNN again with
+default rule is) with the CNN, the pyramid rule without the CNN (decision
+'energy'), the cores without the CNN again with
 ``--threads`` threads (default 2; the other rows use 1),
 ``medfuse.fuse`` (the public call: 2 threads, checks, colour handling) with
 the default configuration and the CNN, and two baselines measured in the
 same run: the same fusions on the NumPy reference filters the compiled
-kernels replaced (:mod:`medfuse.core.kernels_reference`, "x reference"),
-and a plain pixel-wise average ("x average"). The guided filter alone
-against OpenCV: ``bench/guided_filter.py``.
+kernels replaced (:mod:`medfuse.core.kernels_reference`, "x reference"; for
+the pyramid rule its NumPy decision and blending), and a plain pixel-wise
+average ("x average"). Rows of the two-scale rule fill its stages, rows of
+the pyramid rule its own (cnn, decision, blending). After the table: the
+pyramid rule's own time (decision + blending of the default, the part that
+is not the CNN) compiled and on the reference, and the same for a
+(2, 8, 512, 512) volume stack through ``fuse_slices`` (slices of the 512²
+pair shifted; CNN activity computed once beforehand and replayed, so only the
+rule's own work is timed) on 1 and ``--threads`` threads. The guided filter
+alone against OpenCV: ``bench/guided_filter.py``.
 
 With ``--jit`` it instead measures what compilation costs a new process:
 three child processes fuse the 256x256 pair with the CNN (two-scale rule,
@@ -48,7 +56,7 @@ import numpy as np
 from bench_pairs import PAIRS, SHARED, load_pair  # puts the repository on sys.path
 from medfuse.core.config import FusionConfig  # noqa: E402
 from medfuse.core import decomposition, fusion, kernels_reference  # noqa: E402
-from medfuse.core.fusion import STAGES, fuse_stack  # noqa: E402
+from medfuse.core.fusion import PYRAMID_STAGES, STAGES, fuse_slices, fuse_stack  # noqa: E402
 from medfuse.io.images import read_image  # noqa: E402
 
 
@@ -56,19 +64,24 @@ def median_ms(samples: list[float]) -> float:
     return float(np.median(samples) * 1e3)
 
 
+#: Table columns: the two-scale rule's stages, then the pyramid rule's own (cnn is in both).
+ALL_STAGES = STAGES + tuple(stage for stage in PYRAMID_STAGES if stage not in STAGES)
+
+
 def time_fusion(stack: np.ndarray, config: FusionConfig, extractor, runs: int, threads: int = 1) -> dict[str, float]:
+    """Median ms per stage of ``fuse_stack`` (the stages of the configuration's rule), total and CPU."""
     for _ in range(2):
         fuse_stack(stack, config, extractor, threads=threads)
-    per_stage: dict[str, list[float]] = {stage: [] for stage in STAGES}
+    stages = PYRAMID_STAGES if config.rule == "pyramid" else STAGES
+    per_stage: dict[str, list[float]] = {stage: [] for stage in stages}
     totals, cpu = [], []
     for _ in range(runs):
         started, started_cpu = time.perf_counter(), time.process_time()
         result = fuse_stack(stack, config, extractor, threads=threads)
         totals.append(time.perf_counter() - started)
         cpu.append(time.process_time() - started_cpu)
-        for stage in STAGES:
-            # The pyramid rule's stages (cnn, decision, blending) are not the two-scale rule's; the total covers both.
-            per_stage[stage].append(result.timings.get(stage, 0.0))
+        for stage in stages:
+            per_stage[stage].append(result.timings[stage])
     out = {stage: median_ms(values) for stage, values in per_stage.items()}
     out["total"] = median_ms(totals)
     out["cpu"] = median_ms(cpu)
@@ -89,19 +102,22 @@ def time_call(function, runs: int, *, cpu: bool = False) -> float | tuple[float,
 
 
 class reference_filters:
-    """Within this block the fusion core runs the NumPy reference filters instead of the compiled kernels."""
+    """Within this block the fusion core runs the NumPy reference filters instead of the compiled kernels
+    (and the pyramid rule its NumPy decision and blending)."""
 
     def __enter__(self):
         self.saved = (fusion.GuideWindows, decomposition.box_mean, decomposition.guided_filter,
-                      decomposition.gaussian_blur)
+                      decomposition.gaussian_blur, fusion.decision_indices, fusion.blend_decisions)
         fusion.GuideWindows = kernels_reference.GuideWindows
         decomposition.box_mean = kernels_reference.box_mean
         decomposition.guided_filter = kernels_reference.guided_filter
         decomposition.gaussian_blur = kernels_reference.gaussian_blur
+        fusion.decision_indices = kernels_reference.decision_indices
+        fusion.blend_decisions = kernels_reference.blend_decisions
 
     def __exit__(self, *exc_info):
         (fusion.GuideWindows, decomposition.box_mean, decomposition.guided_filter,
-         decomposition.gaussian_blur) = self.saved
+         decomposition.gaussian_blur, fusion.decision_indices, fusion.blend_decisions) = self.saved
 
 
 def time_api(stack: np.ndarray, runs: int) -> dict[str, float]:
@@ -124,6 +140,7 @@ def stage_table(runs: int, threads: int) -> None:
 
     extractor = load_extractor()
     rows = []
+    own = {}  # (size, threads): the default's decision + blending ms, compiled and reference
     for size in PAIRS:
         stack = load_pair(size)
         average = time_call(lambda: stack.mean(axis=0), runs)
@@ -143,6 +160,9 @@ def stage_table(runs: int, threads: int) -> None:
             (f"default (FusionConfig()), CNN {extractor.name}", FusionConfig(), extractor, 1),
             (f"default (FusionConfig()), CNN {extractor.name}, {threads} threads", FusionConfig(), extractor,
              threads),
+            ("pyramid rule without CNN (decision energy)", FusionConfig(decision="energy"), None, 1),
+            (f"pyramid rule without CNN (decision energy), {threads} threads", FusionConfig(decision="energy"),
+             None, threads),
             (f"features on detail, CNN {extractor.name}", paper.replace(features_on="detail"), extractor, 1),
         ]
         for name, config, cnn, count in configurations:
@@ -150,6 +170,8 @@ def stage_table(runs: int, threads: int) -> None:
             with reference_filters():
                 reference = time_fusion(stack, config, cnn, runs, count)
             rows.append((size, name, compiled, reference["total"], average))
+            if config == FusionConfig() and cnn is not None:
+                own[(size, count)] = (own_ms(compiled), own_ms(reference))
         compiled = time_api(stack, runs)
         with reference_filters():
             reference = time_api(stack, runs)
@@ -157,11 +179,11 @@ def stage_table(runs: int, threads: int) -> None:
         rows.append((size, "baseline: plain average", {"total": average}, None, average))
     print("Median wall-clock ms per stage; 'CPU ms' is this process's CPU time (all threads) for the whole call; "
           "'reference ms' is the same call on the NumPy reference filters, measured in the same run.")
-    print("| size | configuration | " + " | ".join(STAGES) + " | total ms | CPU ms | reference ms | x reference "
+    print("| size | configuration | " + " | ".join(ALL_STAGES) + " | total ms | CPU ms | reference ms | x reference "
           "| x average |")
-    print("|---|---|" + "---|" * (len(STAGES) + 5))
+    print("|---|---|" + "---|" * (len(ALL_STAGES) + 5))
     for size, name, times, reference, average in rows:
-        cells = " | ".join(f"{times[s]:.2f}" if s in times else "" for s in STAGES)
+        cells = " | ".join(f"{times[s]:.2f}" if s in times else "" for s in ALL_STAGES)
         cpu = f"{times['cpu']:.2f}" if "cpu" in times else ""
         versus = f"{reference:.2f} | {times['total'] / reference:.2f}" if reference else " | "
         print(f"| {size}² | {name} | {cells} | {times['total']:.2f} | {cpu} | {versus} "
@@ -174,6 +196,47 @@ def stage_table(runs: int, threads: int) -> None:
         default = totals[(size, f"default (FusionConfig()), CNN {extractor.name}")]
         print(f"{size}²: default {default:.2f} ms / previous default (two-scale box 7) {previous:.2f} ms "
               f"= x{default / previous:.2f}")
+    print("\nThe default's own stages (decision + blending: everything but the CNN), median ms, same run:")
+    for (size, count), (compiled, reference) in own.items():
+        print(f"{size}², {count} thread(s): compiled {compiled:.2f} ms, NumPy reference {reference:.2f} ms "
+              f"= x{compiled / reference:.3f}")
+
+
+def own_ms(times: dict[str, float]) -> float:
+    """The pyramid rule's own time in a :func:`time_fusion` result: decision + blending (medians)."""
+    return times["decision"] + times["blending"]
+
+
+class ReplayedActivity:
+    """An extractor that returns activity computed once beforehand (so only the fusion rule's own work is timed)."""
+
+    def __init__(self, extractor, images: np.ndarray) -> None:
+        self.name, self.stride = extractor.name, extractor.stride
+        self.cells = extractor.activity(images)
+
+    def activity(self, images: np.ndarray) -> np.ndarray:
+        return self.cells
+
+
+def volume_table(runs: int, threads: int) -> None:
+    """The default through fuse_slices on a (2, 8, 512, 512) stack, CNN replayed: compiled vs reference."""
+    from medfuse.features.registry import load_extractor
+
+    pair = load_pair(512)
+    volumes = np.stack([np.stack([np.roll(image, 16 * z, axis=0) for z in range(8)]) for image in pair])
+    replayed = ReplayedActivity(load_extractor(), volumes.reshape((-1,) + volumes.shape[-2:]))
+    print("\n(2, 8, 512, 512) through fuse_slices, default configuration, CNN activity replayed "
+          "(includes the input checks); median ms of the whole call:")
+    print("| threads | compiled ms | CPU ms | per slice ms | reference ms | x reference |")
+    print("|---|---|---|---|---|---|")
+    for count in (1, threads):
+        compiled, cpu = time_call(lambda: fuse_slices(volumes, FusionConfig(), replayed, threads=count), runs,
+                                  cpu=True)
+        with reference_filters():
+            reference = time_call(lambda: fuse_slices(volumes, FusionConfig(), replayed, threads=count),
+                                  max(3, runs // 4))
+        print(f"| {count} | {compiled:.2f} | {cpu:.2f} | {compiled / 8:.2f} | {reference:.2f} "
+              f"| {compiled / reference:.3f} |", flush=True)
 
 
 _JIT_CHILD = """
@@ -282,6 +345,7 @@ def main() -> None:
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
           f"load average before: {', '.join(f'{x:.2f}' for x in os.getloadavg())}; numpy {np.__version__}")
     stage_table(args.runs, args.threads)
+    volume_table(args.runs, args.threads)
     print(f"\nload average after: {', '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 
