@@ -103,13 +103,19 @@ def _build_filter_bank(rows: int, cols: int):
         dc = cos_t * np.cos(angle) + sin_t * np.sin(angle)
         spread = np.exp(-(np.abs(np.arctan2(ds, dc)) ** 2) / (2 * theta_sigma**2))
         filters = [lg * spread for lg in log_gabor]
-        spatial = [np.real(fft.ifft2(f)) * np.sqrt(rows * cols) for f in filters]
-        sum_an2 = float(sum((sp * sp).sum() for sp in spatial))
-        sum_aiaj = float(
-            sum((spatial[i] * spatial[j]).sum() for i in range(N_SCALES) for j in range(i + 1, N_SCALES))
-        )
+        # Noise model: sums over the even (real) part of each filter's spatial response scaled by
+        # sqrt(rows * cols), sum_x sp_i(x) sp_j(x); by Parseval, the same sums over the frequencies of the
+        # filters' even parts (f(k) + f(-k)) / 2, without an inverse FFT per filter.
+        even = [(f + _mirrored(f)) / 2 for f in filters]
+        sum_an2 = float(sum((e * e).sum() for e in even))
+        sum_aiaj = float(sum((even[i] * even[j]).sum() for i in range(N_SCALES) for j in range(i + 1, N_SCALES)))
         bank.append((angle, np.stack(filters), float((filters[0] ** 2).sum()), sum_an2, sum_aiaj))
     return bank
+
+
+def _mirrored(spectrum: np.ndarray) -> np.ndarray:
+    """``spectrum[-k]`` (indices modulo the size) of an (H, W) array in FFT order."""
+    return np.roll(spectrum[::-1, ::-1], 1, axis=(0, 1))
 
 
 def phase_congruency(image: np.ndarray) -> PhaseCongruency:
@@ -139,9 +145,13 @@ def phase_congruency(image: np.ndarray) -> PhaseCongruency:
     total_energy, total_sum_an = np.zeros((rows, cols)), np.zeros((rows, cols))
     cov_x2, cov_y2, cov_xy = np.zeros((rows, cols)), np.zeros((rows, cols)), np.zeros((rows, cols))
     sum_an, max_an, energy, finest_power = (np.empty((rows, cols)) for _ in range(4))
+    # One (scales, rows, cols) complex buffer for every orientation: the product and, in place, its inverse
+    # FFT (a fresh 16 MB array per orientation at 512² cost as much as the multiplication itself).
+    spectrum = np.empty((N_SCALES, rows, cols), np.complex128)
     for angle, filters, em_n, sum_an2, sum_aiaj in _filter_bank(rows, cols):
-        # All scales of one orientation in one batched inverse FFT: (scales, rows, cols) complex.
-        responses = fft.ifft2(image_fft * filters, axes=(-2, -1), overwrite_x=True)
+        np.multiply(image_fft, filters, out=spectrum)
+        # All scales of one orientation in one batched inverse FFT.
+        responses = fft.ifft2(spectrum, axes=(-2, -1), overwrite_x=True)
         _kernels.orientation_energy(responses, _EPSILON, sum_an, max_an, energy, finest_power)
 
         # Noise: Rayleigh model fitted to the median finest-scale energy.
