@@ -97,6 +97,7 @@ def decide_rows(sources, cells, stride, radius, n, row_start, row_stop, chosen):
     column = padded[radius:radius + width]
     activity = np.empty((count, width), np.float64)  # the cells of the current row, one value per pixel
     score = np.empty(width, np.float64)
+    factor = np.empty(width, np.float64)  # 1 / (pixels of the cut window) along the current row
     best = np.empty(width, np.float64)
     winner = np.empty(width, np.uint8)
     for y in range(max(row_start - radius, 0), min(row_start + radius, height)):
@@ -110,31 +111,72 @@ def decide_rows(sources, cells, stride, radius, n, row_start, row_stop, chosen):
             _activity_row(cells[:, n, i // stride], stride, activity)
         top = max(i - radius, 0)
         bottom = min(i + radius, height - 1)
-        scale = inv_rows[i]
+        for j in range(width):
+            factor[j] = inv_rows[i] * inv_cols[j]
         for k in range(count):
-            column[:] = squares[k, top % side]
-            for y in range(top + 1, bottom + 1):
-                square = squares[k, y % side]
-                for j in range(width):
-                    column[j] += square[j]
-            score[:] = padded[:width]
-            for t in range(1, side):  # the zeros outside the row add nothing: a cut window
-                for j in range(width):
-                    score[j] += padded[t + j]
-            for j in range(width):
-                score[j] *= scale * inv_cols[j]
-            if has_activity:
-                for j in range(width):
-                    score[j] *= activity[k, j]
-            if k == 0:
-                best[:] = score
-                winner[:] = 0
-            else:
-                for j in range(width):
-                    better = score[j] > best[j]
-                    best[j] = score[j] if better else best[j]
-                    winner[j] = k if better else winner[j]
+            # Rows top to bottom, then the 2r+1 columns left to right (the zeros outside the row add nothing).
+            _add_ring_rows(column, squares[k], top, bottom - top + 1)
+            _add_shifted(score, padded, side)
+            _keep_best(score, factor, activity[k], has_activity, k, best, winner)
         chosen[n, i] = winner
+
+
+@_jit
+def _keep_best(sums, factor, activity, has_activity, k, best, winner):
+    """Score of source k = window sum · factor (· activity); where it beats ``best`` (or for k = 0), k wins."""
+    for j in range(sums.shape[0]):
+        score = sums[j] * factor[j]
+        if has_activity:
+            score *= activity[j]
+        better = k == 0 or score > best[j]
+        best[j] = score if better else best[j]
+        winner[j] = k if better else winner[j]
+
+
+@_jit
+def _add_ring_rows(out, ring, first, count):
+    """out = ((r_0 + r_1) + r_2) + … over ``count`` rows r_m = ring[(first + m) % len(ring)], two rows per pass."""
+    period = ring.shape[0]
+    if count == 1:
+        out[:] = ring[first % period]
+        return
+    a = ring[first % period]
+    b = ring[(first + 1) % period]
+    for j in range(out.shape[0]):
+        out[j] = a[j] + b[j]
+    m = 2
+    while m + 1 < count:
+        a = ring[(first + m) % period]
+        b = ring[(first + m + 1) % period]
+        for j in range(out.shape[0]):
+            out[j] = (out[j] + a[j]) + b[j]
+        m += 2
+    if m < count:
+        a = ring[(first + m) % period]
+        for j in range(out.shape[0]):
+            out[j] += a[j]
+
+
+@_jit
+def _add_shifted(out, row, count):
+    """out[j] = ((row[j] + row[j+1]) + row[j+2]) + … + row[j+count−1], two terms per pass over ``out``."""
+    width = out.shape[0]
+    if count == 1:
+        out[:] = row[:width]
+        return
+    for j in range(width):
+        out[j] = row[j] + row[j + 1]
+    m = 2
+    while m + 1 < count:
+        a = row[m:m + width]
+        b = row[m + 1:m + 1 + width]
+        for j in range(width):
+            out[j] = (out[j] + a[j]) + b[j]
+        m += 2
+    if m < count:
+        a = row[m:m + width]
+        for j in range(width):
+            out[j] += a[j]
 
 
 @_jit
