@@ -112,7 +112,8 @@ def fuse_stack(
     threads : int >= 1
         At most this many threads filter the sources in parallel (groups of
         sources, one group per thread, fewer for small images where threads
-        do not pay: about 2**17 pixels of work per thread). The output is
+        do not pay: about 2**17 pixels of work per thread; the pyramid rule
+        shares rows of the image among them instead). The output is
         byte-identical whatever the count: every image is filtered by the
         same operations, only on another thread. Default 1, for callers
         that already run one fusion per core (the volume path's workers).
