@@ -263,7 +263,7 @@ def test_ball_morphology_equals_itk_voxel_for_voxel(seed):
     # anisotropic radii, radius 0 along an axis and the image border included.
     rng = np.random.default_rng(seed)
     for _ in range(6):
-        shape = tuple(int(n) for n in rng.integers(5, 24, 3))
+        shape = tuple(int(n) for n in rng.integers(5, 40, 3))  # z > 16: several slabs
         radius = tuple(int(r) for r in rng.integers(0, 5, 3))
         binary = rng.random(shape) < rng.uniform(0.05, 0.8)
         image = sitk.GetImageFromArray(binary.astype(np.uint8))

@@ -49,6 +49,30 @@ def test_slabs_equal_the_whole_volume_resampling(volumes, slab):
     assert not covered.all()  # the turn moves part of the grid outside the moving field of view
 
 
+@pytest.mark.parametrize("interpolation", ["linear", "nearest"])
+@pytest.mark.parametrize("with_nan", [False, True])
+def test_slab_coverage_is_the_nearest_neighbour_field_of_view(volumes, interpolation, with_nan):
+    # The slabs take their coverage from NaN outside the field of view (one resampling, issue 14); it must be
+    # resample_onto's resampled ones, also for moving voxels that are NaN themselves (then resampled apart).
+    fixed, moving = volumes
+    if with_nan:
+        values = sitk.GetArrayFromImage(moving.image)
+        values[values.shape[0] // 2, :5] = np.nan
+        image = sitk.GetImageFromArray(values)
+        image.CopyInformation(moving.image)
+        moving = Volume(image)
+    rng = np.random.default_rng(3)
+    for _ in range(3):
+        turn = _turn(fixed)
+        turn.SetRotation(*rng.uniform(-0.3, 0.3, 3))
+        turn.SetTranslation(tuple(rng.uniform(-30.0, 30.0, 3)))
+        moved, coverage = resample_onto(fixed, moving, turn, interpolation=interpolation)
+        pieces = list(resample_slabs(fixed.image, moving, turn, 7, interpolation=interpolation))
+        np.testing.assert_array_equal(np.concatenate([p[3] for p in pieces]),
+                                      sitk.GetArrayViewFromImage(coverage).astype(bool))
+        np.testing.assert_array_equal(np.concatenate([p[2] for p in pieces]), sitk.GetArrayViewFromImage(moved.image))
+
+
 def test_slabs_of_the_same_grid_are_the_voxels_themselves(volumes):
     fixed, _ = volumes
     pieces = list(resample_slabs(fixed.image, fixed, sitk.Euler3DTransform(), 5))

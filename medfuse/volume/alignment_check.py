@@ -167,7 +167,11 @@ def check_alignment(
     if all(patients) and patients[0] != patients[1]:
         # Not the identifiers themselves: these lines go to terminals and logs.
         warnings.append("the series are of different patients (their PatientID, or name and birth date, differ)")
-    grid, fixed_gradient, region, fixed_mask = _fixed_edges(fixed.image, config)
+    region, fixed_mask = _fixed_region(fixed.image, config)
+    # The mirror control's registration first, before the edges' arrays exist (its memory peak is the check's).
+    mirror = _mirror_registration(fixed_mask, fixed, moving, config) if config.mirror else None
+    grid = _smoothed(fixed.image, config)
+    fixed_gradient = _gradient(sitk.GetArrayViewFromImage(grid), grid.GetSpacing())
     moving_smooth = _smoothed(moving.image, config)
     score = _agreement_for(fixed_gradient, region, grid, moving_smooth, transform)
     before = _agreement_for(fixed_gradient, region, grid, moving_smooth, initial) if initial is not None else None
@@ -190,8 +194,8 @@ def check_alignment(
     if before is not None and before - score > config.max_loss:
         warnings.append(f"the registration lowered the edge agreement from {before:.3f} to {score:.3f}")
     mirrored = None
-    if config.mirror:
-        mirrored = _mirrored_agreement(fixed_gradient, region, grid, fixed_mask, fixed, moving, config)
+    if mirror is not None:
+        mirrored = _agreement_for(fixed_gradient, region, grid, *mirror)
         if mirrored - score > config.mirror_margin:
             warnings.append(
                 f"the moving volume mirrored left-right fits better (edge agreement {mirrored:.3f} vs {score:.3f}): "
@@ -238,14 +242,13 @@ def _smoothed(image: sitk.Image, config: AlignmentCheckConfig) -> sitk.Image:
     return sitk.SmoothingRecursiveGaussian(coarse, config.smoothing_mm)
 
 
-def _fixed_edges(image: sitk.Image, config: AlignmentCheckConfig):
-    grid = _smoothed(image, config)
+def _fixed_region(image: sitk.Image, config: AlignmentCheckConfig) -> tuple[np.ndarray, sitk.Image]:
+    """The fixed object on the working grid: (Z, Y, X) bool, and as a uint8 mask image."""
     # The mask from a subsampled (not averaged) copy: averaging would blend a CT's padding value
     # into the air around the body, and the mask leaves out only the exact padding value.
     subsampled = sitk.Shrink(as_float32(image), _factors(image, config.working_spacing_mm))
     mask = foreground_mask(subsampled)
-    region = sitk.GetArrayViewFromImage(mask) > 0
-    return grid, _gradient(sitk.GetArrayViewFromImage(grid), grid.GetSpacing()), region, mask
+    return sitk.GetArrayViewFromImage(mask) > 0, mask
 
 
 def _gradient(array: np.ndarray, spacing_xyz: tuple[float, ...]) -> np.ndarray:
@@ -297,9 +300,9 @@ def _shifted(transform: sitk.Transform, axis: int, mm: float) -> sitk.Transform:
     return composite
 
 
-def _mirrored_agreement(fixed_gradient, region, grid, fixed_mask: sitk.Image, fixed: Volume, moving: Volume,
-                        config: AlignmentCheckConfig) -> float:
-    """Edge agreement of the moving volume mirrored left-right and registered again (coarse).
+def _mirror_registration(fixed_mask: sitk.Image, fixed: Volume, moving: Volume,
+                         config: AlignmentCheckConfig) -> tuple[sitk.Image, sitk.Transform]:
+    """The moving volume mirrored left-right (smoothed as the check's copies) and its own coarse registration.
 
     The registration samples the fixed object through the check's own mask
     (*fixed_mask*, on the working grid) instead of computing another.
@@ -315,4 +318,4 @@ def _mirrored_agreement(fixed_gradient, region, grid, fixed_mask: sitk.Image, fi
     quick = RegistrationConfig(shrink_factors=(2, 1), smoothing_sigmas_mm=(4.0, 2.0), sampling_percentages=(0.5, 0.2),
                                step_mm=(4.0, 1.0), min_step=0.05, max_samples_per_level=20_000)
     result = register(Volume(coarse_fixed), Volume(mirrored), quick, fixed_mask=fixed_mask)
-    return _agreement_for(fixed_gradient, region, grid, _smoothed(mirrored, config), result.transform)
+    return _smoothed(mirrored, config), result.transform

@@ -32,6 +32,10 @@ from medfuse.errors import InputError
 from medfuse.volume.model import as_float32
 
 
+#: Slices per slab of :func:`ball_morphology` (16 slices of 256 x 256: 1 MB per temporary).
+_MORPHOLOGY_SLAB = 16
+
+
 @dataclass(frozen=True)
 class MaskConfig:
     """Parameters of :func:`foreground_mask`.
@@ -133,17 +137,20 @@ def foreground_mask(image: sitk.Image, config: MaskConfig | None = None, *, on_i
     if content.size == 0:
         raise InputError("cannot compute a foreground mask: the image is constant")
     threshold = _background_threshold(content, config)
-    del content, values  # freed before the morphology's own peak
-    above = sitk.GetArrayViewFromImage(work) > np.float32(threshold)  # (Z, Y, X) bool, compared as ITK does
-    spacing = work.GetSpacing()
+    del content
+    above = values > np.float32(threshold)  # (Z, Y, X) bool, compared in float32 as ITK does
+    # Only the working grid's geometry from here on: its float32 voxels are freed before the morphology.
+    grid = (work.GetOrigin(), work.GetSpacing(), work.GetDirection())
+    del values, work
+    spacing = grid[1]
     joined = ball_morphology(above, _radius(config.closing_radius_mm, spacing), dilate=True)
-    filled = _fill_holes(joined, work)
+    filled = _fill_holes(joined, grid)
     del joined
     solid = ball_morphology(filled, _radius(config.closing_radius_mm, spacing), dilate=False)
     del filled
     opening = _radius(config.opening_radius_mm, spacing)
     opened = ball_morphology(ball_morphology(solid, opening, dilate=False), opening, dilate=True)
-    kept = _largest_component(opened, work)
+    kept = _largest_component(opened, grid)
     del opened
     if kept is None or _fraction_kept(kept, above) < config.min_kept_fraction:
         # The opening or the largest-component rule threw much of the object
@@ -152,8 +159,7 @@ def foreground_mask(image: sitk.Image, config: MaskConfig | None = None, *, on_i
     del above, solid
     if not np.any(kept):
         raise InputError("cannot compute a foreground mask: no bright object found")
-    dilated = _as_image(ball_morphology(kept, _radius(config.dilation_radius_mm, spacing), dilate=True), work)
-    del work
+    dilated = _as_image(ball_morphology(kept, _radius(config.dilation_radius_mm, spacing), dilate=True), grid)
     if not on_image_grid:
         return dilated
     on_grid = sitk.Resample(dilated, image, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
@@ -174,7 +180,9 @@ def ball_morphology(binary: np.ndarray, radius_zyx: tuple[int, ...], *, dilate: 
     share its steps. Erosion is the same with AND. As in ITK, the outside of
     the array counts as background for a dilation and as foreground for an
     erosion (the edge of the image does not erode an object).
-    ``tests/test_registration.py`` compares it with ITK voxel for voxel.
+    The array is processed in slabs of slices, so its temporaries are a few
+    slabs, not a few volumes. ``tests/test_registration.py`` compares it with
+    ITK voxel for voxel.
 
     Parameters
     ----------
@@ -193,7 +201,17 @@ def ball_morphology(binary: np.ndarray, radius_zyx: tuple[int, ...], *, dilate: 
     if not any(radius_zyx):
         return binary.copy()
     combine = np.logical_or if dilate else np.logical_and
-    return _combined_boxes(binary, _ball_boxes(tuple(radius_zyx)), 0, combine)
+    boxes = _ball_boxes(tuple(radius_zyx))
+    # A slab of slices at a time, with radius_zyx[0] slices of context either side: the partial
+    # results of the boxes stay small (memory, and the cache), the voxels are those of the whole.
+    out = np.empty_like(binary)
+    reach, depth = radius_zyx[0], binary.shape[0]
+    for start in range(0, depth, _MORPHOLOGY_SLAB):
+        stop = min(start + _MORPHOLOGY_SLAB, depth)
+        low, high = max(0, start - reach), min(depth, stop + reach)
+        part = _combined_boxes(binary[low:high], boxes, 0, combine)
+        out[start:stop] = part[start - low:stop - low]
+    return out
 
 
 def _ball_boxes(radius: tuple[int, ...]) -> list[tuple[int, ...]]:
@@ -272,27 +290,37 @@ def _radius(radius_mm: float, spacing_xyz: tuple[float, ...]) -> tuple[int, ...]
     return tuple(int(round(radius_mm / s)) for s in spacing_xyz[::-1])
 
 
-def _as_image(binary: np.ndarray, grid: sitk.Image) -> sitk.Image:
-    """A (Z, Y, X) bool array as a uint8 image on the grid of *grid*."""
+def _as_image(binary: np.ndarray, grid: tuple) -> sitk.Image:
+    """A (Z, Y, X) bool array as a uint8 image with *grid*'s (origin, spacing, direction)."""
     image = sitk.GetImageFromArray(binary.view(np.uint8))
-    image.CopyInformation(grid)
+    origin, spacing, direction = grid
+    image.SetOrigin(origin)
+    image.SetSpacing(spacing)
+    image.SetDirection(direction)
     return image
 
 
-def _fill_holes(binary: np.ndarray, grid: sitk.Image) -> np.ndarray:
+def _fill_holes(binary: np.ndarray, grid: tuple) -> np.ndarray:
     """*binary* with every background region not connected to the image border filled (face connectivity)."""
     filled = sitk.BinaryFillhole(_as_image(binary, grid), fullyConnected=False, foregroundValue=1)
     return sitk.GetArrayViewFromImage(filled) > 0
 
 
-def _largest_component(binary: np.ndarray, grid: sitk.Image) -> np.ndarray | None:
+def _largest_component(binary: np.ndarray, grid: tuple) -> np.ndarray | None:
+    """The largest face-connected component of *binary* (None when it is empty)."""
     components = sitk.ConnectedComponent(_as_image(binary, grid))
-    shapes = sitk.LabelShapeStatisticsImageFilter()
-    shapes.Execute(components)
-    labels = shapes.GetLabels()
-    if not labels:
+    labels = sitk.GetArrayViewFromImage(components)  # (Z, Y, X) uint32, 0 = background
+    # Sizes counted a slab at a time: np.bincount of the whole would copy the labels as int64 (8 bytes a voxel).
+    sizes = np.zeros(1, np.int64)
+    for start in range(0, labels.shape[0], _MORPHOLOGY_SLAB):
+        counts = np.bincount(labels[start:start + _MORPHOLOGY_SLAB].ravel())
+        if counts.size > sizes.size:
+            counts[:sizes.size] += sizes
+            sizes = counts
+        else:
+            sizes[:counts.size] += counts
+    if sizes.size < 2:
         return None
-    # The largest; among equal sizes the first label, as RelabelComponent would rank them (without its
-    # second full-size label image).
-    largest = max(labels, key=lambda label: (shapes.GetNumberOfPixels(label), -label))
-    return sitk.GetArrayViewFromImage(components) == largest
+    # The largest; among equal sizes the lowest label (np.argmax takes the first).
+    largest = int(np.argmax(sizes[1:])) + 1
+    return labels == largest

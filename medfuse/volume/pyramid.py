@@ -76,21 +76,42 @@ class Pyramid:
 
     The initialisation, the metric before and after, and every stage's levels
     ask for the same few (factor, sigma, floor) levels; they are block
-    averaged, smoothed and their masks resampled only the first time.
+    averaged, smoothed and their masks resampled only the first time. A
+    level no later step needs can be released (memory: the second-finest
+    level of a 512x512x200 CT is 52 MB).
     """
 
     def __init__(self, image: sitk.Image, mask: sitk.Image | None = None) -> None:
         self.image = image
         self.mask = mask
         self._levels: dict[tuple, tuple[sitk.Image, sitk.Image | None]] = {}
+        self._samples: dict[tuple, tuple[sitk.Image, sitk.Image | None]] = {}
 
     def level(self, factor: int, sigma_mm: float, floor_mm: float = 0.0) -> tuple[sitk.Image, sitk.Image | None]:
         """(image, mask on its grid) of one level; the mask is None without a mask."""
-        key = (block_factors(self.image, factor, floor_mm), float(sigma_mm))  # equal levels computed once
+        key = self._key(factor, sigma_mm, floor_mm)
         if key not in self._levels:
             image = pyramid_level(self.image, factor, sigma_mm, floor_mm)
             self._levels[key] = (image, mask_on(self.mask, image))
         return self._levels[key]
+
+    def every_other_voxel(self, factor: int, sigma_mm: float, floor_mm: float = 0.0
+                          ) -> tuple[sitk.Image, sitk.Image | None]:
+        """(image, mask) of one level at every second voxel along each axis with at least 8 (not averaged)."""
+        key = self._key(factor, sigma_mm, floor_mm)
+        if key not in self._samples:
+            image, mask = self.level(factor, sigma_mm, floor_mm)
+            every_other = [2 if n >= 8 else 1 for n in image.GetSize()]
+            self._samples[key] = (sitk.Shrink(image, every_other),
+                                  sitk.Shrink(mask, every_other) if mask is not None else None)
+        return self._samples[key]
+
+    def release(self, factor: int, sigma_mm: float, floor_mm: float = 0.0) -> None:
+        """Forget one level (computed again if asked for); its every-other-voxel copy stays."""
+        self._levels.pop(self._key(factor, sigma_mm, floor_mm), None)
+
+    def _key(self, factor: int, sigma_mm: float, floor_mm: float) -> tuple:
+        return block_factors(self.image, factor, floor_mm), float(sigma_mm)  # equal levels computed once
 
 
 def mask_on(mask: sitk.Image | None, grid: sitk.Image) -> sitk.Image | None:
@@ -159,12 +180,8 @@ def metric_value(fixed: Pyramid, moving: Pyramid, transform: sitk.Transform, con
     fixed_floor, moving_floor = _resolution_floors(fixed.image, moving.image, config)
     level = max(0, len(config.shrink_factors) - 2)
     factor, sigma = config.shrink_factors[level], config.smoothing_sigmas_mm[level]
-    level_fixed, fixed_mask = fixed.level(factor, sigma, fixed_floor)
+    points, points_mask = fixed.every_other_voxel(factor, sigma, fixed_floor)
     level_moving, moving_mask = moving.level(factor, sigma, moving_floor)
-    # Every second voxel (not averaged: the level's own values), where an axis has enough voxels.
-    every_other = [2 if n >= 8 else 1 for n in level_fixed.GetSize()]
-    points = sitk.Shrink(level_fixed, every_other)
-    points_mask = sitk.Shrink(fixed_mask, every_other) if fixed_mask is not None else None
     method = metric_method(config, points_mask, moving_mask, sampling="none", percentage=1.0, gradient_images=False)
     return evaluate_metric(method, points, level_moving, transform, config.threads)
 
@@ -204,8 +221,15 @@ def optimise(
     config: RegistrationConfig,
     iterations: int,
     levels: list[LevelReport],
+    *,
+    keep_levels: bool = True,
 ) -> tuple[sitk.Transform, str]:
-    """Run the pyramid one level at a time (own images, step length and timing per level)."""
+    """Run the pyramid one level at a time (own images, step length and timing per level).
+
+    With *keep_levels* False each level's fixed image is released once its
+    optimisation ended, so the finest level is not built beside the coarser
+    ones (for the last stage; the metric after it uses its own sample).
+    """
     transform = type(initial)(initial)
     stop = ""
     fixed_floor, moving_floor = _resolution_floors(fixed.image, moving.image, config)
@@ -250,4 +274,7 @@ def optimise(
             )
         )
         stop = method.GetOptimizerStopConditionDescription()
+        del method, level_fixed, level_mask, level_moving, moving_mask
+        if not keep_levels:
+            fixed.release(factor, sigma, fixed_floor)
     return transform, stop

@@ -195,7 +195,8 @@ def _register_images(
     metric_before = metric_value(fixed, moving, initial, config)
 
     levels: list[LevelReport] = []
-    rigid, stop = optimise("rigid", fixed, moving, initial, config, config.iterations, levels)
+    rigid, stop = optimise("rigid", fixed, moving, initial, config, config.iterations, levels,
+                           keep_levels=config.affine)
     transform: sitk.Transform = rigid
     if config.affine:
         affine = _same_kind(rigid, sitk.AffineTransform(3))
@@ -205,7 +206,8 @@ def _register_images(
             sampling_percentages=config.sampling_percentages[-config.affine_levels :],
             step_mm=config.step_mm[-config.affine_levels :],
         )
-        transform, stop = optimise("affine", fixed, moving, affine, affine_config, config.affine_iterations, levels)
+        transform, stop = optimise("affine", fixed, moving, affine, affine_config, config.affine_iterations, levels,
+                                   keep_levels=False)
     metric_after = metric_value(fixed, moving, transform, config)
     reverted = ()
     if metric_after > metric_before:

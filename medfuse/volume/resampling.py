@@ -7,6 +7,8 @@ voxels a slab of fixed slices at a time, for the pipeline's staging.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import SimpleITK as sitk
 
@@ -108,7 +110,11 @@ def resample_slabs(
     moving_image, default_value, unmoved = _resampling_inputs(fixed_image, moving, transform, interpolation,
                                                               default_value)
     nx, ny, nz = fixed_image.GetSize()
-    ones = None if unmoved else _ones_like(moving_image)
+    # NaN outside the field of view marks the coverage in the same resampling: ITK's interpolators share
+    # one inside test, the one a nearest-neighbour resampling of ones applies (tested equal). Unless the
+    # moving voxels hold NaN themselves: the coverage is then resampled on its own (twice the work).
+    separate = not unmoved and bool(np.isnan(sitk.GetArrayViewFromImage(moving_image)).any())
+    ones = _ones_like(moving_image) if separate else None
     for start in range(0, nz, slab_slices):
         stop = min(start + slab_slices, nz)
         if unmoved:  # as resample_onto: the voxels as they are
@@ -117,11 +123,17 @@ def resample_slabs(
             continue
         size, origin = (nx, ny, stop - start), fixed_image.TransformIndexToPhysicalPoint((0, 0, start))
         spacing, direction = fixed_image.GetSpacing(), fixed_image.GetDirection()
-        values = sitk.Resample(moving_image, size, transform, INTERPOLATORS[interpolation], origin, spacing,
-                               direction, float(default_value), sitk.sitkFloat32)
-        coverage = sitk.Resample(ones, size, transform, sitk.sitkNearestNeighbor, origin, spacing, direction,
-                                 0, sitk.sitkUInt8)
-        yield start, stop, sitk.GetArrayFromImage(values), sitk.GetArrayViewFromImage(coverage).astype(bool)
+        outside = float(default_value) if separate else math.nan
+        values = sitk.GetArrayFromImage(sitk.Resample(moving_image, size, transform, INTERPOLATORS[interpolation],
+                                                      origin, spacing, direction, outside, sitk.sitkFloat32))
+        if separate:
+            coverage = sitk.Resample(ones, size, transform, sitk.sitkNearestNeighbor, origin, spacing, direction,
+                                     0, sitk.sitkUInt8)
+            yield start, stop, values, sitk.GetArrayViewFromImage(coverage).astype(bool)
+            continue
+        covered = ~np.isnan(values)
+        values[~covered] = default_value
+        yield start, stop, values, covered
 
 
 def _resampling_inputs(fixed_image: sitk.Image, moving: Volume, transform: sitk.Transform, interpolation: str,
