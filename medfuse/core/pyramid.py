@@ -229,9 +229,10 @@ def blend_decisions(
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """:func:`blend_clipped` of the one-hot maps of ``chosen``, on compiled kernels.
 
-    Three passes at full size or half size (:mod:`medfuse.core.kernels_pyramid`)
-    and the small levels in between, with the float32 operations of the NumPy
-    functions in their order: the result is :func:`blend_clipped`'s, byte for byte.
+    One pass at half size (level 1 of the pyramids), the small levels, one pass
+    at full size (finest band, collapse, clip, weights) (:mod:`medfuse.core.kernels_pyramid`),
+    with the float32 operations of the NumPy functions in their order: the
+    result is :func:`blend_clipped`'s, byte for byte.
 
     Parameters
     ----------
