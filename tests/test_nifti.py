@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import os
 import stat
 import tracemalloc
@@ -249,3 +250,27 @@ def test_large_volumes_are_compressed_in_threads_by_default(tmp_path, monkeypatc
     write_nifti(sitk.GetImageFromArray(np.zeros((4, 8, 8), np.float32)), tmp_path / "large.nii.gz")
     write_nifti(sitk.GetImageFromArray(np.zeros((3, 8, 8), np.float32)), tmp_path / "small.nii.gz")
     assert threads_used == [2, 1]
+
+
+def test_gzip_reader_reads_members_in_a_row_and_refuses_a_truncated_file(tmp_path, monkeypatch):
+    monkeypatch.setattr(nifti_module.GzipReader, "PIECE", 1000)  # many pieces in a small file
+    parts = [np.random.default_rng(i).integers(0, 9, 5000, dtype=np.uint8).tobytes() for i in range(3)]
+    joined = tmp_path / "members.gz"
+    joined.write_bytes(b"".join(gzip.compress(p, mtime=0) for p in parts) + b"\0" * 7)  # padding, as tape tools add
+    with nifti_module.GzipReader(joined) as stream:
+        assert stream.read(10) == parts[0][:10]
+        stream.seek(0)
+        assert stream.read(4) == parts[0][:4]
+        stream.seek(12000)  # forward over pieces and a member boundary
+        assert stream.read(100) == b"".join(parts)[12000:12100]
+        stream.seek(20)  # backward beyond the piece in hand: from the start again
+        assert stream.read() == b"".join(parts)[20:]
+    truncated = tmp_path / "truncated.gz"
+    truncated.write_bytes(gzip.compress(parts[0], mtime=0)[:-100])
+    with nifti_module.GzipReader(truncated) as stream, pytest.raises(EOFError):
+        stream.read()
+    corrupt = bytearray(gzip.compress(parts[0], mtime=0))
+    corrupt[-6] ^= 0xFF  # CRC-32
+    (tmp_path / "corrupt.gz").write_bytes(bytes(corrupt))
+    with nifti_module.GzipReader(tmp_path / "corrupt.gz") as stream, pytest.raises(zlib.error):
+        stream.read()
