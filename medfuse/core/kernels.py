@@ -160,17 +160,21 @@ def split_work(slices: int, rows: int, parts: int) -> list[list[tuple[int, int, 
 
 def run_pieces(kernel: Callable[[int, int, int], None], groups: list[list[tuple[int, int, int]]],
                executor: Executor | None) -> None:
-    """Call ``kernel(slice, row start, row stop)`` for every piece, one group per task of ``executor``.
+    """Call ``kernel(slice, row start, row stop)`` for every piece: the first group in the calling thread, the
+    others as tasks of ``executor`` (the caller works instead of waiting for a woken thread).
 
-    Without an executor, or with a single group, everything runs in the calling thread.
+    Without an executor, everything runs in the calling thread.
     """
 
     def run_group(pieces: list[tuple[int, int, int]]) -> None:
         for piece in pieces:
             kernel(*piece)
 
-    if executor is None or len(groups) == 1:
+    if executor is None:
         for pieces in groups:
             run_group(pieces)
-    else:
-        list(executor.map(run_group, groups))
+        return
+    others = [executor.submit(run_group, pieces) for pieces in groups[1:]]
+    run_group(groups[0])
+    for task in others:
+        task.result()
