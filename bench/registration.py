@@ -26,6 +26,10 @@ shrink 4/2/1 with smoothing 2/1/0 mm, no masks. Times are wall seconds and
 process CPU seconds (all threads), since this machine is shared; the ratio
 column is medfuse / textbook wall time in the same run.
 
+``--cases large`` adds bench/fuse_study.py's 512x512x200 CT with its synthetic MR (256x256x100, moved
+by a known 3 degrees / 5 mm; built in a temporary folder); it is not in the default run, since its
+textbook registration alone takes minutes.
+
 With ``--real-png-dir`` it also registers the real same-subject pairs, runs the
 alignment check on each (medfuse.volume.alignment_check)
 (T1 <- T2, T1 <- FLAIR, CT <- PET) and writes their overlay PNGs there.
@@ -79,6 +83,9 @@ CASES = {
     "t1_t2": (T1, T2, "header", (-4.0, 7.0, -9.0), (-15.0, 10.0, 12.0)),
     "t1_flair": (T1, FLAIR, "header", (6.0, 6.0, 5.0), (10.0, 20.0, -10.0)),
 }
+# Not in the default run (its textbook registration alone takes minutes): bench/fuse_study.py's large pair,
+# a 512x512x200 CT and a synthetic MR 256x256x100 moved by a known 3 degrees / 5 mm ("--cases large").
+LARGE = "large"
 REFERENCE_CONFIG = RegistrationConfig(sampling_percentages=(1.0, 0.5, 0.2), iterations=500, min_step=0.001)
 
 
@@ -128,19 +135,26 @@ def timed(function, *args):
     return value, time.perf_counter() - wall, time.process_time() - cpu
 
 
+def large_pair() -> tuple[sitk.Image, sitk.Image, sitk.Transform]:
+    """bench/fuse_study.py's large CT and synthetic MR, and the known fixed -> moving transform."""
+    import tempfile
+
+    sys.path.insert(0, str(REPO / "bench"))
+    from fuse_study import make_large_pair
+
+    with tempfile.TemporaryDirectory() as folder:
+        ct_path, mr_path = make_large_pair(Path(folder))
+        fixed, moving = read(ct_path), read(mr_path)
+    # make_large_pair resamples the CT through this offset (about the CT's centre): MR(x) = CT(offset(x)).
+    offset = rigid_about_centre(fixed, (0.0, 0.0, 3.0), (5.0, -3.0, 0.0))
+    return fixed, moving, offset.GetInverse()
+
+
 def run_case(name: str, config: RegistrationConfig) -> dict:
-    fixed_path, moving_path, how, rotation, translation = CASES[name]
-    fixed = read(fixed_path)
-    if how == "given":
-        moving, reference = read(moving_path), sample_study_truth()
-    elif moving_path is None:
-        known = rigid_about_centre(fixed, rotation, translation)
-        moving, reference = moved_by(inverted_contrast(fixed), known, resample=how != "header"), known
+    if name == LARGE:
+        fixed, moving, reference = large_pair()
     else:
-        known = rigid_about_centre(fixed, rotation, translation)
-        source = read(moving_path)
-        unmoved = register(Volume(fixed), Volume(source), REFERENCE_CONFIG)
-        moving, reference = moved_by(source, known, resample=how != "header"), compose(known, unmoved.transform)
+        fixed, moving, reference = case_volumes(name)
     points = mask_points_mm(foreground_mask(fixed), step=2)
     ours, wall, cpu = timed(register, Volume(fixed), Volume(moving), config)
     book, book_wall, book_cpu = timed(textbook, fixed, moving, config.seed)
@@ -162,6 +176,23 @@ def run_case(name: str, config: RegistrationConfig) -> dict:
         "book_wall": book_wall,
         "book_cpu": book_cpu,
     }
+
+
+def case_volumes(name: str) -> tuple[sitk.Image, sitk.Image, sitk.Transform]:
+    """(fixed, moving, known fixed -> moving transform) of one of CASES."""
+    fixed_path, moving_path, how, rotation, translation = CASES[name]
+    fixed = read(fixed_path)
+    if how == "given":
+        moving, reference = read(moving_path), sample_study_truth()
+    elif moving_path is None:
+        known = rigid_about_centre(fixed, rotation, translation)
+        moving, reference = moved_by(inverted_contrast(fixed), known, resample=how != "header"), known
+    else:
+        known = rigid_about_centre(fixed, rotation, translation)
+        source = read(moving_path)
+        unmoved = register(Volume(fixed), Volume(source), REFERENCE_CONFIG)
+        moving, reference = moved_by(source, known, resample=how != "header"), compose(known, unmoved.transform)
+    return fixed, moving, reference
 
 
 def real_pairs(out_dir: Path, config: RegistrationConfig) -> list[dict]:
@@ -195,7 +226,7 @@ def real_pairs(out_dir: Path, config: RegistrationConfig) -> list[dict]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cases", default=",".join(CASES), help="comma-separated case names")
+    parser.add_argument("--cases", default=",".join(CASES), help=f"comma-separated case names ({LARGE!r} too)")
     parser.add_argument("--threads", type=int, default=1, help="RegistrationConfig.threads (0 = all cores)")
     parser.add_argument("--real-png-dir", type=Path, help="also register the real pairs, overlays written here")
     args = parser.parse_args(argv)
