@@ -241,7 +241,6 @@ def test_round_off_outside_the_unit_range_is_clipped_not_refused(stacks):
 def test_output_is_byte_identical_whatever_the_thread_count(stacks, extractor, name, monkeypatch):
     # Threads even for these small crops (by default they need ~2**17 pixels each).
     monkeypatch.setattr(fusion_module, "_MIN_PIXELS_PER_THREAD", 1)
-    monkeypatch.setattr(fusion_module, "_MIN_PYRAMID_PIXELS_PER_THREAD", 1)
     for k in (2, 3, 5):
         one = fuse_stack(stacks[k], CONFIGS[name], extractor, threads=1)
         for threads in (2, 3, 8):

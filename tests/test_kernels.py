@@ -233,7 +233,7 @@ def test_whole_pyramid_fusion_with_compiled_and_reference_kernels_agrees(monkeyp
 
 def test_pyramid_rule_threads_and_runs_give_byte_identical_output(monkeypatch):
     # Threads even for small images (by default they need ~2**17 source pixels each).
-    monkeypatch.setattr(fusion, "_MIN_PYRAMID_PIXELS_PER_THREAD", 1)
+    monkeypatch.setattr(fusion, "_MIN_PIXELS_PER_THREAD", 1)
     rng = np.random.default_rng(23)
     volumes = rng.random((3, 3, 150, 130)).astype(np.float32)
     volumes[:, :, 40:70] = 0.0

@@ -113,8 +113,7 @@ def fuse_stack(
         At most this many threads filter the sources in parallel (groups of
         sources, one group per thread, fewer for small images where threads
         do not pay: about 2**17 pixels of work per thread; the pyramid rule
-        shares rows of the image among them instead, from 2**16 source
-        pixels per thread). The output is
+        shares rows of the image among them instead). The output is
         byte-identical whatever the count: every image is filtered by the
         same operations, only on another thread. Default 1, for callers
         that already run one fusion per core (the volume path's workers).
@@ -311,7 +310,7 @@ def _fuse_pyramid(
     k, n, h, w = stack.shape
     timings = dict.fromkeys(PYRAMID_STAGES, 0.0)
     clock = time.perf_counter
-    parts = min(int(threads), max(1, (k * n * h * w) // _MIN_PYRAMID_PIXELS_PER_THREAD))
+    parts = min(int(threads), max(1, (k * n * h * w) // _MIN_PIXELS_PER_THREAD))
     executor = _pool(parts) if parts > 1 else None
     t0 = clock()
     cells = stride = None
@@ -356,11 +355,11 @@ def _pool(size: int) -> ThreadPoolExecutor:
 # SciPy's 1-D filters and the row-by-row running sums hold the GIL part of
 # the time, so on 2 cores two 256x256 sources fused ~10% slower on 2 threads
 # than on 1, and two 512x512 sources 1.2-1.3x faster (docs/bench-fuse2d.md).
+# The pyramid rule shares rows among threads from the same size on: two
+# 512x512 sources took 2.02 ms on 2 threads against 3.07 on 1, while two
+# 256x256 ones gained nothing sure (0.59-1.03 ms against 0.67-0.88 in three
+# runs at load 1.9-2.8, and ~0.3 ms more CPU).
 _MIN_PIXELS_PER_THREAD = 1 << 17
-# The pyramid rule's compiled passes hold no GIL and share rows, not sources:
-# two 256x256 sources took 0.59 ms on 2 threads against 0.67 ms on 1, two
-# 512x512 ones 1.69 against 2.51 ms (load 2.8, medians of 30).
-_MIN_PYRAMID_PIXELS_PER_THREAD = 1 << 16
 
 
 class _SourceGroups:
