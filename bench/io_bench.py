@@ -9,7 +9,11 @@ regular 2.5 mm stack). Baselines, measured in the same run on the same files:
 
 * indexing — SimpleITK/GDCM's series scan (``GetGDCMSeriesIDs`` then
   ``GetGDCMSeriesFileNames`` per series), and pydicom full reads;
-* reading — SimpleITK ``ImageSeriesReader``.
+* reading — SimpleITK ``ImageSeriesReader``;
+* writing the read volume (float32) as ``.nii.gz`` — :func:`medfuse.io.nifti.write_nifti`
+  with 1 and 2 threads (same bytes), against one zlib stream through
+  :class:`gzip.GzipFile` at the same level (the writer before issue 14);
+  and reading it back with :func:`medfuse.io.nifti.read_nifti`.
 
 The best of ``--repeat`` runs is printed, with the ratio to each baseline
 and the target (index <= 2 s, read <= 3 s).
@@ -18,6 +22,7 @@ and the target (index <= 2 s, read <= 3 s).
 from __future__ import annotations
 
 import argparse
+import gzip
 import os
 import tempfile
 import time
@@ -29,6 +34,7 @@ from pydicom.uid import generate_uid
 
 from medfuse.io.dicom.index import scan_folder
 from medfuse.io.dicom.read import read_series
+from medfuse.io.nifti import GZIP_LEVEL, read_nifti, write_nifti
 
 INDEX_FILES = 1000
 READ_SLICES = 300
@@ -96,6 +102,14 @@ def _sitk_read(folder: Path) -> None:
     reader.Execute()
 
 
+def _single_stream_gzip(volume: sitk.Image, path: Path) -> None:
+    """The voxels through one GzipFile stream at the writer's level (the previous writer's way)."""
+    with open(path, "wb") as handle, gzip.GzipFile(fileobj=handle, mode="wb", mtime=0, filename="",
+                                                   compresslevel=GZIP_LEVEL) as stream:
+        for plane in sitk.GetArrayViewFromImage(volume):
+            stream.write(plane.tobytes())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shared", help="shared data root (default ../shared/data)")
@@ -124,6 +138,15 @@ def main() -> None:
         ours_read_only = _best(lambda: read_series(series), args.repeat)
         sitk_read = _best(lambda: _sitk_read(tmp / "read"), args.repeat)
 
+        nifti = tmp / "volume.nii.gz"
+        write = {threads: _best(lambda threads=threads: write_nifti(volume, tmp / f"t{threads}.nii.gz", threads=threads),
+                                args.repeat) for threads in (1, 2)}
+        assert (tmp / "t1.nii.gz").read_bytes() == (tmp / "t2.nii.gz").read_bytes()
+        (tmp / "t2.nii.gz").rename(nifti)
+        single_stream = _best(lambda: _single_stream_gzip(volume.image, tmp / "single.gz"), args.repeat)
+        nifti_read = _best(lambda: read_nifti(nifti), args.repeat)
+        sizes = nifti.stat().st_size / 2**20, (tmp / "single.gz").stat().st_size / 2**20
+
     load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
     print(f"machine: {os.cpu_count()} CPUs, load average {load}; best of {args.repeat}")
     print(f"index {INDEX_FILES} files: medfuse {ours_index:.2f} s (target <= {INDEX_TARGET_S} s) | "
@@ -132,6 +155,9 @@ def main() -> None:
     print(f"read 512x512x{READ_SLICES}: medfuse scan+read {ours_read:.2f} s, read only {ours_read_only:.2f} s "
           f"(target <= {READ_TARGET_S} s) | SimpleITK {sitk_read:.2f} s "
           f"(ratio scan+read {ours_read / sitk_read:.2f}, read only {ours_read_only / sitk_read:.2f})")
+    print(f"write 512x512x{READ_SLICES} float32 .nii.gz (level {GZIP_LEVEL}): 1 thread {write[1]:.2f} s, "
+          f"2 threads {write[2]:.2f} s ({sizes[0]:.1f} MiB) | one GzipFile stream {single_stream:.2f} s "
+          f"({sizes[1]:.1f} MiB; ratio 2 threads {write[2] / single_stream:.2f}) | read_nifti {nifti_read:.2f} s")
 
 
 if __name__ == "__main__":
