@@ -113,7 +113,7 @@ def resample_slabs(
     # NaN outside the field of view marks the coverage in the same resampling: ITK's interpolators share
     # one inside test, the one a nearest-neighbour resampling of ones applies (tested equal). Unless the
     # moving voxels hold NaN themselves: the coverage is then resampled on its own (twice the work).
-    separate = not unmoved and bool(np.isnan(sitk.GetArrayViewFromImage(moving_image)).any())
+    separate = not unmoved and _has_nan(sitk.GetArrayViewFromImage(moving_image))
     ones = _ones_like(moving_image) if separate else None
     for start in range(0, nz, slab_slices):
         stop = min(start + slab_slices, nz)
@@ -150,6 +150,11 @@ def _resampling_inputs(fixed_image: sitk.Image, moving: Volume, transform: sitk.
     if default_value is None:
         default_value = float(np.min(sitk.GetArrayViewFromImage(moving_image)))
     return moving_image, float(default_value), _same_grid(fixed_image, moving_image) and _is_identity(transform)
+
+
+def _has_nan(values: np.ndarray, slices: int = 16) -> bool:
+    """Whether a (Z, Y, X) array holds NaN, *slices* at a time (no volume-sized bool temporary)."""
+    return any(bool(np.isnan(values[start:start + slices]).any()) for start in range(0, values.shape[0], slices))
 
 
 def _ones_like(image: sitk.Image) -> sitk.Image:
