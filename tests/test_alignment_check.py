@@ -111,6 +111,22 @@ def test_different_patients_in_the_headers_are_flagged_whatever_the_images(t1, t
     assert "PATIENT-A" not in " ".join(doubtful_registrations([fixed, moving], [check]))
 
 
+def test_a_mirror_control_that_cannot_register_leaves_the_check_untouched(t1, t2, monkeypatch):
+    """The mirror control is a second opinion: its own registration failing (as on damaged series the
+    fuzz test builds) leaves ``mirrored`` None and neither fails the run nor flags the result."""
+    from medfuse.errors import RegistrationError
+    from medfuse.volume import alignment_check
+
+    result = register(t1, t2)
+
+    def failing(*args, **kwargs):
+        raise RegistrationError("rigid registration failed at level 1: All samples map outside moving image buffer")
+
+    monkeypatch.setattr(alignment_check, "register", failing)
+    check = check_alignment(t1, t2, result.transform, result.initial)
+    assert check.mirrored is None and check.warnings == (), check
+
+
 @pytest.mark.slow
 def test_hybrid_pet_ct_pair_is_not_flagged(shared_data):
     pet_ct = shared_data / "volumes/tcia_CCTH-A01_pet_ct"

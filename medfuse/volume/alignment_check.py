@@ -39,7 +39,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import SimpleITK as sitk
 
-from medfuse.errors import InputError
+from medfuse.errors import InputError, RegistrationError
 from medfuse.volume.masks import ball_morphology, foreground_mask
 from medfuse.volume.model import Volume, as_float32
 from medfuse.volume.registration import RegistrationConfig, register
@@ -110,7 +110,8 @@ class AlignmentCheck:
         moving volume's foreground after registration.
     mirrored : float or None
         Of the left-right mirrored moving volume after its own coarse
-        registration (None when the control did not run).
+        registration (None when the control did not run, or its
+        registration failed).
     patients : tuple of str
         The two series' patient identities when both are DICOM ("" otherwise).
     warnings : tuple of str
@@ -301,8 +302,10 @@ def _shifted(transform: sitk.Transform, axis: int, mm: float) -> sitk.Transform:
 
 
 def _mirror_registration(fixed_mask: sitk.Image, fixed: Volume, moving: Volume,
-                         config: AlignmentCheckConfig) -> tuple[sitk.Image, sitk.Transform]:
+                         config: AlignmentCheckConfig) -> tuple[sitk.Image, sitk.Transform] | None:
     """The moving volume mirrored left-right (smoothed as the check's copies) and its own coarse registration.
+
+    None when that registration fails.
 
     The registration samples the fixed object through the check's own mask
     (*fixed_mask*, on the working grid) instead of computing another.
@@ -317,5 +320,10 @@ def _mirror_registration(fixed_mask: sitk.Image, fixed: Volume, moving: Volume,
     # (a level stops at 0.05 mm steps; fewer than 20 000 samples per level lost the mirrored T2, measured).
     quick = RegistrationConfig(shrink_factors=(2, 1), smoothing_sigmas_mm=(4.0, 2.0), sampling_percentages=(0.5, 0.2),
                                step_mm=(4.0, 1.0), min_step=0.05, max_samples_per_level=20_000)
-    result = register(Volume(coarse_fixed), Volume(mirrored), quick, fixed_mask=fixed_mask)
+    try:
+        result = register(Volume(coarse_fixed), Volume(mirrored), quick, fixed_mask=fixed_mask)
+    except RegistrationError:
+        # A control, not the result: when the mirrored volume cannot even be registered (it drifted out of
+        # the field of view on damaged input, say), the mirror hypothesis is untested, not confirmed.
+        return None
     return _smoothed(mirrored, config), result.transform
