@@ -6,9 +6,9 @@ variant Liu's toolbox ships as ``myphasecong3.m`` and ``metricZhao.m`` uses.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
-import threading
 from functools import lru_cache
 
 import numpy as np

@@ -21,7 +21,6 @@ import html
 import io
 import json
 import mmap
-import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
@@ -31,6 +30,7 @@ from PIL import Image
 
 from medfuse.core.colour import ycbcr_to_rgb
 from medfuse.metrics import METRIC_NAMES, compute_all
+from medfuse.volume.dispatch import default_workers
 
 __all__ = ["build_report", "colour_sections", "png_data_uri", "sections"]
 
@@ -259,7 +259,7 @@ def _overlay_section(fixed: dict[str, np.ndarray], arrays, masks, labels, spacin
 
 
 def _metrics_section(arrays, fused, threads: int | None = None) -> str:
-    """The metrics table of three slices (25 %, 50 %, 75 %), computed by *threads* threads (default: the CPUs)."""
+    """The metrics table of three slices (25 %, 50 %, 75 %), computed by *threads* threads (default: one per CPU)."""
     z = fused.shape[0]
     indices = sorted({z // 4, z // 2, (3 * z) // 4})
     cases = {index: ([np.asarray(a[index]) for a in arrays], np.asarray(fused[index])) for index in indices}
@@ -267,7 +267,7 @@ def _metrics_section(arrays, fused, threads: int | None = None) -> str:
     # metrics' FFTs, NumPy and compiled loops release the GIL), the QP tasks first so that two threads
     # finish together. compute_all gives each value as one call for all eight would.
     tasks = [(index, group) for group in _METRIC_GROUPS for index in indices]
-    with ThreadPoolExecutor(max_workers=threads or _cpu_count()) as pool:
+    with ThreadPoolExecutor(max_workers=threads or default_workers()) as pool:
         results = list(pool.map(lambda task: compute_all(*cases[task[0]], names=task[1]), tasks))
     scores = {index: {} for index in indices}
     for (index, _), values in zip(tasks, results):
@@ -283,11 +283,6 @@ def _metrics_section(arrays, fused, threads: int | None = None) -> str:
 
 #: The report's thread tasks per slice: QP alone (the costliest by far on a 512² slice), then the rest.
 _METRIC_GROUPS = (("QP",), tuple(name for name in METRIC_NAMES if name != "QP"))
-
-
-def _cpu_count() -> int:
-    """CPUs this process may run on."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def _table(title: str, items: dict) -> str:
