@@ -97,8 +97,8 @@ def fuse_chunk(stack: np.ndarray, cover: np.ndarray, config: FusionConfig,
         Volume-wide histograms, or None for per-slice saliency.
     cuts_for : (start, Z), optional
         The chunk's first slice and the volume's slice count: also return the
-        weights the fusion used on the volume's three mid planes
-        (:meth:`WeightPlanes.cuts`), for the QC report. The slices are then
+        weights the fusion used on the volume's three mid planes (a dict
+        for :meth:`WeightPlanes.store`), for the QC report. The slices are then
         fused one by one (the fusion returns one slice's weights), with the
         same pixels as the batched call.
 
@@ -110,8 +110,8 @@ def fuse_chunk(stack: np.ndarray, cover: np.ndarray, config: FusionConfig,
     n = stack.shape[1]
     members_of = taking_part(stack, cover)
     out = np.zeros(stack.shape[1:], np.float32)
-    # Base and detail weights (2, K, n, Y, X) of every voxel, kept only when the report asks for them.
-    weights = np.zeros((2,) + stack.shape, np.float32) if cuts_for is not None else None
+    # The base and detail weights on the volume's mid planes, kept only when the report asks for them.
+    cuts = _MidPlaneCuts(stack.shape, *cuts_for) if cuts_for is not None else None
     groups: dict[tuple[int, ...], list[int]] = {}
     for index in range(n):
         groups.setdefault(tuple(np.flatnonzero(members_of[:, index])), []).append(index)
@@ -124,27 +124,28 @@ def fuse_chunk(stack: np.ndarray, cover: np.ndarray, config: FusionConfig,
         # needs the one-source rule below, and its per-voxel work is skipped.
         everywhere = len(members) >= 2 and bool(part_cover.all())
         count = part_cover.sum(axis=0) if not everywhere else None
-        if weights is not None and not everywhere:
+        if cuts is not None and not everywhere:
             only = np.argmax(part_cover, axis=0)
             # Where one taking-part source alone covers a voxel its weight is 1 (the fused value is its own).
-            single = (np.arange(len(members))[:, None, None, None] == only[None]) & (count == 1)
-            for kind in range(2):
-                weights[kind][np.ix_(members, slices)] = single
+            single = ((np.arange(len(members))[:, None, None, None] == only[None]) & (count == 1)).astype(np.float32)
+            for position, index in enumerate(slices):
+                for kind in range(2):
+                    cuts.put(kind, members, index, single[:, position])
         if len(members) == 1:
             out[slices] = np.where(part_cover[0], part[0], 0.0)
             continue
         extractor = _extractor(config)
         hist = histograms[list(members)] if histograms is not None else None
-        if weights is None:
+        if cuts is None:
             result = fuse_slices(part, config, extractor, saliency_histograms=hist)
         else:
             result = np.empty(part.shape[1:], np.float32)
             for position, index in enumerate(slices):
                 fused = fuse_stack(part[:, position], config, extractor, saliency_histograms=hist)
                 result[position] = fused.fused
-                both = True if everywhere else count[position] >= 2
-                for kind, plane in enumerate((fused.base_weights, np.clip(fused.detail_weights, 0.0, 1.0))):
-                    weights[kind, list(members), index] = np.where(both, plane, weights[kind, list(members), index])
+                both = None if everywhere else count[position] >= 2
+                for kind, plane in enumerate((fused.base_weights, fused.detail_weights)):
+                    cuts.put(kind, members, index, plane, where=both, clip=kind == 1)
         if not everywhere:
             # Voxels that only one source covers take that source's value; none: 0.
             alone = np.zeros(result.shape, np.float32)
@@ -153,9 +154,49 @@ def fuse_chunk(stack: np.ndarray, cover: np.ndarray, config: FusionConfig,
             np.copyto(alone, result, where=count >= 2)
             result = alone
         out[slices] = result
-    if weights is None:
+    if cuts is None:
         return out
-    return out, WeightPlanes.cuts(weights, *cuts_for)
+    return out, cuts.planes
+
+
+class _MidPlaneCuts:
+    """A chunk's weights on the volume's three mid planes, filled slice by slice.
+
+    ``planes`` is what :meth:`WeightPlanes.store` takes: ``axial`` (2, K, Y, X)
+    when the chunk holds slice Z // 2 (else None), ``coronal`` (2, K, n, X)
+    (row Y // 2 of each slice), ``sagittal`` (2, K, n, Y) (column X // 2).
+    Only those lines are copied from each slice's weights, never a whole
+    (2, K, n, Y, X) block.
+    """
+
+    def __init__(self, shape: tuple[int, ...], start: int, z_size: int) -> None:
+        k, n, y, x = shape
+        self.start, self.middle, self.row, self.column = start, z_size // 2, y // 2, x // 2
+        axial = np.zeros((2, k, y, x), np.float32) if start <= self.middle < start + n else None
+        self.planes = {"axial": axial, "coronal": np.zeros((2, k, n, x), np.float32),
+                       "sagittal": np.zeros((2, k, n, y), np.float32)}
+
+    def put(self, kind: int, members: tuple[int, ...], index: int, plane: np.ndarray,
+            where: np.ndarray | None = None, clip: bool = False) -> None:
+        """Set the weights of *members* on slice *index* of the chunk from *plane* (len(members), Y, X).
+
+        With *where* (Y, X) bool, only there (the rest keeps what was put before);
+        *clip* clips to [0, 1] (detail weights, for display).
+        """
+        members = list(members)
+        lines = (("coronal", plane[:, self.row, :], None if where is None else where[self.row, :]),
+                 ("sagittal", plane[:, :, self.column], None if where is None else where[:, self.column]))
+        if self.start + index == self.middle:
+            lines += (("axial", plane, where),)
+        for name, values, mask in lines:
+            values = np.clip(values, 0.0, 1.0) if clip else values
+            target = self.planes[name][kind][members] if name == "axial" else self.planes[name][kind, members, index]
+            if mask is not None:
+                values = np.where(mask, values, target)
+            if name == "axial":
+                self.planes[name][kind, members] = values
+            else:
+                self.planes[name][kind, members, index] = values
 
 
 class WeightPlanes:
@@ -199,16 +240,8 @@ class WeightPlanes:
         planes.planes = {name: np.load(planes.folder / f"{name}.npy", mmap_mode="r+") for name in cls.NAMES}
         return planes
 
-    @staticmethod
-    def cuts(weights: np.ndarray, start: int, z_size: int) -> dict[str, np.ndarray | None]:
-        """The parts of a chunk's weights (2, K, n, Y, X) from slice *start* that lie on the mid planes."""
-        n, y, x = weights.shape[2:]
-        middle = z_size // 2
-        return {"axial": weights[:, :, middle - start].copy() if start <= middle < start + n else None,
-                "coronal": weights[:, :, :, y // 2].copy(), "sagittal": weights[:, :, :, :, x // 2].copy()}
-
     def store(self, start: int, cuts: dict[str, np.ndarray | None]) -> None:
-        """Write a chunk's :meth:`cuts` (its slices from *start*)."""
+        """Write a chunk's mid-plane cuts (:func:`fuse_chunk` with ``cuts_for``; its slices from *start*)."""
         if cuts["axial"] is not None:
             self.planes["axial"][...] = cuts["axial"]
         for name in ("coronal", "sagittal"):
