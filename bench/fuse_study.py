@@ -211,7 +211,8 @@ import json, os, sys, time
 import numpy as np
 import SimpleITK as sitk
 from dask.distributed import LocalCluster
-from medfuse.volume.dispatch import fuse_volume, local_worker_config
+from medfuse.volume.dispatch import fuse_volume
+from medfuse.volume.local_cluster import local_worker_config
 import dask
 
 ct = sitk.ReadImage(sys.argv[1], sitk.sitkFloat32)

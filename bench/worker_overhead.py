@@ -10,7 +10,7 @@ slice with :func:`medfuse.volume.chunk_task.fuse_chunk` (one-slice chunks, as fu
 
 * ``main``: the main thread of this process;
 * ``workers=N profiler=on|off``: N workers of a local ``dask.distributed`` cluster (one thread each,
-  medfuse's worker settings from :func:`medfuse.volume.dispatch.local_worker_config`, with dask's
+  medfuse's worker settings from :func:`medfuse.volume.local_cluster.local_worker_config`, with dask's
   statistical profiler switched back on for ``on``), all fusing at the same time.
 
 One worker against ``main`` is the cost of the worker itself; two workers against one is what two
@@ -55,7 +55,7 @@ def on_workers(workers: int, profiler: bool, slices: int) -> list[float]:
     import dask
     from dask.distributed import Client, LocalCluster
 
-    from medfuse.volume.dispatch import local_worker_config
+    from medfuse.volume.local_cluster import local_worker_config
 
     settings = {**local_worker_config(), "distributed.worker.profile.enabled": profiler}
     with dask.config.set(settings):

@@ -91,8 +91,8 @@ from medfuse.io.volumes import load_volume
 from medfuse.study.colour import Palette, functional_source, rgb_slices
 from medfuse.study.progress import Progress
 from medfuse.volume.chunk_task import WeightPlanes
-from medfuse.volume.dispatch import (SALIENCY_SCOPES, fuse_staged, fuse_volume, local_workers_for,
-                                     refuse_in_starting_worker)
+from medfuse.volume.dispatch import SALIENCY_SCOPES, fuse_staged, fuse_volume, local_workers_for
+from medfuse.volume.local_cluster import refuse_in_starting_worker
 from medfuse.volume.intensity import choose_mapping, parse_window
 from medfuse.volume.model import Volume
 from medfuse.volume.alignment_check import check_alignment, doubtful_registrations
@@ -415,7 +415,7 @@ class _Run:
         scratch = run_folder.path
         x, y, z = fixed.image.GetSize()
         # Local workers (when the job uses them) start now and boot while the map stage stages the inputs.
-        workers = local_workers_for(options.workers, options.scheduler, (len(volumes), z, y, x))
+        workers = local_workers_for(options.workers, options.scheduler, (len(volumes), z, y, x), warm=options.fusion)
         try:
             if workers is not None:
                 workers.start()

@@ -75,7 +75,6 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -85,11 +84,11 @@ from medfuse.core.config import FusionConfig
 from medfuse.core.saliency import level_histogram
 from medfuse.errors import FusionError, InputError, MedfuseError, one_line
 from medfuse.volume.chunk_task import WeightPlanes, chunk_bounds, fuse_chunk
+from medfuse.volume.local_cluster import LocalWorkers
 from medfuse.volume.staging import StagedVolumes
 
-__all__ = ["SALIENCY_SCOPES", "LocalWorkers", "default_workers", "fuse_staged", "fuse_volume", "interslice_variation",
-           "local_worker_config", "local_workers_for", "refuse_in_starting_worker",
-           "volume_histograms"]
+__all__ = ["SALIENCY_SCOPES", "default_workers", "fuse_staged", "fuse_volume", "interslice_variation",
+           "local_workers_for", "volume_histograms"]
 
 SALIENCY_SCOPES = ("volume", "slice")
 #: Below this many source voxels (K x Z x Y x X) the default runs in-process.
@@ -98,8 +97,6 @@ LOCAL_CLUSTER_MIN_VOXELS = 20_000_000
 IN_FLIGHT_PER_WORKER = 2
 #: Blocks of slices per local worker (staged-files path): few tasks, yet work left to balance at the end.
 BLOCKS_PER_WORKER = 4
-#: Seconds to wait for local worker processes to start.
-WORKER_START_TIMEOUT_S = 120
 
 
 def default_workers() -> int:
@@ -258,7 +255,7 @@ def fuse_staged(
     bounds = chunk_bounds(staged.shape, chunk_slices)
     pool = local_workers
     if pool is None and scheduler is None and workers > 1:
-        pool = LocalWorkers(workers).start()  # closed below; starts while the histograms are counted
+        pool = LocalWorkers(workers, config).start()  # closed below; starts while the histograms are counted
     try:
         histograms = (_counted_levels(_slabs(staged.read, z), staged.k, config.saliency_levels)
                       if saliency_scope == "volume" and config.rule == "two-scale" else None)
@@ -387,139 +384,8 @@ def _check_options(saliency_scope, workers, chunk_slices) -> None:
             raise InputError(f"{name} must be a positive integer, got {value!r}")
 
 
-def local_worker_config() -> dict:
-    """The dask settings medfuse's local workers start with (also for benchmarks' clusters).
-
-    Two of dask's defaults slow the fusion down and are changed:
-
-    * ``MALLOC_TRIM_THRESHOLD_`` is left out of the workers' environment.
-      Setting it turns off glibc's dynamic mmap threshold, so every large
-      temporary of the fusion is mmapped and page-faulted afresh: one slice of
-      two 512 x 512 sources took 0.18 s instead of 0.13 s in one process
-      (64 slices, 11.6 s vs 8.1 s on the shared 2-core machine). The
-      one-thread-per-library variables (OMP_NUM_THREADS...) are kept.
-    * The workers' statistical profiler is off: it wakes every 10 ms, takes
-      the GIL and walks the task's stack, and nobody looks at its profiles
-      (there is no dashboard user). Its cost was not measurable above the
-      host's noise (``bench/worker_overhead.py``, docs/fuse-study.md).
-    """
-    import dask
-
-    environ = dask.config.get("distributed.nanny.pre-spawn-environ", {}) or {}
-    return {"distributed.nanny.pre-spawn-environ":
-            {key: value for key, value in environ.items() if key != "MALLOC_TRIM_THRESHOLD_"},
-            "distributed.worker.profile.enabled": False}
-
-
-#: What a Python script that starts local workers needs (worker processes are spawned and re-import the script).
-BOOTSTRAP_HINT = "a Python script that runs medfuse must call it under `if __name__ == \"__main__\":`"
-
-
-def refuse_in_starting_worker() -> None:
-    """Refuse to run while this process is a worker process being started.
-
-    Dask spawns local worker processes, and each re-imports the main script;
-    a script that calls medfuse at import time would start a whole job (and
-    more workers) in every worker. This stops that job at once, so the worker
-    fails, the caller is told why (:meth:`LocalWorkers.client`), and nothing
-    runs twice.
-
-    Raises
-    ------
-    FusionError
-        While a spawned process is importing its parent's main module.
-    """
-    import multiprocessing
-
-    if getattr(multiprocessing.current_process(), "_inheriting", False):
-        raise FusionError(f"medfuse was called while a worker process was starting: {BOOTSTRAP_HINT}")
-
-
-class LocalWorkers:
-    """A local dask.distributed cluster of one-thread worker processes, started in the background.
-
-    ``start()`` returns at once while the worker processes import onnxruntime
-    and the rest (about a second each), so a caller can stage its inputs
-    meanwhile; :meth:`client` then waits for them. Use as a context manager
-    (closed on exit, also on failure: no worker process is left behind).
-
-    Parameters
-    ----------
-    workers : int
-        Worker processes, each with one thread (and onnxruntime with one).
-    """
-
-    def __init__(self, workers: int):
-        self.workers = workers
-        self._cluster = self._client = self._settings = None
-
-    def start(self) -> "LocalWorkers":
-        import dask
-        from dask.distributed import Client, LocalCluster
-
-        refuse_in_starting_worker()
-
-        # The nannies read these settings when they are created, in the background after scale(): they
-        # stay set until every worker has started (client() or close() restores the previous values).
-        self._settings = dask.config.set(local_worker_config())
-        try:
-            # The scheduler's HTTP server always runs (dashboard_address=None does not stop it, dask/distributed
-            # issue 8136): on a free loopback port, not on 8787 where another service or cluster may listen.
-            self._cluster = LocalCluster(n_workers=0, threads_per_worker=1, processes=True, host="127.0.0.1",
-                                         dashboard_address="127.0.0.1:0", silence_logs=40)
-            self._client = Client(self._cluster)
-            self._cluster.scale(self.workers)  # returns at once; the workers start in the background
-        except BaseException as exc:
-            self.close()
-            if isinstance(exc, OSError):
-                raise FusionError(f"could not start {self.workers} local Dask workers: {exc}") from exc
-            raise
-        return self
-
-    def client(self):
-        """The cluster's client, once every worker has started.
-
-        Raises :class:`FusionError` as soon as a worker process fails at
-        start-up (not after the whole start-up timeout).
-        """
-        from distributed.core import Status
-
-        deadline = time.monotonic() + WORKER_START_TIMEOUT_S
-        while True:
-            try:
-                self._client.wait_for_workers(self.workers, timeout=1)
-                break
-            except OSError as exc:  # includes TimeoutError
-                failed = any(nanny.status == Status.failed for nanny in self._cluster.workers.values())
-                if failed or time.monotonic() > deadline:
-                    self.close()
-                    reason = (f"their processes failed at start-up ({BOOTSTRAP_HINT}; the log above says more)"
-                              if failed else str(exc))
-                    raise FusionError(f"could not start {self.workers} local Dask workers: {reason}") from exc
-        self._restore_settings()
-        return self._client
-
-    def close(self) -> None:
-        if self._client is not None:
-            self._client.close()
-        if self._cluster is not None:
-            self._cluster.close()
-        self._cluster = self._client = None
-        self._restore_settings()
-
-    def _restore_settings(self) -> None:
-        if self._settings is not None:
-            self._settings.__exit__(None, None, None)
-            self._settings = None
-
-    def __enter__(self) -> "LocalWorkers":
-        return self.start()
-
-    def __exit__(self, *exc_info) -> None:
-        self.close()
-
-
-def local_workers_for(workers: int | None, scheduler: str | None, shape: tuple[int, ...]) -> LocalWorkers | None:
+def local_workers_for(workers: int | None, scheduler: str | None, shape: tuple[int, ...],
+                      warm: FusionConfig | None = None) -> LocalWorkers | None:
     """The local cluster :func:`fuse_staged` would start for (K, Z, Y, X) sources, not started; None in-process.
 
     For callers that start the workers early (``with local_workers_for(...) as pool``)
@@ -528,7 +394,7 @@ def local_workers_for(workers: int | None, scheduler: str | None, shape: tuple[i
     if scheduler is not None:
         return None
     workers = _resolve_workers(workers, scheduler, shape)
-    return LocalWorkers(workers) if workers > 1 else None
+    return LocalWorkers(workers, warm) if workers > 1 else None
 
 
 def fuse_block(folder: str, chunks: Sequence[tuple[int, int]], config: FusionConfig,
@@ -573,7 +439,7 @@ def _fuse_arrays_on_local_cluster(arrays, masks, config, workers, saliency_scope
     pool = local_workers
     try:
         if pool is None:
-            pool = LocalWorkers(workers).start()
+            pool = LocalWorkers(workers, config).start()
         staged = StagedVolumes.create(folder, len(arrays), arrays[0].shape)
         for start, stop in _slab_bounds(arrays[0].shape[0]):
             stack, cover = _array_chunk(arrays, masks, start, stop)

@@ -34,7 +34,8 @@ from contextlib import contextmanager
 
 from medfuse.errors import MedfuseError, WorkflowError, one_line
 from medfuse.study.cohort.child import run_in_child
-from medfuse.volume.dispatch import LocalWorkers, default_workers
+from medfuse.volume.dispatch import default_workers
+from medfuse.volume.local_cluster import LocalWorkers
 
 #: Seconds to wait for an external scheduler to answer.
 CONNECT_TIMEOUT_S = 5
