@@ -307,29 +307,3 @@ def test_local_workers_start_with_medfuse_settings_and_restore_the_callers():
     assert all(address.startswith("tcp://127.0.0.1:") for address in addresses), addresses
     assert dashboard.startswith("http://127.0.0.1:") and ":8787/" not in dashboard
 
-
-def _warm_state():
-    import sys
-
-    from medfuse.volume import chunk_task
-
-    return "numba" in sys.modules, chunk_task._loaded_extractor.cache_info().currsize
-
-
-@pytest.mark.slow
-def test_local_workers_warm_up_with_the_runs_configuration_while_they_start():
-    """With a configuration, each worker has numba, its kernels and the CNN session loaded before its first task
-    (it fused a synthetic chunk at start-up); without one, nothing is loaded; a configuration the warm-up cannot
-    use (an unknown model) does not stop the workers from starting: the real first chunk reports such errors."""
-    import dask
-
-    from medfuse.volume.local_cluster import LocalWorkers
-
-    preload_before = dask.config.get("distributed.worker.preload")
-    for warm, expected in ((FusionConfig(), (True, 1)), (None, (False, 0)),
-                           (FusionConfig(model="no-such-model"), None)):
-        with LocalWorkers(1, warm) as pool:
-            (state,) = pool.client().run(_warm_state).values()
-        if expected is not None:
-            assert state == expected, (warm, state)
-    assert dask.config.get("distributed.worker.preload") == preload_before

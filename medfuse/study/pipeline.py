@@ -415,7 +415,7 @@ class _Run:
         scratch = run_folder.path
         x, y, z = fixed.image.GetSize()
         # Local workers (when the job uses them) start now and boot while the map stage stages the inputs.
-        workers = local_workers_for(options.workers, options.scheduler, (len(volumes), z, y, x), warm=options.fusion)
+        workers = local_workers_for(options.workers, options.scheduler, (len(volumes), z, y, x))
         try:
             if workers is not None:
                 workers.start()

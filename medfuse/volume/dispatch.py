@@ -255,7 +255,7 @@ def fuse_staged(
     bounds = chunk_bounds(staged.shape, chunk_slices)
     pool = local_workers
     if pool is None and scheduler is None and workers > 1:
-        pool = LocalWorkers(workers, config).start()  # closed below; starts while the histograms are counted
+        pool = LocalWorkers(workers).start()  # closed below; starts while the histograms are counted
     try:
         histograms = (_counted_levels(_slabs(staged.read, z), staged.k, config.saliency_levels)
                       if saliency_scope == "volume" and config.rule == "two-scale" else None)
@@ -384,8 +384,7 @@ def _check_options(saliency_scope, workers, chunk_slices) -> None:
             raise InputError(f"{name} must be a positive integer, got {value!r}")
 
 
-def local_workers_for(workers: int | None, scheduler: str | None, shape: tuple[int, ...],
-                      warm: FusionConfig | None = None) -> LocalWorkers | None:
+def local_workers_for(workers: int | None, scheduler: str | None, shape: tuple[int, ...]) -> LocalWorkers | None:
     """The local cluster :func:`fuse_staged` would start for (K, Z, Y, X) sources, not started; None in-process.
 
     For callers that start the workers early (``with local_workers_for(...) as pool``)
@@ -394,7 +393,7 @@ def local_workers_for(workers: int | None, scheduler: str | None, shape: tuple[i
     if scheduler is not None:
         return None
     workers = _resolve_workers(workers, scheduler, shape)
-    return LocalWorkers(workers, warm) if workers > 1 else None
+    return LocalWorkers(workers) if workers > 1 else None
 
 
 def fuse_block(folder: str, chunks: Sequence[tuple[int, int]], config: FusionConfig,
@@ -439,7 +438,7 @@ def _fuse_arrays_on_local_cluster(arrays, masks, config, workers, saliency_scope
     pool = local_workers
     try:
         if pool is None:
-            pool = LocalWorkers(workers, config).start()
+            pool = LocalWorkers(workers).start()
         staged = StagedVolumes.create(folder, len(arrays), arrays[0].shape)
         for start, stop in _slab_bounds(arrays[0].shape[0]):
             stack, cover = _array_chunk(arrays, masks, start, stop)

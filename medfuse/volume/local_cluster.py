@@ -10,10 +10,8 @@ that starts in the background while the caller stages its inputs
 
 from __future__ import annotations
 
-import json
 import time
 
-from medfuse.core.config import FusionConfig
 from medfuse.errors import FusionError
 
 __all__ = ["BOOTSTRAP_HINT", "LocalWorkers", "WORKER_START_TIMEOUT_S", "local_worker_config",
@@ -23,13 +21,8 @@ __all__ = ["BOOTSTRAP_HINT", "LocalWorkers", "WORKER_START_TIMEOUT_S", "local_wo
 WORKER_START_TIMEOUT_S = 120
 
 
-def local_worker_config(warm: FusionConfig | None = None) -> dict:
+def local_worker_config() -> dict:
     """The dask settings medfuse's local workers start with (also for benchmarks' clusters).
-
-    With *warm*, each worker also fuses a tiny synthetic chunk with that
-    configuration while it starts (:mod:`medfuse.volume.worker_warmup`), so
-    that numba's start-up, the kernels and the CNN session are loaded before
-    its first real chunk.
 
     Two of dask's defaults slow the fusion down and are changed:
 
@@ -47,16 +40,9 @@ def local_worker_config(warm: FusionConfig | None = None) -> dict:
     import dask
 
     environ = dask.config.get("distributed.nanny.pre-spawn-environ", {}) or {}
-    environ = {key: value for key, value in environ.items() if key != "MALLOC_TRIM_THRESHOLD_"}
-    settings = {"distributed.worker.profile.enabled": False}
-    if warm is not None:
-        from medfuse.volume import worker_warmup
-
-        environ[worker_warmup.ENVIRONMENT] = json.dumps(warm.to_dict(), sort_keys=True)
-        preloads = list(dask.config.get("distributed.worker.preload", []) or [])
-        settings["distributed.worker.preload"] = preloads + [worker_warmup.__name__]
-    settings["distributed.nanny.pre-spawn-environ"] = environ
-    return settings
+    return {"distributed.nanny.pre-spawn-environ":
+            {key: value for key, value in environ.items() if key != "MALLOC_TRIM_THRESHOLD_"},
+            "distributed.worker.profile.enabled": False}
 
 
 #: What a Python script that starts local workers needs (worker processes are spawned and re-import the script).
@@ -95,14 +81,10 @@ class LocalWorkers:
     ----------
     workers : int
         Worker processes, each with one thread (and onnxruntime with one).
-    warm : FusionConfig, optional
-        The configuration the workers will fuse with: each warms up with it
-        while it starts (:func:`local_worker_config`).
     """
 
-    def __init__(self, workers: int, warm: FusionConfig | None = None):
+    def __init__(self, workers: int):
         self.workers = workers
-        self.warm = warm
         self._cluster = self._client = self._settings = None
 
     def start(self) -> "LocalWorkers":
@@ -113,7 +95,7 @@ class LocalWorkers:
 
         # The nannies read these settings when they are created, in the background after scale(): they
         # stay set until every worker has started (client() or close() restores the previous values).
-        self._settings = dask.config.set(local_worker_config(self.warm))
+        self._settings = dask.config.set(local_worker_config())
         try:
             # The scheduler's HTTP server always runs (dashboard_address=None does not stop it, dask/distributed
             # issue 8136): on a free loopback port, not on 8787 where another service or cluster may listen.
