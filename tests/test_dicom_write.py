@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import io
 import shutil
 import subprocess
 from datetime import datetime
@@ -15,7 +16,8 @@ import pytest
 import SimpleITK as sitk
 
 from medfuse.errors import WriteError
-from medfuse.io.dicom.write import STORED_MAX, write_fused_series
+from medfuse.io.dicom.instances import SeriesEncoder
+from medfuse.io.dicom.write import STORED_MAX, write_colour_series, write_fused_series
 from medfuse.volume.model import InstanceReference, SeriesReference
 
 SAMPLE = Path(__file__).resolve().parents[1] / "sample_studies" / "mr-phantom-two-contrasts"
@@ -158,6 +160,46 @@ def test_same_entropy_gives_byte_identical_files(tmp_path, unit_array, fixed_ima
                                uid_entropy="inputs+options") for name in ("a", "b")]
     for left, right in zip(*(sorted(r.directory.glob("*.dcm")) for r in runs)):
         assert left.read_bytes() == right.read_bytes()
+
+
+@pytest.mark.parametrize("colour", [False, True])
+def test_encoded_files_equal_dcmwrite_of_the_full_datasets(tmp_path, monkeypatch, unit_array, fixed_image, sources,
+                                                           colour):
+    """The shared-parts encoder writes, byte for byte, what pydicom's dcmwrite writes for each whole dataset."""
+    grid = _first_slices(fixed_image, 4)
+    # Another study's source exercises StudiesContainingOtherReferencedInstancesSequence; slice 2 cites nothing.
+    other_study = dataclasses.replace(sources[1], study_instance_uid=pydicom.uid.generate_uid(entropy_srcs=["other study"]))
+    cited = [[(0, 0), (1, 0), (1, 1)], [(0, 1), (1, 1), (1, 2)], [], [(1, 3), (0, 3), (0, 2)]]
+
+    def write(out: Path) -> list[Path]:
+        options = dict(content_datetime=WHEN, uid_entropy="encoder", slice_sources=cited,
+                       provenance_comment='{"medfuse": "t\u00e9st \u00e9"}')
+        if colour:
+            rgb = (np.stack([unit_array[:4]] * 3, axis=-1) * 255).astype(np.uint8)
+            written = write_colour_series(lambda z: rgb[z], grid, [sources[0], other_study], out, **options)
+        else:
+            written = write_fused_series(unit_array[:4], grid, [sources[0], other_study], out, **options)
+        return sorted(written.directory.glob("*.dcm"))
+
+    encoded = write(tmp_path / "encoded")
+
+    def dcmwrite_bytes(encoder: SeriesEncoder, parts) -> bytes:
+        buffer = io.BytesIO()
+        pydicom.dcmwrite(buffer, encoder.dataset(parts), enforce_file_format=True)
+        return buffer.getvalue()
+
+    monkeypatch.setattr(SeriesEncoder, "file_bytes", dcmwrite_bytes)
+    reference = write(tmp_path / "reference")
+    assert [p.name for p in encoded] == [p.name for p in reference] == [f"IM0000{z}.dcm" for z in range(1, 5)]
+    for left, right in zip(encoded, reference):
+        assert left.read_bytes() == right.read_bytes(), left.name
+    third = pydicom.dcmread(encoded[2])
+    assert len(third.SourceImageSequence) == 0 and "ReferencedSeriesSequence" not in third
+    last = pydicom.dcmread(encoded[3])
+    assert [i.ReferencedSOPInstanceUID for i in last.SourceImageSequence] == [
+        sources[1].instances[3].sop_instance_uid, sources[0].instances[3].sop_instance_uid,
+        sources[0].instances[2].sop_instance_uid]
+    assert len(last.StudiesContainingOtherReferencedInstancesSequence) == 1
 
 
 def test_bad_input_raises_and_leaves_nothing(tmp_path, unit_array, fixed_image, sources):

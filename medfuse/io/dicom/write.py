@@ -39,6 +39,9 @@ The series follows the derived-series checklist of
   of Reference modules of the grey series (see its docstring).
 * **Atomic**: files are written into a hidden temporary folder beside
   ``out_dir`` and renamed to ``out_dir`` only when every instance is written.
+* **Encoding**: each file is byte for byte what ``pydicom.dcmwrite`` writes
+  for the instance's dataset; :mod:`medfuse.io.dicom.instances` encodes what
+  the instances share once per series and per slice only what differs.
 """
 
 from __future__ import annotations
@@ -53,21 +56,19 @@ from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
-from highdicom.sr import CodedConcept
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.uid import (
     PYDICOM_ROOT_UID,
     CTImageStorage,
-    ExplicitVRLittleEndian,
     MRImageStorage,
     SecondaryCaptureImageStorage,
     generate_uid,
 )
-from pydicom.valuerep import format_number_as_ds
 
 from medfuse import __version__
 from medfuse.errors import WriteError, os_error_reason
+from medfuse.io.dicom.instances import SeriesEncoder, coded, ds_string, slice_parts
 from medfuse.volume.model import SeriesReference
 
 #: Root of every UID medfuse writes (pydicom's registered root for generated UIDs).
@@ -421,14 +422,15 @@ def _write_instances(out_dir: Path, template: Dataset, geometry: sitk.Image, sou
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".partial", dir=out_dir.parent))
     every_instance = [(k, i) for k, s in enumerate(sources) if s is not None for i in range(len(s.instances))]
+    encoder = SeriesEncoder(template, sources)
     sop_uids = []
     try:
         for z in range(geometry.GetSize()[2]):
             sop_uid = uid("instance", str(z))
-            dataset = _slice_dataset(template, geometry, z, sop_uid, pixel_bytes(z), implementation_uid)
             cited = every_instance if slice_sources is None else slice_sources[z]
-            _add_references(dataset, reference, sources, cited)
-            dataset.save_as(staging / f"IM{z + 1:05d}.dcm", enforce_file_format=True)
+            parts = slice_parts(template, geometry, z, sop_uid, pixel_bytes(z), implementation_uid, reference,
+                                sources, cited)
+            (staging / f"IM{z + 1:05d}.dcm").write_bytes(encoder.file_bytes(parts))
             sop_uids.append(sop_uid)
         os.replace(staging, out_dir)
     except OSError as exc:
@@ -438,15 +440,6 @@ def _write_instances(out_dir: Path, template: Dataset, geometry: sitk.Image, sou
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return sop_uids
-
-
-def _ds(value: float) -> str:
-    """*value* as the most precise DS string of at most 16 characters."""
-    return format_number_as_ds(float(value))
-
-
-def _code(code) -> CodedConcept:
-    return CodedConcept(code.value, code.scheme_designator, code.meaning)
 
 
 def _series_template(reference, sources, geometry, series_uid, when, derivation_description,
@@ -488,13 +481,13 @@ def _series_template(reference, sources, geometry, series_uid, when, derivation_
     ds.SoftwareVersions = __version__
     ds.ImageType = image_type
     ds.DerivationDescription = derivation_description
-    ds.DerivationCodeSequence = [_code(codes.DCM.SpatialResampling), _code(codes.DCM.PixelByPixelAddition)]
+    ds.DerivationCodeSequence = [coded(codes.DCM.SpatialResampling), coded(codes.DCM.PixelByPixelAddition)]
     if provenance_comment:
         ds.ImageComments = provenance_comment
     direction = np.array(geometry.GetDirection()).reshape(3, 3)
-    ds.ImageOrientationPatient = [_ds(v) for v in (*direction[:, 0], *direction[:, 1])]
-    ds.PixelSpacing = [_ds(geometry.GetSpacing()[1]), _ds(geometry.GetSpacing()[0])]
-    ds.SliceThickness = _ds(geometry.GetSpacing()[2])
+    ds.ImageOrientationPatient = [ds_string(v) for v in (*direction[:, 0], *direction[:, 1])]
+    ds.PixelSpacing = [ds_string(geometry.GetSpacing()[1]), ds_string(geometry.GetSpacing()[0])]
+    ds.SliceThickness = ds_string(geometry.GetSpacing()[2])
     ds.Rows, ds.Columns = geometry.GetSize()[1], geometry.GetSize()[0]
     cited = [s for s in sources if s is not None]
     ds.ContributingEquipmentSequence = [_medfuse_equipment(when)] + [
@@ -526,57 +519,9 @@ def _add_grey_attributes(ds: Dataset, modality: str, window: tuple[float, float]
     ds.BitsStored = 12
     ds.HighBit = 11
     ds.PixelRepresentation = 0
-    ds.WindowCenter = _ds(window[0])
-    ds.WindowWidth = _ds(window[1])
+    ds.WindowCenter = ds_string(window[0])
+    ds.WindowWidth = ds_string(window[1])
     ds.VOILUTFunction = "LINEAR"
-
-
-def _source_item(instance) -> Dataset:
-    item = Dataset()
-    item.ReferencedSOPClassUID = instance.sop_class_uid
-    item.ReferencedSOPInstanceUID = instance.sop_instance_uid
-    item.PurposeOfReferenceCodeSequence = [_code(codes.DCM.SourceImageForImageProcessingOperation)]
-    return item
-
-
-def _series_item(series: SeriesReference, instance_indices: list[int]) -> Dataset:
-    item = Dataset()
-    item.SeriesInstanceUID = series.series_instance_uid
-    instances = []
-    for index in instance_indices:
-        ref = Dataset()
-        ref.ReferencedSOPClassUID = series.instances[index].sop_class_uid
-        ref.ReferencedSOPInstanceUID = series.instances[index].sop_instance_uid
-        instances.append(ref)
-    item.ReferencedInstanceSequence = instances
-    return item
-
-
-def _add_references(ds: Dataset, reference: SeriesReference, sources, cited: Sequence[tuple[int, int]]) -> None:
-    """SourceImageSequence, and the Common Instance Reference module, for the cited instances.
-
-    Instances of the reference's study go in ReferencedSeriesSequence, those of
-    other studies in StudiesContainingOtherReferencedInstancesSequence.
-    """
-    by_series: dict[int, list[int]] = {}
-    for source_index, instance_index in cited:
-        by_series.setdefault(source_index, []).append(instance_index)
-    ds.SourceImageSequence = [_source_item(sources[k].instances[i]) for k, i in cited]
-    same_study = [k for k in by_series if sources[k].study_instance_uid == reference.study_instance_uid]
-    if same_study:
-        ds.ReferencedSeriesSequence = [_series_item(sources[k], by_series[k]) for k in same_study]
-    other_studies: dict[str, list[int]] = {}
-    for k in by_series:
-        if k not in same_study:
-            other_studies.setdefault(sources[k].study_instance_uid, []).append(k)
-    if other_studies:
-        items = []
-        for study_uid, series_indices in other_studies.items():
-            item = Dataset()
-            item.StudyInstanceUID = study_uid
-            item.ReferencedSeriesSequence = [_series_item(sources[k], by_series[k]) for k in series_indices]
-            items.append(item)
-        ds.StudiesContainingOtherReferencedInstancesSequence = items
 
 
 def _medfuse_equipment(when: datetime) -> Dataset:
@@ -586,7 +531,7 @@ def _medfuse_equipment(when: datetime) -> Dataset:
     item.SoftwareVersions = __version__
     item.ContributionDateTime = when.strftime("%Y%m%d%H%M%S")
     item.ContributionDescription = "Registration, resampling and zero-learning image fusion"
-    item.PurposeOfReferenceCodeSequence = [_code(codes.DCM.ProcessingEquipment)]
+    item.PurposeOfReferenceCodeSequence = [coded(codes.DCM.ProcessingEquipment)]
     return item
 
 
@@ -598,27 +543,5 @@ def _acquisition_equipment(series: SeriesReference) -> Dataset:
             setattr(item, keyword, value)
     if "Manufacturer" not in item:
         item.Manufacturer = ""
-    item.PurposeOfReferenceCodeSequence = [_code(codes.DCM.AcquisitionEquipment)]
+    item.PurposeOfReferenceCodeSequence = [coded(codes.DCM.AcquisitionEquipment)]
     return item
-
-
-def _slice_dataset(template: Dataset, geometry: sitk.Image, z: int, sop_uid: str, pixel_data: bytes,
-                   implementation_uid: str) -> Dataset:
-    """One instance: the series template plus this slice's position, UIDs and pixels."""
-    ds = Dataset()
-    ds.update(template)
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = template.SOPClassUID
-    meta.MediaStorageSOPInstanceUID = sop_uid
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    meta.ImplementationClassUID = implementation_uid
-    meta.ImplementationVersionName = f"MEDFUSE_{__version__}"[:16]
-    ds.file_meta = meta
-    ds.SOPInstanceUID = sop_uid
-    ds.InstanceNumber = z + 1
-    position = geometry.TransformIndexToPhysicalPoint((0, 0, z))
-    normal = np.cross(*np.array(geometry.GetDirection()).reshape(3, 3).T[:2])
-    ds.ImagePositionPatient = [_ds(v) for v in position]
-    ds.SliceLocation = _ds(float(np.dot(normal, position)))
-    ds.PixelData = pixel_data
-    return ds
