@@ -168,7 +168,8 @@ def test_encoded_files_equal_dcmwrite_of_the_full_datasets(tmp_path, monkeypatch
     """The shared-parts encoder writes, byte for byte, what pydicom's dcmwrite writes for each whole dataset."""
     grid = _first_slices(fixed_image, 4)
     # Another study's source exercises StudiesContainingOtherReferencedInstancesSequence; slice 2 cites nothing.
-    other_study = dataclasses.replace(sources[1], study_instance_uid=pydicom.uid.generate_uid(entropy_srcs=["other study"]))
+    other_study_uid = pydicom.uid.generate_uid(entropy_srcs=["other study"])
+    other_study = dataclasses.replace(sources[1], study_instance_uid=other_study_uid)
     cited = [[(0, 0), (1, 0), (1, 1)], [(0, 1), (1, 1), (1, 2)], [], [(1, 3), (0, 3), (0, 2)]]
 
     def write(out: Path) -> list[Path]:
@@ -190,7 +191,8 @@ def test_encoded_files_equal_dcmwrite_of_the_full_datasets(tmp_path, monkeypatch
 
     monkeypatch.setattr(SeriesEncoder, "file_bytes", dcmwrite_bytes)
     reference = write(tmp_path / "reference")
-    assert [p.name for p in encoded] == [p.name for p in reference] == [f"IM0000{z}.dcm" for z in range(1, 5)]
+    names = [f"IM0000{z}.dcm" for z in range(1, 5)]
+    assert [p.name for p in encoded] == [p.name for p in reference] == names
     for left, right in zip(encoded, reference):
         assert left.read_bytes() == right.read_bytes(), left.name
     third = pydicom.dcmread(encoded[2])
