@@ -17,7 +17,14 @@ import SimpleITK as sitk
 
 from medfuse.errors import WriteError
 from medfuse.io.dicom.instances import SeriesEncoder
-from medfuse.io.dicom.write import STORED_MAX, write_colour_series, write_fused_series
+from medfuse.io.dicom.write import (
+    STORED_MAX,
+    display_window,
+    stored_histogram,
+    to_stored,
+    write_colour_series,
+    write_fused_series,
+)
 from medfuse.volume.model import InstanceReference, SeriesReference
 
 SAMPLE = Path(__file__).resolve().parents[1] / "sample_studies" / "mr-phantom-two-contrasts"
@@ -202,6 +209,23 @@ def test_encoded_files_equal_dcmwrite_of_the_full_datasets(tmp_path, monkeypatch
         sources[1].instances[3].sop_instance_uid, sources[0].instances[3].sop_instance_uid,
         sources[0].instances[2].sop_instance_uid]
     assert len(last.StudiesContainingOtherReferencedInstancesSequence) == 1
+
+
+@pytest.mark.parametrize("kind", ["uniform", "sparse", "cubed", "constant", "zeros"])
+def test_window_from_the_histogram_equals_percentiles_of_the_voxels(kind):
+    rng = np.random.default_rng(7)
+    fused = {"uniform": rng.random((3, 64, 64)), "sparse": np.where(rng.random((3, 64, 64)) > 0.95, 0.2, 0.0),
+             "cubed": rng.random((3, 64, 64)) ** 3, "constant": np.full((3, 64, 64), 0.5),
+             "zeros": np.zeros((3, 64, 64))}[kind]
+    stored = to_stored(fused.astype(np.float32))
+    values = stored[stored > 0]
+    if values.size:
+        low, high = np.percentile(values, [1, 99])
+        width = max(float(high - low), 1.0)
+        expected = (float(low) + width / 2, width)
+    else:
+        expected = (STORED_MAX / 2, float(STORED_MAX))
+    assert display_window(stored_histogram(stored)) == expected
 
 
 def test_bad_input_raises_and_leaves_nothing(tmp_path, unit_array, fixed_image, sources):

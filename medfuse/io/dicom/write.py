@@ -161,17 +161,25 @@ def patient_orientation(geometry: sitk.Image) -> list[str]:
     return values
 
 
-def display_window(stored: np.ndarray) -> tuple[float, float]:
+def stored_histogram(stored: np.ndarray) -> np.ndarray:
+    """How many of *stored*'s values (any shape, uint16) are 0, 1, ... :data:`STORED_MAX`: int64 (STORED_MAX + 1,)."""
+    return np.bincount(stored.ravel(), minlength=STORED_MAX + 1)
+
+
+def display_window(histogram: np.ndarray) -> tuple[float, float]:
     """(center, width) covering the 1st-99th percentile of the non-zero stored values.
 
     Parameters
     ----------
-    stored : ndarray, any shape, integer
-        Stored pixel values of the whole series (a strided subsample is enough).
+    histogram : ndarray (N,) int64
+        :func:`stored_histogram` of the series' stored values (summed over a
+        strided subsample of its slices is enough).
     """
-    values = stored[stored > 0]
-    if values.size == 0:
+    if not histogram[1:].any():
         return (STORED_MAX / 2, float(STORED_MAX))
+    # The non-zero values in sorted order, rebuilt from the histogram: np.percentile only reads
+    # order statistics, so this is the window of the voxels themselves without sorting them.
+    values = np.repeat(np.arange(len(histogram), dtype=np.uint16)[1:], histogram[1:])
     low, high = np.percentile(values, [1, 99])
     width = max(float(high - low), 1.0)
     return (float(low) + width / 2, width)
@@ -250,7 +258,7 @@ def write_fused_series(
     uid = _uid_maker(uid_entropy)
     series_uid = uid("series")
     stride = max(1, shape[0] // 64)
-    window = display_window(to_stored(np.stack([fused[z] for z in range(0, shape[0], stride)])))
+    window = display_window(sum(stored_histogram(to_stored(fused[z])) for z in range(0, shape[0], stride)))
     modality = reference.modality
     template = _series_template(
         reference, sources, geometry, series_uid, when, derivation_description or (
