@@ -12,16 +12,18 @@ description) and, slice after slice, cites many of the same source instances.
   SourceImageSequence is then a raw SQ element whose value is the join of its
   items' bytes, which ``write_data_element`` writes with the same header and
   defined length as it writes the sequence of item datasets;
+* a slice's citations (SourceImageSequence, Common Instance Reference
+  sequences) once for each run of slices citing the same instances (by
+  default every slice cites every instance of every source);
 * per slice only the slice's own elements (SOP Instance UID, Instance Number,
-  Image Position, Slice Location, Pixel Data, the Common Instance Reference
-  sequences) and the File Meta Information (:func:`pydicom.filewriter.write_file_meta_info`).
+  Image Position, Slice Location, Pixel Data) and the File Meta Information
+  (:func:`pydicom.filewriter.write_file_meta_info`).
 
 The element bytes are joined in tag order after the 128-byte preamble and
 ``DICM``, which is what :func:`pydicom.filewriter.dcmwrite` with
 ``enforce_file_format=True`` does with the full dataset
 (:meth:`SeriesEncoder.dataset`); ``tests/test_dicom_write.py`` checks that the
-two give identical bytes. A slice's cost drops from ~14 ms (dcmwrite of the full
-dataset) to what its own elements cost (docs/fuse-study.md, tenth round).
+two give identical bytes. Timings: docs/fuse-study.md, tenth round.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ from pydicom.filewriter import (
     write_sequence_item,
 )
 from pydicom.sr.codedict import codes
-from pydicom.tag import Tag
+from pydicom.tag import BaseTag, Tag
 from pydicom.uid import ExplicitVRLittleEndian
 from pydicom.valuerep import format_number_as_ds
 
@@ -74,9 +76,10 @@ class SliceParts:
         File Meta Information (Explicit VR Little Endian).
     own : Dataset
         The slice's elements: SOPInstanceUID, InstanceNumber, ImagePositionPatient,
-        SliceLocation, PixelData and the Common Instance Reference sequences.
+        SliceLocation, PixelData.
     cited : tuple of (source index, instance index)
-        Source instances in its SourceImageSequence, in citation order.
+        Source instances it was derived from, in citation order (its
+        SourceImageSequence and Common Instance Reference sequences).
     """
 
     meta: FileMetaDataset
@@ -85,8 +88,7 @@ class SliceParts:
 
 
 def slice_parts(template: Dataset, geometry: sitk.Image, z: int, sop_uid: str, pixel_data: bytes,
-                implementation_uid: str, reference: SeriesReference, sources,
-                cited: Sequence[tuple[int, int]]) -> SliceParts:
+                implementation_uid: str, cited: Sequence[tuple[int, int]]) -> SliceParts:
     """Slice *z*'s File Meta Information, own elements and cited instances.
 
     Parameters
@@ -97,9 +99,8 @@ def slice_parts(template: Dataset, geometry: sitk.Image, z: int, sop_uid: str, p
         The fixed grid; slice *z*'s position comes from it.
     pixel_data : bytes
         The slice's encoded pixels (Rows x Columns x samples, little endian).
-    reference, sources, cited
-        The anatomical reference, every source (None for uncitable ones) and
-        the (source index, instance index) pairs slice *z* was derived from.
+    cited : sequence of (source index, instance index)
+        The source instances slice *z* was derived from.
     """
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = template.SOPClassUID
@@ -115,7 +116,6 @@ def slice_parts(template: Dataset, geometry: sitk.Image, z: int, sop_uid: str, p
     own.ImagePositionPatient = [ds_string(v) for v in position]
     own.SliceLocation = ds_string(float(np.dot(normal, position)))
     own.PixelData = pixel_data
-    _add_common_instance_references(own, reference, sources, cited)
     return SliceParts(meta, own, tuple(cited))
 
 
@@ -126,17 +126,22 @@ class SeriesEncoder:
     ----------
     template : Dataset
         Elements shared by every instance; it must not change while in use.
+    reference : SeriesReference
+        The anatomical reference (its study decides where a cited series is listed).
     sources : sequence of SeriesReference or None
         The sources that :class:`SliceParts` ``cited`` indexes.
     """
 
-    def __init__(self, template: Dataset, sources: Sequence[SeriesReference | None]) -> None:
+    def __init__(self, template: Dataset, reference: SeriesReference,
+                 sources: Sequence[SeriesReference | None]) -> None:
         self._template = template
+        self._reference = reference
         self._sources = sources
         # write_dataset encodes a dataset's text with its SpecificCharacterSet, nested items inheriting it.
         self._encodings = template.get("SpecificCharacterSet", "iso8859")
         self._template_bytes = {tag: self._element_bytes(template.get_item(tag)) for tag in template.keys()}
         self._source_item_bytes: dict[tuple[int, int], bytes] = {}
+        self._last_citation: tuple[tuple[tuple[int, int], ...], dict[BaseTag, bytes]] | None = None
 
     def dataset(self, parts: SliceParts) -> Dataset:
         """The instance as one dataset (with ``file_meta``): what :meth:`file_bytes` encodes.
@@ -148,6 +153,7 @@ class SeriesEncoder:
         ds.update(self._template)
         ds.update(parts.own)
         ds.SourceImageSequence = [_source_item(self._sources[k].instances[i]) for k, i in parts.cited]
+        _add_common_instance_references(ds, self._reference, self._sources, parts.cited)
         ds.file_meta = parts.meta
         return ds
 
@@ -158,10 +164,24 @@ class SeriesEncoder:
         write_file_meta_info(meta, parts.meta, enforce_standard=True)
         elements = dict(self._template_bytes)
         elements.update((tag, self._element_bytes(parts.own.get_item(tag))) for tag in parts.own.keys())
-        items = b"".join(self._source_item(key) for key in parts.cited)
-        elements[_SOURCE_IMAGE_SEQUENCE] = self._element_bytes(
-            RawDataElement(_SOURCE_IMAGE_SEQUENCE, "SQ", len(items), items, 0, False, True))
+        elements.update(self._citation_elements(parts.cited))
         return b"".join([_PREAMBLE, meta.getvalue(), *(elements[tag] for tag in sorted(elements))])
+
+    def _citation_elements(self, cited: tuple[tuple[int, int], ...]) -> dict[BaseTag, bytes]:
+        """SourceImageSequence and the Common Instance Reference sequences of *cited*, encoded.
+
+        The previous slice's are reused when it cited the same instances (by
+        default every slice cites every instance of every source).
+        """
+        if self._last_citation is None or self._last_citation[0] != cited:
+            items = b"".join(self._source_item(key) for key in cited)
+            elements = {_SOURCE_IMAGE_SEQUENCE: self._element_bytes(
+                RawDataElement(_SOURCE_IMAGE_SEQUENCE, "SQ", len(items), items, 0, False, True))}
+            references = Dataset()
+            _add_common_instance_references(references, self._reference, self._sources, cited)
+            elements.update((tag, self._element_bytes(references.get_item(tag))) for tag in references.keys())
+            self._last_citation = (cited, elements)
+        return self._last_citation[1]
 
     def _source_item(self, key: tuple[int, int]) -> bytes:
         """One SourceImageSequence item (tag, length, item data set), encoded on first use."""

@@ -430,14 +430,13 @@ def _write_instances(out_dir: Path, template: Dataset, geometry: sitk.Image, sou
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".partial", dir=out_dir.parent))
     every_instance = [(k, i) for k, s in enumerate(sources) if s is not None for i in range(len(s.instances))]
-    encoder = SeriesEncoder(template, sources)
+    encoder = SeriesEncoder(template, reference, sources)
     sop_uids = []
     try:
         for z in range(geometry.GetSize()[2]):
             sop_uid = uid("instance", str(z))
             cited = every_instance if slice_sources is None else slice_sources[z]
-            parts = slice_parts(template, geometry, z, sop_uid, pixel_bytes(z), implementation_uid, reference,
-                                sources, cited)
+            parts = slice_parts(template, geometry, z, sop_uid, pixel_bytes(z), implementation_uid, cited)
             (staging / f"IM{z + 1:05d}.dcm").write_bytes(encoder.file_bytes(parts))
             sop_uids.append(sop_uid)
         os.replace(staging, out_dir)
