@@ -18,6 +18,7 @@ A model file is always looked up next to the manifest that lists it.
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import json
 import os
@@ -119,7 +120,7 @@ def read_manifest(path: Path, *, origin: str = "") -> Manifest:
     """Parse and validate the manifest at *path*; raise :class:`ModelError` naming the file if it is bad."""
     path = Path(path)
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        data = _read_toml(path)
     except OSError as exc:
         raise ModelError(f"cannot read model manifest {path}: {exc.strerror or exc}") from exc
     except tomllib.TOMLDecodeError as exc:
@@ -202,6 +203,21 @@ def write_manifest(path: Path, models: dict[str, ModelEntry], *, default: str | 
     tmp.replace(path)
 
 
+def _read_toml(path: Path) -> dict:
+    """The parsed TOML of *path*, parsed once per process while the file keeps its size and modification
+    time: the registry is consulted on every ``load_extractor`` call, one per fused chunk of a volume.
+
+    The returned dict is shared between callers and must not be modified.
+    """
+    stat = path.stat()
+    return _parsed_toml(str(path), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=8)
+def _parsed_toml(path: str, mtime_ns: int, size: int) -> dict:  # noqa: ARG001 (the stat is the cache key)
+    return tomllib.loads(Path(path).read_text(encoding="utf-8"))
+
+
 def _source_checkout_manifest() -> Path | None:
     candidate = Path(__file__).resolve().parents[2] / "models" / MANIFEST_NAME
     return candidate if candidate.is_file() else None
@@ -222,10 +238,12 @@ def _installed_manifest() -> Path | None:
 
 def shipped_manifest_path() -> Path:
     """The shipped ``manifest.toml`` (source checkout first, then the installed data files)."""
-    for candidate in (_source_checkout_manifest(), _installed_manifest()):
+    # Located lazily: the installed copy's lookup reads the distribution's file list.
+    for locate in (_source_checkout_manifest, _installed_manifest):
+        candidate = locate()
         if candidate is not None:
             try:
-                if tomllib.loads(candidate.read_text(encoding="utf-8")).get("registry") == REGISTRY_MARKER:
+                if _read_toml(candidate).get("registry") == REGISTRY_MARKER:
                     return candidate
             except (OSError, tomllib.TOMLDecodeError):
                 continue
