@@ -61,9 +61,7 @@ class OnnxActivityExtractor:
         self.threads = threads
         self.sha256 = sha256
         self.name = f"{model}@{depth}"
-        self._scale = np.float32(normalisation.scale)
-        self._mean = np.asarray(normalisation.mean, np.float32).reshape(1, 3, 1, 1)
-        self._inv_std = (1.0 / np.asarray(normalisation.std, np.float32)).reshape(1, 3, 1, 1)
+        self._normalisation = normalisation
 
     def __repr__(self) -> str:
         return f"OnnxActivityExtractor({self.name!r}, stride={self.stride}, threads={self.threads})"
@@ -113,9 +111,9 @@ class OnnxActivityExtractor:
         pad_w = -width % self.stride
         if pad_h or pad_w:
             images = np.pad(images, ((0, 0), (0, pad_h), (0, pad_w)), mode="symmetric")
-        batch = (images[:, None] * self._scale - self._mean) * self._inv_std
+        batch = self._normalisation.apply(images)
         try:
-            (out,) = self._session.run(None, {self._input: batch.astype(np.float32, copy=False)})
+            (out,) = self._session.run(None, {self._input: batch})
         except Exception as exc:  # onnxruntime raises its own exception types (e.g. out of memory)
             raise FusionError(f"CNN forward pass of {self.name} failed on {images.shape}: "
                               f"{' '.join(str(exc).split())[:200]}") from exc

@@ -27,6 +27,8 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from medfuse.errors import ModelError
 
 #: Marker every medfuse manifest carries, so an unrelated ``models/`` folder is never mistaken for ours.
@@ -47,6 +49,21 @@ class Normalisation:
     def __post_init__(self):
         if not self.scale > 0 or len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
             raise ValueError(f"invalid normalisation scale={self.scale} mean={self.mean} std={self.std}")
+
+    def apply(self, images: np.ndarray) -> np.ndarray:
+        """The model input of grey images: each replicated to the 3 channels and normalised.
+
+        Parameters
+        ----------
+        images : ndarray, shape (N, H, W), float32 in [0, 1]
+
+        Returns
+        -------
+        ndarray, shape (N, 3, H, W), float32
+        """
+        mean = np.asarray(self.mean, np.float32).reshape(1, 3, 1, 1)
+        inv_std = (1.0 / np.asarray(self.std, np.float32)).reshape(1, 3, 1, 1)
+        return ((images[:, None] * np.float32(self.scale) - mean) * inv_std).astype(np.float32, copy=False)
 
     def describe(self) -> str:
         """One-line human description, e.g. ``(x*255 - 127) / 128``."""

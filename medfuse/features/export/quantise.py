@@ -69,13 +69,10 @@ def calibration_ranges(model: Path, images: Iterable[np.ndarray], normalisation:
     from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod
     from onnxruntime.quantization.calibrate import create_calibrator
 
-    mean = np.asarray(normalisation.mean, np.float32).reshape(1, 3, 1, 1)
-    std = np.asarray(normalisation.std, np.float32).reshape(1, 3, 1, 1)
-
     class Reader(CalibrationDataReader):
         def __init__(self):
-            self._batches = ({"images": ((np.asarray(im, np.float32)[None, None] * np.float32(normalisation.scale)
-                                           - mean) / std).astype(np.float32)} for im in images)
+            # As the run-time extractor normalises its input.
+            self._batches = ({"images": normalisation.apply(np.asarray(im, np.float32)[None])} for im in images)
 
         def get_next(self):
             return next(self._batches, None)
